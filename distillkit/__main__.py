@@ -1,0 +1,5 @@
+"""``python -m distillkit``."""
+
+from distillkit.cli import main
+
+main()

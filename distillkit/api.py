@@ -1,0 +1,611 @@
+"""The library API: resolve a config, train experts, distill, evaluate, write a run directory.
+
+The CLI is a thin shell over these functions; notebooks and scripts call them
+directly (see ``examples/quickstart.py``). Nothing here prints: progress goes to
+a ``Reporter`` and failures are ``DistillkitError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillkit import __version__
+from distillkit.artifacts import atomic_write_json, save_grid, save_synthetic
+from distillkit.config import (
+    RunConfig,
+    apply_overrides,
+    read_preset,
+    read_toml,
+    to_dict,
+    validate,
+)
+from distillkit.context import InitContext, RunContext
+from distillkit.data import ZCA, ImageDataset, load_dataset
+from distillkit.data.augment import DSA
+from distillkit.engine.loop import Distiller, IterationResult, call_hook
+from distillkit.engine.student import FlatStudent, load_flat, param_layout
+from distillkit.errors import ConfigError, DataError, StoreError
+from distillkit.evaluate import EvalResult, evaluate_set
+from distillkit.experts.store import TrajectoryStore
+from distillkit.experts.train import train_expert
+from distillkit.host import PluginHost
+from distillkit.models import build_model
+
+
+class Reporter:
+    """Progress sink; the default does nothing (the CLI passes a rich one)."""
+
+    def start(self, stage: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1, **info: Any) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    plugins: Sequence[str] | None = None,
+    host: PluginHost | None = None,
+) -> tuple[RunConfig, PluginHost]:
+    """Build the run's config and plugin host with the documented precedence.
+
+    defaults → preset → plugin ``config_defaults`` → config file → ``overrides``.
+    ``plugins`` (e.g. from ``--plugins``) wins over a ``plugins`` list in the files.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if preset:
+        layers.append(("preset", read_preset(preset)))
+    file_values = read_toml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    names: tuple[str, ...] = ()
+    for values in (layers[0][1] if layers else {}, file_values, overrides):
+        if "plugins" in values:
+            raw = values["plugins"]
+            names = tuple(raw.split(",") if isinstance(raw, str) else raw)
+    if plugins is not None:
+        names = tuple(plugins)
+    names = tuple(n.strip() for n in names if n.strip())
+    host = host or PluginHost()
+    plugin_values: dict[str, dict[str, Any]] = {}
+    config = RunConfig()
+    for source, values in [*layers, ("plugins", {}), ("config", file_values), ("set", overrides)]:
+        if source == "plugins":
+            values = _select(host, names, plugin_values, file_values, overrides, layers)
+        core = {k: v for k, v in values.items() if k != "plugins"}
+        known_plugins = set(names) if source != "preset" else None
+        config = apply_overrides(config, core, known_plugins)
+    config = replace(config, plugins=names)
+    if config.plugin_options:
+        host.configs.update(_plugin_configs(host, config))
+    validate(config)
+    return config, host
+
+
+def _select(
+    host: PluginHost,
+    names: tuple[str, ...],
+    plugin_values: dict[str, dict[str, Any]],
+    file_values: dict[str, Any],
+    overrides: dict[str, Any],
+    layers: list[tuple[str, dict[str, Any]]],
+) -> dict[str, Any]:
+    """Load the selected plugins with their options; return their core ``config_defaults``."""
+    from distillkit.config import SECTIONS, TOP_LEVEL
+
+    for source_values in [v for _, v in layers] + [file_values, overrides]:
+        for key, value in source_values.items():
+            head, _, rest = key.partition(".")
+            if rest and head not in SECTIONS and head not in TOP_LEVEL and head in names:
+                plugin_values.setdefault(head, {})[rest] = value
+    host.select(names, plugin_values)
+    return host.config_defaults()
+
+
+def _plugin_configs(host: PluginHost, config: RunConfig) -> dict[str, Any]:
+    return {name: host.configs.get(name) for name in config.plugins}
+
+
+# -- data and models -----------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    """The dataset after preprocessing (normalisation, optional ZCA), ready for every stage."""
+
+    dataset: ImageDataset
+    train_images: torch.Tensor
+    test_images: torch.Tensor
+    zca: ZCA | None
+
+    @property
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_images, self.dataset.train_labels
+
+    @property
+    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.test_images, self.dataset.test_labels
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Synthetic images back to [0, 1] pixels for pictures (inverse ZCA, then de-normalise)."""
+        images = images.detach().cpu()
+        if self.zca is not None:
+            images = self.zca.inverse(images)
+        return self.dataset.to_pixels(images)
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Load the configured dataset and apply ZCA if asked (fitted on train, applied to test)."""
+    dataset = load_dataset(config.data.dataset, config.data.data_path or None, config.data.download)
+    if config.data.zca:
+        zca = ZCA.fit(dataset.train_images)
+        return PreparedData(
+            dataset, zca.transform(dataset.train_images), zca.transform(dataset.test_images), zca
+        )
+    return PreparedData(dataset, dataset.train_images, dataset.test_images, None)
+
+
+def model_factory(config: RunConfig, data: PreparedData):
+    """``make(name, seed)`` builds a freshly, reproducibly initialised network for this dataset."""
+    channels, height, width = data.dataset.image_shape
+
+    def make(name: str, seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(name, channels, data.dataset.num_classes, (height, width))
+
+    return make
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; an unavailable CUDA device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu")
+    return device
+
+
+def stage_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed for one stage/item, derived from the run seed (independent streams)."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_run_context(
+    config: RunConfig, host: PluginHost, device: torch.device, seed: int, out_dir: Path | None
+) -> RunContext:
+    return RunContext(
+        config=config,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        out_dir=out_dir,
+        plugin_configs=dict(host.configs),
+    )
+
+
+# -- experts --------------------------------------------------------------------------
+
+
+def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[str, Any]:
+    """Everything that determines the trajectories; equal keys ⇒ a store can be reused."""
+    model = model_factory(config, data)(config.model.name, 0)
+    layout = param_layout(model)
+    expert_plugins = {
+        name: to_dict(host.configs.get(name))
+        for name, record in host.records.items()
+        if "expert_loss" in record.hooks
+    }
+    experts = to_dict(config.experts)
+    experts.pop("count")
+    return {
+        "dataset": data.dataset.name,
+        "image_shape": list(data.dataset.image_shape),
+        "num_classes": data.dataset.num_classes,
+        "class_names": list(data.dataset.class_names),
+        "preprocessing": {
+            "mean": list(data.dataset.mean),
+            "std": list(data.dataset.std),
+            "zca": config.data.zca,
+            "augment": config.data.augment,
+        },
+        "model": config.model.name,
+        "layout": [[s.name, list(s.shape)] for s in layout],
+        "num_params": sum(s.numel for s in layout),
+        "experts": experts,
+        "store_dtype": config.experts.store_dtype,
+        "seed": config.seed,
+        "expert_plugins": expert_plugins,
+    }
+
+
+def default_store_dir(key: dict[str, Any]) -> Path:
+    """Cache folder for a key: ``$DISTILLKIT_CACHE`` or ``~/.cache/distillkit``, then ``experts/<hash>``."""
+    root = Path(os.environ.get("DISTILLKIT_CACHE", Path.home() / ".cache" / "distillkit"))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return root / "experts" / f"{key['dataset'].replace('/', '_').replace(':', '_')}-{digest}"
+
+
+def train_experts(
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> TrajectoryStore:
+    """Train ``experts.count`` experts into a store, reusing every expert already finished there."""
+    reporter = reporter or Reporter()
+    key = expert_key(config, data, host)
+    store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
+    device = resolve_device(config.device)
+    make = model_factory(config, data)
+    augment = DSA(config.data.augment)
+    todo = [i for i in range(config.experts.count) if i not in store.finished()]
+    if len(todo) < config.experts.count:
+        reporter.note(f"reusing {config.experts.count - len(todo)} finished experts in {store.root}")
+    reporter.start("experts", len(todo) * config.experts.epochs)
+    for index in todo:
+        run = make_run_context(config, host, device, stage_seed(config.seed, "expert", index), None)
+        result = train_expert(
+            run,
+            host.hook,
+            make(config.model.name, stage_seed(config.seed, "expert-init", index)),
+            data.train,
+            data.test,
+            config.experts,
+            augment,
+            on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
+        )
+        store.write_expert(
+            index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds}
+        )
+    reporter.finish()
+    return store
+
+
+def load_expert_slices(store: TrajectoryStore, config: RunConfig) -> list[torch.Tensor]:
+    """Epochs 0..T⁺+M of every expert: the only part distillation can touch, kept in memory."""
+    needed = config.distill.max_start_epoch + config.distill.expert_epochs
+    experts = []
+    for index in store.finished():
+        if store.num_epochs(index) < needed:
+            raise StoreError(
+                f"expert {index} in {store.root} has {store.num_epochs(index)} epochs, but "
+                f"max_start_epoch + expert_epochs = {needed}",
+                hint="train longer experts or lower distill.max_start_epoch",
+            )
+        experts.append(store.load(index, list(range(needed + 1))))
+    if not experts:
+        raise StoreError(f"the trajectory store {store.root} holds no finished expert")
+    return experts
+
+
+# -- distillation -----------------------------------------------------------------------
+
+
+@dataclass
+class DistillResult:
+    """A distilled set and what it took to make it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+    init_source: str
+    history: list[IterationResult] = field(default_factory=list)
+    iteration_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.iteration_seconds)
+
+    @property
+    def seconds_per_iteration(self) -> float:
+        """Median over iterations after the first 5 (warm-up), as benchmarks.md asks."""
+        times = self.iteration_seconds[5:] or self.iteration_seconds
+        return statistics.median(times) if times else float("nan")
+
+
+def initial_set(
+    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, run: RunContext
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Ask ``init_synthetic`` (first non-None answer; the core default is last) for the start set."""
+    first = store.finished()[0]
+    make = model_factory(config, data)
+    counts = torch.bincount(data.dataset.train_labels, minlength=data.dataset.num_classes)
+    smallest = int(counts.min())
+    if config.distill.ipc > smallest:
+        raise DataError(
+            f"ipc={config.distill.ipc} is larger than the smallest class ({smallest} images)",
+            hint=f"use --ipc {smallest} or less",
+        )
+    ctx = InitContext(
+        train_images=data.train_images,
+        train_labels=data.dataset.train_labels,
+        num_classes=data.dataset.num_classes,
+        ipc=config.distill.ipc,
+        class_names=data.dataset.class_names,
+        expert_params=lambda e: store.load(first, [e if e >= 0 else store.num_epochs(first)])[0],
+        expert_epochs_available=store.num_epochs(first),
+        make_model=lambda: make(config.model.name, stage_seed(config.seed, "init-model")),
+        load_flat=load_flat,
+    )
+    init = call_hook(host.hook, "init_synthetic", run=run, ctx=ctx)
+    return init.images, init.labels, init.source
+
+
+def distill(
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store: TrajectoryStore,
+    out_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> DistillResult:
+    """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set."""
+    reporter = reporter or Reporter()
+    device = resolve_device(config.device)
+    store.check_compatible(expert_key(config, data, host))
+    experts = load_expert_slices(store, config)
+    run = make_run_context(config, host, device, stage_seed(config.seed, "distill"), out_dir)
+    images, labels, source = initial_set(config, host, data, store, run)
+    make = model_factory(config, data)
+    student = FlatStudent(make(config.model.name, 0).to(device))
+    distiller = Distiller(
+        run, host.hook, student, images, labels, experts, config.distill, DSA(config.data.augment)
+    )
+    reporter.start("distill", config.distill.iterations)
+    history, times = [], []
+    metrics_file = open(out_dir / "metrics.jsonl", "w") if out_dir else None  # noqa: SIM115
+    try:
+        for _ in range(config.distill.iterations):
+            tick = time.perf_counter()
+            result = distiller.step()
+            times.append(time.perf_counter() - tick)
+            history.append(result)
+            if metrics_file:
+                metrics_file.write(json.dumps(result.__dict__) + "\n")
+            reporter.advance(loss=result.loss, alpha=result.alpha)
+    finally:
+        if metrics_file:
+            metrics_file.close()
+        reporter.finish()
+    return DistillResult(
+        distiller.images.detach().cpu(),
+        distiller.labels.cpu(),
+        float(distiller.alpha.detach()),
+        source,
+        history,
+        times,
+    )
+
+
+# -- evaluation and whole runs ---------------------------------------------------------------
+
+
+def random_real_set(
+    config: RunConfig, data: PreparedData, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline: ``ipc`` random real training images per class (core default init, own seed)."""
+    from distillkit.engine import defaults
+
+    generator = torch.Generator(device=device).manual_seed(stage_seed(config.seed, "random-real"))
+    ctx = InitContext(
+        train_images=data.train_images,
+        train_labels=data.dataset.train_labels,
+        num_classes=data.dataset.num_classes,
+        ipc=config.distill.ipc,
+        class_names=data.dataset.class_names,
+        expert_params=lambda e: torch.empty(0),
+        expert_epochs_available=0,
+        make_model=lambda: torch.nn.Identity(),
+        load_flat=lambda model, theta: None,
+    )
+    run = RunContext(config=config, device=device, generator=generator, out_dir=None)
+    init = defaults.init_synthetic(run=run, ctx=ctx)
+    return init.images, init.labels
+
+
+def evaluate(
+    config: RunConfig,
+    data: PreparedData,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    models: Sequence[str] | None = None,
+    reporter: Reporter | None = None,
+    label: str = "distilled",
+) -> dict[str, EvalResult]:
+    """Evaluate one set on each model of ``models`` (default: ``evaluate.models`` or the run's model)."""
+    reporter = reporter or Reporter()
+    device = resolve_device(config.device)
+    models = list(models or config.evaluate.models or (config.model.name,))
+    make = model_factory(config, data)
+    augment = DSA(config.data.augment)
+    results = {}
+    reporter.start(f"evaluate {label}", len(models) * config.evaluate.runs)
+    for name in models:
+        results[name] = evaluate_set(
+            make,
+            name,
+            images,
+            labels,
+            lr,
+            data.test,
+            config.evaluate,
+            augment,
+            device,
+            stage_seed(config.seed, "evaluate", name),
+            on_run=lambda acc: reporter.advance(acc=acc),
+        )
+    reporter.finish()
+    return results
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak RSS of this process (and peak CUDA allocation when on a GPU), in MiB."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20}
+    if device.type == "cuda":
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "distillkit": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    name = config.data.dataset.replace("imagefolder:", "").replace("/", "_").strip("_")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{name}-ipc{config.distill.ipc}"
+
+
+def prepare_run_dir(out_dir: Path, overwrite: bool = False) -> Path:
+    """Create the run directory; refuse one that already holds a run unless ``overwrite``."""
+    if (out_dir / "results.json").exists() or (out_dir / "synthetic.safetensors").exists():
+        if not overwrite:
+            raise ConfigError(
+                f"{out_dir} already holds a run", hint="choose another --out or pass --overwrite"
+            )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {out_dir}: {exc.strerror}") from None
+    return out_dir
+
+
+def _summary(results: dict[str, EvalResult]) -> dict[str, Any]:
+    first = next(iter(results.values()))
+    return {**first.as_dict(), "models": {k: v.as_dict() for k, v in results.items()}}
+
+
+def save_distilled(
+    out_dir: Path,
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    result: DistillResult,
+    store: TrajectoryStore,
+) -> None:
+    """Write ``synthetic.safetensors``/``.json`` and ``grid.png`` for a distilled set."""
+    extra = {f"zca.{k}": v for k, v in data.zca.state_dict().items()} if data.zca else {}
+    meta = {
+        "dataset": data.dataset.name,
+        "image_shape": list(data.dataset.image_shape),
+        "class_names": list(data.dataset.class_names),
+        "normalisation": {"mean": list(data.dataset.mean), "std": list(data.dataset.std)},
+        "zca": data.zca is not None,
+        "model": config.model.name,
+        "ipc": config.distill.ipc,
+        "init": result.init_source,
+        "plugins": [r.as_dict() for r in host.records.values()],
+        "config": to_dict(config),
+        "expert_store": str(store.root),
+        "environment": environment(),
+    }
+    save_synthetic(out_dir, result.images, result.labels, result.lr, meta, extra)
+    save_grid(
+        out_dir / "grid.png",
+        data.to_pixels(result.images),
+        result.labels,
+        data.dataset.num_classes,
+    )
+
+
+def run(
+    config: RunConfig,
+    host: PluginHost,
+    out_dir: Path,
+    store_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """experts (reused when cached) → distill → evaluate (+ random-real baseline) → ``results.json``."""
+    reporter = reporter or Reporter()
+    device = resolve_device(config.device)
+    atomic_write_json(out_dir / "config.json", to_dict(config))
+    data = prepare_data(config)
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+    if store_dir is not None and (store_dir / "manifest.json").exists():
+        store = TrajectoryStore.open(store_dir)
+    else:
+        store = train_experts(config, host, data, store_dir, reporter)
+    timings["experts"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    result = distill(config, host, data, store, out_dir, reporter)
+    timings["distill"] = time.perf_counter() - tick
+    save_distilled(out_dir, config, host, data, result, store)
+    tick = time.perf_counter()
+    summary: dict[str, Any] = {
+        "dataset": data.dataset.name,
+        "ipc": config.distill.ipc,
+        "plugins": list(config.plugins),
+        "init": result.init_source,
+        "learned_lr": result.lr,
+        "final_loss": result.history[-1].loss if result.history else None,
+    }
+    if config.evaluate.runs > 0:
+        distilled = evaluate(config, data, result.images, result.labels, result.lr, reporter=reporter)
+        real_x, real_y = random_real_set(config, data, device)
+        baseline = evaluate(
+            config,
+            data,
+            real_x,
+            real_y,
+            config.distill.lr_init,
+            reporter=reporter,
+            label="random-real",
+        )
+        summary["distilled"] = _summary(distilled)
+        summary["random_real"] = _summary(baseline)
+        summary["protocol"] = {
+            "distilled_lr": result.lr,
+            "random_real_lr": config.distill.lr_init,
+            **to_dict(config.evaluate),
+        }
+    timings["evaluate"] = time.perf_counter() - tick
+    summary["timings_s"] = timings
+    summary["distill_s_per_iter"] = result.seconds_per_iteration
+    summary.update(peak_memory_mb(device))
+    summary["expert_store"] = str(store.root)
+    atomic_write_json(out_dir / "results.json", summary)
+    atomic_write_json(
+        out_dir / "run.json",
+        {
+            "environment": environment(),
+            "device": str(device),
+            "plugins": [r.as_dict() for r in host.records.values()],
+            "timings_s": timings,
+            **peak_memory_mb(device),
+        },
+    )
+    return summary

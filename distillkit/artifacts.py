@@ -1,0 +1,266 @@
+"""Files a run leaves behind: the synthetic set, image grids, exports, and atomic writes.
+
+Every write goes to a temporary file in the destination directory and is then
+renamed over the target, so an interrupted run never leaves a half-written file
+that a later run would trust. The synthetic set is stored as safetensors (no
+pickle) beside a JSON sidecar that carries its metadata and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from distillkit.errors import StoreError
+
+FORMAT_VERSION = 1
+SYNTHETIC_TENSORS = "synthetic.safetensors"
+SYNTHETIC_JSON = "synthetic.json"
+_RESERVED_TENSORS = ("images", "labels", "lr")
+_RESERVED_META = ("sha256", "format_version")
+GRID_MIN_CELL = 32
+GRID_PAD = 2
+
+
+# --------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success fsync it and rename it onto ``path``.
+
+    The temporary file lives in the same directory so ``os.replace`` is atomic.
+    On any error it is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "r+b") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX only; Windows cannot open directories)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (key order kept, so files read top-down) atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, streamed so large trajectories are not held in memory."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+# --------------------------------------------------------------------- synthetic set
+
+
+def _cpu_copy(tensor: Tensor) -> Tensor:
+    """A contiguous CPU tensor that owns its memory (safetensors refuses shared storage)."""
+    return tensor.detach().to("cpu", copy=True).contiguous()
+
+
+def save_synthetic(
+    out_dir: Path,
+    images: Tensor,
+    labels: Tensor,
+    lr: float,
+    meta: dict,
+    extra_tensors: dict[str, Tensor] | None = None,
+) -> None:
+    """Write ``synthetic.safetensors`` and ``synthetic.json`` (meta + checksum) atomically.
+
+    ``extra_tensors`` carries state needed to use the images, e.g. the ZCA
+    transform as ``zca.mean`` / ``zca.components``.
+    """
+    out_dir = Path(out_dir)
+    extra = dict(extra_tensors or {})
+    clash = sorted(set(extra) & set(_RESERVED_TENSORS))
+    if clash:
+        raise ValueError(f"extra_tensors may not use the reserved names {clash}")
+    tensors = {
+        "images": _cpu_copy(images),
+        "labels": _cpu_copy(labels),
+        "lr": torch.tensor(float(lr), dtype=torch.float32),
+        **{name: _cpu_copy(value) for name, value in extra.items()},
+    }
+    data = save_safetensors(tensors)
+    atomic_write_bytes(out_dir / SYNTHETIC_TENSORS, data)
+    sidecar = {
+        **{k: v for k, v in meta.items() if k not in _RESERVED_META},
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "format_version": FORMAT_VERSION,
+    }
+    atomic_write_json(out_dir / SYNTHETIC_JSON, sidecar)
+
+
+def load_synthetic(out_dir: Path) -> tuple[Tensor, Tensor, float, dict, dict[str, Tensor]]:
+    """Read a synthetic set written by :func:`save_synthetic`, refusing corrupt files.
+
+    Returns ``(images, labels, lr, meta, extra_tensors)``; ``meta`` is what was
+    saved, without the checksum and format version.
+    """
+    out_dir = Path(out_dir)
+    json_path = out_dir / SYNTHETIC_JSON
+    tensor_path = out_dir / SYNTHETIC_TENSORS
+    hint = "Re-run `distillkit distill` to write the synthetic set again."
+    try:
+        sidecar = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{json_path} is missing.", hint=hint) from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{json_path} cannot be read as JSON ({exc}).", hint=hint) from exc
+    if not isinstance(sidecar, dict) or sidecar.get("format_version") != FORMAT_VERSION:
+        version = sidecar.get("format_version") if isinstance(sidecar, dict) else None
+        raise StoreError(
+            f"{json_path} has format_version {version!r} but this distillkit reads "
+            f"{FORMAT_VERSION}.",
+            hint="Use the distillkit version that wrote it, or re-run the distillation.",
+        )
+    try:
+        data = tensor_path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{tensor_path} is missing.", hint=hint) from None
+    if hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
+        raise StoreError(
+            f"{tensor_path}: checksum mismatch with {SYNTHETIC_JSON} (file corrupt or truncated).",
+            hint=hint,
+        )
+    try:
+        tensors = load_safetensors(data)
+    except SafetensorError as exc:
+        raise StoreError(f"{tensor_path} is not a valid safetensors file ({exc}).") from exc
+    missing = [name for name in _RESERVED_TENSORS if name not in tensors]
+    if missing:
+        raise StoreError(f"{tensor_path} lacks the tensors {missing}.", hint=hint)
+    images, labels, lr = (tensors.pop(name) for name in _RESERVED_TENSORS)
+    meta = {k: v for k, v in sidecar.items() if k not in _RESERVED_META}
+    return images, labels, float(lr), meta, tensors
+
+
+# --------------------------------------------------------------------- pictures
+
+
+def _to_uint8(pixels: Tensor) -> Tensor:
+    """[n, C, H, W] floats in [0, 1] → [n, H, W, C] uint8 on the CPU."""
+    if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
+        raise ValueError(f"expected pixels [n, 1|3, H, W], got {tuple(pixels.shape)}")
+    scaled = pixels.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _to_image(hwc: Tensor) -> Image.Image:
+    """A PIL image from an [H, W, C] uint8 tensor (grey for one channel)."""
+    array = hwc.numpy()
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def _save_png(path: Path, image: Image.Image) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def save_grid(path: Path, pixels: Tensor, labels: Tensor, num_classes: int) -> None:
+    """Save a PNG with one row per class and one column per image of that class.
+
+    Tiny images (MNIST, digits) are enlarged by an integer nearest-neighbour
+    factor so each cell is at least 32 px and stays readable; cells are
+    separated by a 2 px border.
+    """
+    images = _to_uint8(pixels)
+    label_list = [int(v) for v in labels.reshape(-1).tolist()]
+    n, height, width, channels = images.shape
+    if len(label_list) != n:
+        raise ValueError(f"{n} images but {len(label_list)} labels")
+    scale = max(1, math.ceil(GRID_MIN_CELL / min(height, width)))
+    cell_h, cell_w = height * scale, width * scale
+    per_class = [label_list.count(c) for c in range(num_classes)]
+    cols = max([1, *per_class])
+    canvas = torch.zeros(
+        num_classes * (cell_h + GRID_PAD) + GRID_PAD,
+        cols * (cell_w + GRID_PAD) + GRID_PAD,
+        channels,
+        dtype=torch.uint8,
+    )
+    column = [0] * num_classes
+    for image, label in zip(images, label_list, strict=True):
+        if not 0 <= label < num_classes:
+            raise ValueError(f"label {label} outside 0..{num_classes - 1}")
+        top = GRID_PAD + label * (cell_h + GRID_PAD)
+        left = GRID_PAD + column[label] * (cell_w + GRID_PAD)
+        big = image.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
+        canvas[top : top + cell_h, left : left + cell_w] = big
+        column[label] += 1
+    _save_png(Path(path), _to_image(canvas))
+
+
+def export_mtt(out_dir: Path, images: Tensor, labels: Tensor, lr: Tensor | float) -> None:
+    """Write ``images_best.pt``, ``labels_best.pt`` and ``lr_best.pt`` as MTT's evaluators expect.
+
+    Plain tensors only, so the files load with ``torch.load(weights_only=True)``.
+    """
+    out_dir = Path(out_dir)
+    lr_tensor = torch.as_tensor(lr, dtype=torch.float32)
+    for name, tensor in (("images", images), ("labels", labels), ("lr", lr_tensor)):
+        with atomic_path(out_dir / f"{name}_best.pt") as tmp:
+            torch.save(_cpu_copy(tensor), tmp)
+
+
+def _safe_dirname(name: str) -> str:
+    """A class name usable as one directory level (no separators, never empty or dots)."""
+    cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
+    return cleaned or "_"
+
+
+def export_png_folder(
+    out_dir: Path, pixels: Tensor, labels: Tensor, class_names: Sequence[str]
+) -> None:
+    """Write ``out_dir/<class>/<i>.png`` (``i`` counts within a class), the ImageFolder layout."""
+    out_dir = Path(out_dir)
+    images = _to_uint8(pixels)
+    label_list = [int(v) for v in labels.reshape(-1).tolist()]
+    if len(label_list) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(label_list)} labels")
+    counts: dict[int, int] = {}
+    for image, label in zip(images, label_list, strict=True):
+        index = counts.get(label, 0)
+        counts[label] = index + 1
+        _save_png(out_dir / _safe_dirname(class_names[label]) / f"{index}.png", _to_image(image))

@@ -1,0 +1,460 @@
+"""The ``distillkit`` command line (typer). The only module that prints or exits.
+
+torch is imported inside command bodies, never at module level, so ``--help``
+and ``list-plugins`` answer quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from distillkit.errors import DistillkitError, ExitCode
+
+if TYPE_CHECKING:
+    from distillkit.config import RunConfig
+    from distillkit.host import PluginHost
+
+app = typer.Typer(
+    name="distillkit",
+    help="Dataset distillation by trajectory matching (MTT + AST techniques as plugins).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+# -- shared options ---------------------------------------------------------------------
+
+Dataset = Annotated[
+    str | None,
+    typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn or imagefolder:PATH."),
+]
+DataPath = Annotated[
+    Path | None, typer.Option("--data-path", help="Folder holding the dataset files.")
+]
+Download = Annotated[
+    bool, typer.Option("--download", help="Allow torchvision to download CIFAR/SVHN into --data-path.")
+]
+Model = Annotated[
+    str | None, typer.Option(help="Network, e.g. convnet, convnet-w32, convnet-d4, resnet18.")
+]
+Ipc = Annotated[int | None, typer.Option(help="Synthetic images per class.")]
+Plugins = Annotated[
+    str | None,
+    typer.Option(
+        "--plugins",
+        "-p",
+        help="Comma-separated plugins, e.g. smooth,kmeans-init,bil,itm,wp. None named = plain MTT.",
+    ),
+]
+Preset = Annotated[
+    str | None,
+    typer.Option(help="Named settings: digits (default of `run`), fmnist-cpu, ast-code, ..."),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML file with config keys (docs/config.md).")
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override one config key; repeatable. e.g. distill.iterations=500, wp.alpha=0.05.",
+    ),
+]
+Seed = Annotated[int | None, typer.Option(help="One seed drives the whole run.")]
+Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+OutDir = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Run directory (default runs/<time>-<dataset>-ipc<k>)."),
+]
+ExpertsStore = Annotated[
+    Path | None,
+    typer.Option("--experts", help="Use this existing trajectory store instead of training experts."),
+]
+EvalModels = Annotated[
+    str | None,
+    typer.Option("--eval-models", help="Comma-separated models for cross-architecture evaluation."),
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Reuse an --out folder that already holds a run.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@contextmanager
+def cli_errors(debug: bool) -> Iterator[None]:
+    """Map errors to one stderr line (+ hint) and the documented exit codes."""
+    debug = debug or os.environ.get("DISTILLKIT_DEBUG") == "1"
+    try:
+        yield
+    except DistillkitError as exc:
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True)
+        if exc.hint:
+            err.print(f"Hint: {exc.hint}", highlight=False, markup=False)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]Error:[/] internal error: {type(exc).__name__}: {exc}", markup=True)
+        err.print("Hint: rerun with --debug for the traceback and report it", markup=False)
+        raise typer.Exit(int(ExitCode.RUN_FAILED)) from None
+
+
+class RichReporter:
+    """Progress bars on stderr (hidden with --quiet or when stderr is not a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.enabled = enabled and err.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err,
+            disable=not self.enabled,
+        )
+        self.task: Any = None
+
+    def start(self, stage: str, total: int) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self.task = self.progress.add_task(stage, total=total, info="")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        text = "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in info.items()
+            if v is not None
+        )
+        self.progress.update(self.task, advance=n, info=text)
+
+    def finish(self) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=self.enabled)
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            err.print(message)
+
+    def close(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+
+def _overrides(
+    sets: list[str] | None,
+    dataset: str | None = None,
+    data_path: Path | None = None,
+    download: bool = False,
+    model: str | None = None,
+    ipc: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    eval_models: str | None = None,
+) -> dict[str, Any]:
+    from distillkit.config import ConfigError, split_set_option
+
+    values: dict[str, Any] = {}
+    for item in sets or []:
+        key, value = split_set_option(item)
+        if key in values:
+            raise ConfigError(f"--set {key} is given twice")
+        values[key] = value
+    shortcuts = {
+        "data.dataset": dataset,
+        "data.data_path": str(data_path) if data_path else None,
+        "data.download": True if download else None,
+        "model.name": model,
+        "distill.ipc": ipc,
+        "seed": seed,
+        "device": device,
+        "evaluate.models": eval_models,
+    }
+    values.update({k: v for k, v in shortcuts.items() if v is not None})
+    return values
+
+
+def _resolve(
+    preset: str | None,
+    config_file: Path | None,
+    overrides: dict[str, Any],
+    plugins: str | None,
+    default_preset: str | None = None,
+) -> tuple[RunConfig, PluginHost]:
+    from distillkit.api import resolve_config
+
+    if preset is None and config_file is None and default_preset:
+        if overrides.get("data.dataset", "digits") == "digits":
+            preset = default_preset
+    names = None if plugins is None else [p for p in plugins.split(",") if p.strip()]
+    return resolve_config(preset, config_file, overrides, names)
+
+
+def _results_table(title: str, rows: list[tuple[str, str, dict]]) -> Table:
+    table = Table(title=title)
+    for column in ("set", "model", "accuracy", "runs"):
+        table.add_column(column, justify="right" if column != "set" else "left")
+    for label, model, res in rows:
+        table.add_row(
+            label,
+            model,
+            f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f} %",
+            " ".join(f"{100 * r:.1f}" for r in res["runs"]),
+        )
+    return table
+
+
+def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    from distillkit.config import EvaluateConfig
+    from distillkit.evaluate import protocol_line
+
+    if "distilled" in summary:
+        rows = [("distilled", m, r) for m, r in summary["distilled"]["models"].items()]
+        rows += [("random real", m, r) for m, r in summary["random_real"]["models"].items()]
+        proto = summary["protocol"]
+        cfg = EvaluateConfig(
+            **{k: v for k, v in proto.items() if k in EvaluateConfig.__dataclass_fields__}
+        )
+        out.print(f"[dim]protocol: {protocol_line(cfg, summary['learned_lr'])}; "
+                  f"random real at lr {proto['random_real_lr']:.4g}[/]")
+        plugins = ",".join(summary["plugins"]) or "none (plain MTT)"
+        title = f"{summary['dataset']} · ipc {summary['ipc']} · plugins: {plugins}"
+        out.print(_results_table(title, rows))
+    t = summary["timings_s"]
+    out.print(
+        f"time: experts {t['experts']:.1f}s, distill {t['distill']:.1f}s "
+        f"({summary['distill_s_per_iter']:.3f} s/it), evaluate {t['evaluate']:.1f}s · "
+        f"peak RSS {summary['peak_rss_mb']:.0f} MiB · learned lr {summary['learned_lr']:.4g}"
+    )
+    out.print(f"run directory: {out_dir}")
+
+
+@app.command("run")
+def run_cmd(
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    download: Download = False,
+    model: Model = None,
+    ipc: Ipc = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    out_dir: OutDir = None,
+    experts: ExpertsStore = None,
+    eval_models: EvalModels = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
+    with cli_errors(debug):
+        overrides = _overrides(
+            sets, dataset, data_path, download, model, ipc, seed, device, eval_models
+        )
+        cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+        from distillkit import api
+
+        target = api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
+        reporter = RichReporter(not quiet)
+        try:
+            summary = api.run(cfg, host, target, experts, reporter)
+        finally:
+            reporter.close()
+        _print_summary(summary, target)
+
+
+@app.command("experts")
+def experts_cmd(
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    download: Download = False,
+    model: Model = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    out_dir: OutDir = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train expert trajectories into a store (finished experts with the same manifest are kept)."""
+    with cli_errors(debug):
+        overrides = _overrides(sets, dataset, data_path, download, model, None, seed, device)
+        cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+        from distillkit import api
+
+        data = api.prepare_data(cfg)
+        reporter = RichReporter(not quiet)
+        try:
+            store = api.train_experts(cfg, host, data, out_dir, reporter)
+        finally:
+            reporter.close()
+        table = Table(title=f"experts in {store.root}")
+        for column in ("expert", "epochs", "final test acc", "seconds"):
+            table.add_column(column, justify="right")
+        for entry in store.manifest.experts:
+            accs = entry.get("test_acc") or []
+            table.add_row(
+                str(entry["index"]),
+                str(entry["epochs"]),
+                f"{100 * accs[-1]:.2f} %" if accs else "-",
+                f"{entry.get('seconds', 0):.1f}",
+            )
+        out.print(table)
+
+
+@app.command("distill")
+def distill_cmd(
+    experts: Annotated[Path, typer.Option("--experts", help="Trajectory store to match.")],
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    model: Model = None,
+    ipc: Ipc = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    out_dir: OutDir = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Distill from an existing trajectory store; writes the synthetic set (no evaluation)."""
+    with cli_errors(debug):
+        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, device)
+        cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+        from distillkit import api
+        from distillkit.artifacts import atomic_write_json
+        from distillkit.config import to_dict
+        from distillkit.experts.store import TrajectoryStore
+
+        store = TrajectoryStore.open(experts)
+        target = api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
+        atomic_write_json(target / "config.json", to_dict(cfg))
+        data = api.prepare_data(cfg)
+        reporter = RichReporter(not quiet)
+        try:
+            result = api.distill(cfg, host, data, store, target, reporter)
+        finally:
+            reporter.close()
+        api.save_distilled(target, cfg, host, data, result, store)
+        out.print(
+            f"distilled {len(result.images)} images in {result.seconds:.1f}s "
+            f"({result.seconds_per_iteration:.3f} s/it), learned lr {result.lr:.4g} → {target}"
+        )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding synthetic.safetensors.")],
+    eval_models: EvalModels = None,
+    sets: Sets = None,
+    device: Device = None,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Evaluate a distilled set again (e.g. on other architectures with --eval-models)."""
+    with cli_errors(debug):
+        from distillkit import api
+        from distillkit.artifacts import atomic_write_json, load_synthetic
+        from distillkit.config import ConfigError, apply_overrides, from_dict, validate
+
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
+        cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+        cfg = apply_overrides(cfg, _overrides(sets, device=device, eval_models=eval_models), set())
+        validate(cfg)
+        images, labels, lr, _meta, _extra = load_synthetic(run_dir)
+        data = api.prepare_data(cfg)
+        reporter = RichReporter(not quiet)
+        try:
+            results = api.evaluate(cfg, data, images, labels, lr, reporter=reporter)
+        finally:
+            reporter.close()
+        payload = {name: res.as_dict() for name, res in results.items()}
+        atomic_write_json(run_dir / "evaluation.json", payload)
+        if json_out:
+            out.print_json(json.dumps(payload))
+        else:
+            rows = [("distilled", name, res) for name, res in payload.items()]
+            out.print(_results_table(f"{run_dir}", rows))
+
+
+@app.command("list-plugins")
+def list_plugins_cmd(
+    plugins: Plugins = None,
+    json_out: JsonOut = False,
+    debug: Debug = False,
+) -> None:
+    """List installed plugins: package, version, source, hooks, status (broken ones as error rows)."""
+    with cli_errors(debug):
+        from distillkit.host import PluginHost
+
+        selected = [p.strip() for p in (plugins or "").split(",") if p.strip()]
+        records = PluginHost().list_records(selected)
+        if json_out:
+            out.print_json(json.dumps([r.as_dict() for r in records]))
+            return
+        table = Table(title="distillkit plugins")
+        for column in ("name", "package", "version", "source", "hooks", "status"):
+            table.add_column(column)
+        for r in records:
+            status = f"error: {r.error}" if r.status == "error" else r.status
+            table.add_row(r.name, r.package, r.version, r.source, ", ".join(r.hooks), status)
+        out.print(table)
+        if not records:
+            out.print("no plugins installed: runs are plain MTT")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+
+
+if __name__ == "__main__":
+    main()

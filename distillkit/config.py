@@ -1,0 +1,346 @@
+"""Run configuration: frozen dataclasses, named presets, TOML files and ``--set`` overrides.
+
+Precedence, lowest first: dataclass defaults → ``--preset`` → defaults
+contributed by selected plugins (``config_defaults``) → ``--config FILE`` →
+CLI shortcuts and ``--set KEY=VALUE``. Unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from distillkit.errors import ConfigError
+
+DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which dataset, where it lives, and how it is preprocessed."""
+
+    dataset: str = "digits"
+    data_path: str = ""
+    download: bool = False
+    zca: bool = False
+    augment: str = DSA_DEFAULT
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The architecture experts and student share (see ``distillkit.models``)."""
+
+    name: str = "convnet"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpertsConfig:
+    """Expert (buffer) training; one snapshot is stored per epoch."""
+
+    count: int = 5
+    epochs: int = 20
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    lr_decay_epoch: int = 0
+    lr_decay_factor: float = 0.5
+    evaluate_each_epoch: bool = True
+    store_dtype: str = "float32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """The trajectory-matching loop (MTT notation: N = syn_steps, M = expert_epochs, T⁺ = max_start_epoch)."""
+
+    ipc: int = 1
+    syn_steps: int = 20
+    expert_epochs: int = 2
+    max_start_epoch: int = 10
+    lr_img: float = 100.0
+    lr_lr: float = 1e-5
+    lr_init: float = 0.01
+    batch_syn: int = 0
+    student_momentum: float = 0.0
+    iterations: int = 200
+    img_momentum: float = 0.5
+    log_every: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """Training fresh networks on a synthetic set (design §7): final-epoch accuracy, mean ± std."""
+
+    runs: int = 5
+    epochs: int = 300
+    models: tuple[str, ...] = ()
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    lr_decay_factor: float = 0.1
+    momentum_after_decay: float = -1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything a run needs; ``plugin_options`` holds raw ``<plugin>.<key>`` values."""
+
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    plugins: tuple[str, ...] = ()
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+SECTIONS = ("data", "model", "experts", "distill", "evaluate")
+TOP_LEVEL = ("seed", "device", "plugins")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a TOML value or a ``--set`` string to ``annotation``; raise ``ConfigError`` if impossible."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for arm in typing.get_args(annotation):
+            if arm is type(None):
+                if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+                    return None
+                continue
+            try:
+                return coerce(value, arm, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot parse {value!r}")
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(annotation) or (str,)
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise ConfigError(f"{key} expects a list, got {value!r}")
+        return tuple(coerce(v, item_type, key) for v in items)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key} expects true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} expects an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} expects a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} expects a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")
+
+
+def _suggest(name: str, options: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def config_keys() -> list[str]:
+    """All core keys, dotted (``distill.ipc``), for help texts and suggestions."""
+    keys = list(TOP_LEVEL)
+    for section in SECTIONS:
+        cls = _field_types(RunConfig)[section]
+        keys += [f"{section}.{f.name}" for f in fields(cls)]
+    return keys
+
+
+def apply_overrides(
+    config: RunConfig, values: dict[str, Any], plugin_names: set[str] | None = None
+) -> RunConfig:
+    """Return ``config`` with dotted ``values`` applied; keys of known plugins go to ``plugin_options``.
+
+    ``plugin_names`` is the set of plugin names whose options may be set; with
+    ``None`` every ``<name>.<key>`` that is not a core section is accepted (and
+    checked later against the plugin's ``Config``).
+    """
+    section_updates: dict[str, dict[str, Any]] = {}
+    top_updates: dict[str, Any] = {}
+    plugin_options = {k: dict(v) for k, v in config.plugin_options.items()}
+    hints = _field_types(RunConfig)
+    for key, raw in values.items():
+        head, _, rest = key.partition(".")
+        if not rest:
+            if head not in TOP_LEVEL:
+                raise ConfigError(f"unknown config key '{key}'", hint=_suggest(key, config_keys()))
+            top_updates[head] = coerce(raw, hints[head], key)
+            continue
+        if head in SECTIONS:
+            cls = hints[head]
+            sub = _field_types(cls)
+            if rest not in sub:
+                raise ConfigError(f"unknown config key '{key}'", hint=_suggest(key, config_keys()))
+            section_updates.setdefault(head, {})[rest] = coerce(raw, sub[rest], key)
+            continue
+        if plugin_names is not None and head not in plugin_names:
+            raise ConfigError(
+                f"unknown config key '{key}': '{head}' is neither a config section nor a selected plugin",
+                hint=_suggest(key, config_keys()) or "select the plugin with --plugins first",
+            )
+        plugin_options.setdefault(head, {})[rest] = raw
+    updated = replace(config, **top_updates, plugin_options=plugin_options)
+    for section, changes in section_updates.items():
+        updated = replace(updated, **{section: replace(getattr(updated, section), **changes)})
+    return updated
+
+
+def flatten_table(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Turn nested TOML tables into dotted keys (``{"distill": {"ipc": 1}}`` → ``{"distill.ipc": 1}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_table(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into dotted keys; a missing or malformed file is a ``ConfigError``."""
+    try:
+        with open(path, "rb") as fh:
+            return flatten_table(tomllib.load(fh))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``distillkit/presets``."""
+    folder = resources.files("distillkit") / "presets"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """Dotted keys of the preset ``name``; unknown names are a ``ConfigError`` with a suggestion."""
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(
+            f"unknown preset '{name}'",
+            hint=_suggest(name, names) or f"available presets: {', '.join(names)}",
+        )
+    text = (resources.files("distillkit") / "presets" / f"{name}.toml").read_text()
+    return flatten_table(tomllib.loads(text))
+
+
+def split_set_option(item: str) -> tuple[str, str]:
+    """Parse one ``--set KEY=VALUE``."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got '{item}'", hint="e.g. --set distill.ipc=10")
+    return key.strip(), value.strip()
+
+
+def validate(config: RunConfig) -> None:
+    """Reject values that cannot work (they would otherwise fail deep inside the run)."""
+    positive = {
+        "experts.count": config.experts.count,
+        "experts.epochs": config.experts.epochs,
+        "experts.batch_size": config.experts.batch_size,
+        "distill.ipc": config.distill.ipc,
+        "distill.syn_steps": config.distill.syn_steps,
+        "distill.expert_epochs": config.distill.expert_epochs,
+        "distill.max_start_epoch": config.distill.max_start_epoch,
+        "evaluate.epochs": config.evaluate.epochs,
+        "evaluate.batch_size": config.evaluate.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "distill.iterations": config.distill.iterations,
+        "distill.batch_syn": config.distill.batch_syn,
+        "evaluate.runs": config.evaluate.runs,
+        "experts.lr_decay_epoch": config.experts.lr_decay_epoch,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    for key, value in {
+        "distill.lr_init": config.distill.lr_init,
+        "experts.lr": config.experts.lr,
+    }.items():
+        if not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    if config.experts.optimizer not in ("sgd", "adam"):
+        raise ConfigError(
+            f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'"
+        )
+    if config.experts.store_dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(
+            "experts.store_dtype must be float32, float16 or bfloat16, "
+            f"got '{config.experts.store_dtype}'"
+        )
+    needed = config.distill.max_start_epoch + config.distill.expert_epochs
+    if needed > config.experts.epochs:
+        raise ConfigError(
+            f"experts are trained for {config.experts.epochs} epochs but distillation needs "
+            f"max_start_epoch + expert_epochs = {needed}",
+            hint="raise experts.epochs or lower distill.max_start_epoch",
+        )
+
+
+def to_dict(config: Any) -> Any:
+    """A JSON-ready view of a config dataclass (tuples become lists)."""
+    if is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a ``RunConfig`` from :func:`to_dict` output (e.g. a run directory's ``config.json``)."""
+    flat = flatten_table({k: v for k, v in data.items() if k != "plugin_options"})
+    config = apply_overrides(RunConfig(), flat)
+    return dataclasses.replace(config, plugin_options=dict(data.get("plugin_options", {})))

@@ -1,0 +1,166 @@
+"""What hooks receive and return.
+
+Every hook gets two keyword arguments: ``run`` (a :class:`RunContext`, the same
+object for the whole run) and ``ctx`` (a frozen per-hook dataclass). New
+information is added as new *fields*, never as new arguments, so plugins written
+today keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from distillkit.config import RunConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSlot:
+    """One parameter tensor inside the flat parameter vector ``theta[offset:offset+numel]``."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    numel: int
+
+
+@dataclass(slots=True)
+class RunContext:
+    """Run-wide state handed to every hook.
+
+    ``generator`` lives on ``device``: plugins that draw random numbers must use it
+    so that one seed reproduces the whole run. ``log(name, value)`` records a metric
+    (floats or 0-dim tensors; tensors are detached lazily).
+    """
+
+    config: RunConfig
+    device: torch.device
+    generator: torch.Generator
+    out_dir: Path | None
+    plugin_configs: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str, Any], None] = lambda name, value: None
+
+    def plugin_config(self, name: str) -> Any:
+        """Return the resolved ``Config`` instance of the plugin called ``name``."""
+        return self.plugin_configs[name]
+
+
+@dataclass(frozen=True, slots=True)
+class LossTerm:
+    """An additive loss term named for the metrics (``loss/<name>``); ``value`` is a 0-dim tensor."""
+
+    name: str
+    value: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class LossScale:
+    """A factor on the base cross-entropy of an expert step (factors of all plugins multiply)."""
+
+    name: str
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertStepContext:
+    """One mini-batch step of expert training (``expert_loss``).
+
+    ``images`` is the augmented batch the base loss uses; ``raw_images`` the same
+    batch before augmentation; ``logits`` the model output on ``images``.
+    ``epoch`` counts from 0; ``step`` is the step index within the epoch.
+    """
+
+    model: nn.Module
+    images: torch.Tensor
+    raw_images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    base_loss: torch.Tensor
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    total_epochs: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticInit:
+    """Initial synthetic set: ``images`` [n, C, H, W] in the dataset's (normalised) space, ``labels`` [n]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class InitContext:
+    """Everything needed to choose the initial synthetic images (``init_synthetic``).
+
+    ``train_images``/``train_labels`` are the whole (preprocessed) training set on
+    the CPU. ``expert_params(e)`` returns the flat parameters of the first expert
+    after ``e`` epochs (``-1`` = last); ``make_model()`` builds a fresh network of
+    the run's architecture and ``load_flat(model, theta)`` copies a flat vector
+    into it.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    num_classes: int
+    ipc: int
+    class_names: tuple[str, ...]
+    expert_params: Callable[[int], torch.Tensor]
+    expert_epochs_available: int
+    make_model: Callable[[], nn.Module]
+    load_flat: Callable[[nn.Module, torch.Tensor], None]
+
+
+@dataclass(frozen=True, slots=True)
+class InnerLossContext:
+    """The sampled segment of one outer iteration (``inner_loss_weight``)."""
+
+    iteration: int
+    start_epoch: int
+    max_start_epoch: int
+    expert_epochs: int
+    syn_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class PerturbContext:
+    """The sampled expert start point of one outer iteration (``perturb_expert``).
+
+    ``start`` is the unperturbed flat vector θ*_t; return a delta of the same
+    shape. ``layout`` maps the flat vector back to named tensors.
+    """
+
+    iteration: int
+    start: torch.Tensor
+    start_epoch: int
+    layout: tuple[ParamSlot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MatchContext:
+    """The unrolled student of one outer iteration (``intermediate_match``).
+
+    ``student_params[n]`` is θ̂ after ``n`` inner steps (``n = 0..syn_steps``),
+    still attached to the autograd graph. ``expert_params(k)`` returns θ*_{t+k}
+    for ``k = 0..expert_epochs``. ``start`` is the (perturbed) start the student
+    began from; ``unperturbed_start`` is θ*_t itself. ``distance(a, b, ref)``
+    is the normalised ‖a − b‖² / ‖ref − b‖² used by the core.
+    """
+
+    iteration: int
+    start_epoch: int
+    expert_epochs: int
+    syn_steps: int
+    student_params: tuple[torch.Tensor, ...]
+    expert_params: Callable[[int], torch.Tensor]
+    start: torch.Tensor
+    unperturbed_start: torch.Tensor
+    distance: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

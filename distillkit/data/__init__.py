@@ -1,0 +1,6 @@
+"""Datasets (registry, loaders, normalisation) and ZCA whitening."""
+
+from distillkit.data.datasets import ImageDataset, dataset_names, load_dataset
+from distillkit.data.zca import ZCA
+
+__all__ = ["ZCA", "ImageDataset", "dataset_names", "load_dataset"]

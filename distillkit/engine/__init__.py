@@ -1,0 +1,1 @@
+"""The trajectory-matching engine: functional student, unrolled inner loop, outer loop."""

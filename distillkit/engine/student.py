@@ -1,0 +1,54 @@
+"""The student as a pure function of one flat parameter vector.
+
+Trajectory matching differentiates through many SGD steps taken on a flat
+vector θ; ``torch.func.functional_call`` runs the real ``nn.Module`` with views of
+θ installed as its parameters, so any registered architecture can be a student.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from distillkit.context import ParamSlot
+
+
+def param_layout(model: nn.Module) -> tuple[ParamSlot, ...]:
+    """Slots of ``model.named_parameters()`` in flattening order (the MTT order)."""
+    slots, offset = [], 0
+    for name, p in model.named_parameters():
+        slots.append(ParamSlot(name, tuple(p.shape), offset, p.numel()))
+        offset += p.numel()
+    return tuple(slots)
+
+
+def flatten_params(model: nn.Module) -> torch.Tensor:
+    """A detached *copy* of the model's parameters as one flat vector."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def load_flat(model: nn.Module, theta: torch.Tensor) -> None:
+    """Copy a flat vector into the model's parameters (in place)."""
+    with torch.no_grad():
+        offset = 0
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(theta[offset : offset + n].view_as(p))
+            offset += n
+
+
+class FlatStudent:
+    """Call ``model`` with parameters taken from a flat vector: ``student(theta, x)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layout = param_layout(model)
+        self.num_params = sum(s.numel for s in self.layout)
+        self.buffers = dict(model.named_buffers())
+
+    def params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {s.name: theta[s.offset : s.offset + s.numel].view(s.shape) for s in self.layout}
+
+    def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, (self.params(theta), self.buffers), (x,))

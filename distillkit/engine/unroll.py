@@ -1,0 +1,73 @@
+"""The inner loop and the matching loss, kept as separate functions.
+
+Keeping ``unroll``, ``matching_loss`` and the optimiser step apart leaves room for
+a constant-memory backward or sharded unrolls without touching the outer loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from distillkit.engine.student import FlatStudent
+
+#: Denominators below this are treated as a degenerate (stagnant) expert segment.
+MIN_DENOMINATOR = 1e-12
+
+
+def normalised_distance(
+    theta: torch.Tensor, target: torch.Tensor, reference: torch.Tensor
+) -> torch.Tensor:
+    """‖θ − target‖² / ‖reference − target‖² (MTT's scale-free parameter distance)."""
+    denominator = (reference - target).pow(2).sum().clamp_min(MIN_DENOMINATOR)
+    return (theta - target).pow(2).sum() / denominator
+
+
+class BatchSampler:
+    """Yield index chunks of a fresh random permutation each pass (MTT's ``batch_syn``)."""
+
+    def __init__(self, n: int, batch: int, generator: torch.Generator) -> None:
+        self.n = n
+        self.batch = batch if 0 < batch < n else n
+        self.generator = generator
+        self._queue: list[torch.Tensor] = []
+
+    def next(self) -> torch.Tensor:
+        if not self._queue:
+            perm = torch.randperm(self.n, generator=self.generator, device=self.generator.device)
+            self._queue = list(perm.split(self.batch))
+        return self._queue.pop(0)
+
+
+def unroll(
+    student: FlatStudent,
+    theta0: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: torch.Tensor,
+    steps: int,
+    sampler: BatchSampler,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    loss_weight: float = 1.0,
+    momentum: float = 0.0,
+) -> list[torch.Tensor]:
+    """Take ``steps`` differentiable SGD steps from ``theta0``; return θ̂_0..θ̂_N.
+
+    Each step: a batch of synthetic images, DSA, cross-entropy scaled by
+    ``loss_weight``, g = ∂ℓ/∂θ with ``create_graph`` (second-order terms stay in
+    the graph), optional heavy-ball momentum b = μb + g, θ ← θ − α·b.
+    """
+    params = [theta0]
+    theta = theta0
+    velocity: torch.Tensor | None = None
+    for _ in range(steps):
+        idx = sampler.next()
+        x = augment(images[idx])
+        loss = loss_weight * F.cross_entropy(student(theta, x), labels[idx])
+        (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
+        velocity = grad if velocity is None or momentum == 0.0 else momentum * velocity + grad
+        theta = theta - alpha * velocity
+        params.append(theta)
+    return params

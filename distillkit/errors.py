@@ -1,0 +1,69 @@
+"""Typed errors shown to users; only ``cli.py`` turns them into exit codes."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses of the ``distillkit`` command (public, stable)."""
+
+    OK = 0
+    RUN_FAILED = 1
+    USAGE_ERROR = 2
+    PLUGIN_ERROR = 3
+    INTERRUPTED = 130
+
+
+class DistillkitError(Exception):
+    """Base class: the message is a complete sentence for the user; ``hint`` says how to fix it."""
+
+    exit_code: ExitCode = ExitCode.RUN_FAILED
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class ConfigError(DistillkitError):
+    """Bad configuration: unknown key, wrong type, out-of-range value, unknown preset."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+class DataError(DistillkitError):
+    """A dataset that cannot be found or read, or that does not fit the run."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+class StoreError(DistillkitError):
+    """A trajectory store or synthetic-set file that is missing, corrupt or mismatched."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+class PluginError(DistillkitError):
+    """A plugin could not be found, loaded, combined with others, or failed while running."""
+
+    exit_code = ExitCode.PLUGIN_ERROR
+
+
+class UnknownPluginError(PluginError):
+    """A name given to ``--plugins`` that no installed distribution provides."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+class PluginConflictError(PluginError):
+    """Two selected plugins both claim an exclusive hook, or one name comes from two packages."""
+
+
+class PluginRuntimeError(PluginError):
+    """A hook implementation raised during a run."""
+
+    exit_code = ExitCode.RUN_FAILED
+
+
+class RunFailed(DistillkitError):
+    """A run could not finish (for example the matching loss kept diverging)."""

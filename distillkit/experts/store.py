@@ -1,0 +1,417 @@
+"""The trajectory store: expert trajectories on disk, one safetensors file per expert.
+
+Layout of a store directory::
+
+    manifest.json               {"format_version": 1, "key": {...}, "experts": [...]}
+    expert_000.safetensors      tensor "trajectory", [epochs + 1, P], row e = params after e epochs
+    expert_001.safetensors      ...
+
+The ``key`` holds everything that determines the trajectories (dataset,
+preprocessing, model and parameter layout, optimizer, epochs, seed, expert
+plugins); two stores are interchangeable exactly when their keys are equal, so
+an existing directory is reused only for an identical key. Fields read here:
+``store_dtype`` (``float32`` default, ``float16``, ``bfloat16``), ``num_params``
+and ``epochs`` (checked on write when present), and for
+:meth:`TrajectoryStore.check_compatible` the fields in ``COMPATIBILITY_FIELDS``
+(``param_layout`` is ``[[name, shape], ...]`` in ``parameters()`` order).
+
+Files are safetensors rather than pickles so that a store can be shared and
+read lazily: distillation needs only a few epochs per iteration, and
+``safe_open(...).get_slice`` reads just those rows. Each file's sha256 is
+recorded in the manifest and checked once per process before first use.
+MTT's pickled ``replay_buffer_*.pt`` files are accepted only through
+:func:`import_mtt_buffer`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256
+from distillkit.errors import StoreError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TENSOR_NAME = "trajectory"
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPATIBILITY_FIELDS = ("dataset", "image_shape", "num_classes", "param_layout", "num_params")
+_ENTRY_FIELDS = ("index", "file", "sha256", "epochs", "dtype", "test_acc", "seconds")
+_MISSING = object()
+
+# (resolved path, size, mtime_ns, expected sha256) of files already verified in
+# this process: hashing a large trajectory costs a full read, so do it once.
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def expert_filename(index: int) -> str:
+    """File name of expert ``index`` inside a store."""
+    return f"expert_{index:03d}.safetensors"
+
+
+def _canonical(obj: Any) -> Any:
+    """The JSON form of ``obj`` (tuples become lists), so in-memory keys compare like stored ones."""
+    return json.loads(json.dumps(obj))
+
+
+def _show(value: Any) -> str:
+    """A short printable form of a key value for error messages."""
+    if value is _MISSING:
+        return "missing"
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The dotted path and both values of the first place where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for name in [*old, *(k for k in new if k not in old)]:
+            where = f"{path}.{name}" if path else name
+            found = _first_difference(old.get(name, _MISSING), new.get(name, _MISSING), where)
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            found = _first_difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if old is _MISSING or new is _MISSING or old != new:
+        return path, old, new
+    return None
+
+
+def _store_dtype(key: dict[str, Any]) -> tuple[str, torch.dtype]:
+    name = key.get("store_dtype", "float32")
+    if name not in STORE_DTYPES:
+        raise StoreError(
+            f"store_dtype {name!r} is not one of {', '.join(STORE_DTYPES)}.",
+            hint="Set experts.store_dtype to float32, float16 or bfloat16.",
+        )
+    return name, STORE_DTYPES[name]
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Group indices into ``[start, stop)`` runs of consecutive values, keeping their order."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+@dataclass(frozen=True)
+class StoreManifest:
+    """What ``manifest.json`` holds: the store key and one entry per finished expert."""
+
+    key: dict[str, Any]
+    experts: list[dict]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "key": self.key, "experts": self.experts}
+
+    @classmethod
+    def from_json(cls, raw: Any, path: Path) -> StoreManifest:
+        """Validate a parsed manifest; anything malformed is a StoreError naming ``path``."""
+        if not isinstance(raw, dict):
+            raise StoreError(f"{path} is not a trajectory-store manifest (not a JSON object).")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"{path} has format_version {raw.get('format_version')!r} but this distillkit "
+                f"reads {FORMAT_VERSION}.",
+                hint="Use the distillkit version that wrote the store, or train new experts.",
+            )
+        key, experts = raw.get("key"), raw.get("experts")
+        if not isinstance(key, dict) or not isinstance(experts, list):
+            raise StoreError(f"{path} lacks a 'key' object or an 'experts' list.")
+        for entry in experts:
+            valid = (
+                isinstance(entry, dict)
+                and isinstance(entry.get("index"), int)
+                and isinstance(entry.get("file"), str)
+                and Path(entry["file"]).name == entry["file"]
+                and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("epochs"), int)
+            )
+            if not valid:
+                raise StoreError(f"{path} has a malformed expert entry: {_show(entry)}.")
+        return cls(key=key, experts=experts)
+
+
+class TrajectoryStore:
+    """A directory of expert trajectories described by ``manifest.json``."""
+
+    def __init__(self, root: Path, manifest: StoreManifest) -> None:
+        self.root = Path(root)
+        self._manifest = manifest
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return self._manifest.key
+
+    @property
+    def manifest(self) -> StoreManifest:
+        return self._manifest
+
+    @classmethod
+    def create_or_open(cls, root: Path, key: dict) -> TrajectoryStore:
+        """Open the store at ``root`` if its key equals ``key``, else create it there.
+
+        Reusing a store keeps its finished experts, so an interrupted expert run
+        resumes. A store with a different key is never overwritten.
+        """
+        root = Path(root)
+        key = _canonical(key)
+        _store_dtype(key)
+        if (root / MANIFEST).exists():
+            store = cls.open(root)
+            diff = _first_difference(store.key, key, "")
+            if diff is not None:
+                where, old, new = diff
+                raise StoreError(
+                    f"Trajectory store {root} holds experts for a different setup: "
+                    f"{where} is {_show(old)} there but {_show(new)} now.",
+                    hint="Use another store directory, or delete this one to train new experts.",
+                )
+            return store
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise StoreError(
+                f"{root} exists but is not a trajectory store (no {MANIFEST}).",
+                hint="Choose a new or empty directory for the experts.",
+            )
+        manifest = StoreManifest(key=key, experts=[])
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(root / MANIFEST, manifest.to_json())
+        return cls(root, manifest)
+
+    @classmethod
+    def open(cls, root: Path) -> TrajectoryStore:
+        """Open an existing store; a missing or unreadable manifest is a StoreError."""
+        root = Path(root)
+        path = root / MANIFEST
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoreError(
+                f"{root} is not a trajectory store: {MANIFEST} is missing.",
+                hint="Pass the directory that `distillkit experts` wrote, or train experts first.",
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path} cannot be read as JSON ({exc}).") from exc
+        return cls(root, StoreManifest.from_json(raw, path))
+
+    def finished(self) -> list[int]:
+        """Indices of experts recorded in the manifest whose file is present.
+
+        Deleting a corrupt expert file therefore makes the next expert run retrain it.
+        """
+        return sorted(e["index"] for e in self._manifest.experts if (self.root / e["file"]).exists())
+
+    def write_expert(self, index: int, trajectory: torch.Tensor, info: dict) -> None:
+        """Store one expert's ``[epochs + 1, P]`` trajectory, then record it in the manifest.
+
+        The tensor is copied to the CPU in the store dtype before writing, so
+        later in-place updates of the caller's tensors cannot change what is
+        stored. ``info`` adds JSON fields to the entry (``test_acc``, ``seconds``...).
+        """
+        if index < 0:
+            raise ValueError(f"expert index must be >= 0, got {index}")
+        name = expert_filename(index)
+        if trajectory.dim() != 2:
+            raise StoreError(
+                f"{name}: a trajectory must be [epochs + 1, P], got shape "
+                f"{list(trajectory.shape)}."
+            )
+        rows, width = trajectory.shape
+        num_params, epochs = self.key.get("num_params"), self.key.get("epochs")
+        if num_params is not None and width != num_params:
+            raise StoreError(
+                f"{name}: the trajectory has {width} parameters but store {self.root} "
+                f"expects {num_params}."
+            )
+        if epochs is not None and rows != epochs + 1:
+            raise StoreError(
+                f"{name}: the trajectory has {rows} snapshots but store {self.root} "
+                f"expects {epochs + 1} (epochs + 1)."
+            )
+        dtype_name, dtype = _store_dtype(self.key)
+        snapshot = trajectory.detach().to("cpu", dtype, copy=True).contiguous()
+        with atomic_path(self.root / name) as tmp:
+            save_file({TENSOR_NAME: snapshot}, str(tmp))
+            digest = file_sha256(tmp)
+        entry = {
+            "index": index,
+            "file": name,
+            "sha256": digest,
+            "epochs": rows - 1,
+            "dtype": dtype_name,
+            "test_acc": [float(a) for a in info.get("test_acc", [])],
+            "seconds": None if info.get("seconds") is None else float(info["seconds"]),
+            **_canonical({k: v for k, v in info.items() if k not in _ENTRY_FIELDS}),
+        }
+        experts = [e for e in self._manifest.experts if e["index"] != index] + [entry]
+        experts.sort(key=lambda e: e["index"])
+        manifest = StoreManifest(key=self._manifest.key, experts=experts)
+        atomic_write_json(self.root / MANIFEST, manifest.to_json())
+        self._manifest = manifest
+
+    def _entry(self, index: int) -> dict[str, Any]:
+        for entry in self._manifest.experts:
+            if entry["index"] == index:
+                return entry
+        raise StoreError(
+            f"Trajectory store {self.root} has no expert {index} "
+            f"(finished: {self.finished()}).",
+            hint="Train more experts into this store, or sample from the finished ones.",
+        )
+
+    def _verify(self, path: Path, expected: str) -> None:
+        """Check the file's sha256 against the manifest, once per process per file version."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise StoreError(
+                f"{path} is listed in {MANIFEST} but missing.",
+                hint="Run `distillkit experts` on this store again to retrain it.",
+            ) from None
+        token = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
+        if token in _VERIFIED:
+            return
+        if file_sha256(path) != expected:
+            raise StoreError(
+                f"{path}: checksum mismatch (file corrupt or truncated).",
+                hint=f"Delete {path} and run `distillkit experts` on this store again to retrain it.",
+            )
+        _VERIFIED.add(token)
+
+    def load(
+        self,
+        index: int,
+        epochs: Sequence[int] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> torch.Tensor:
+        """Return float32 ``[len(epochs), P]`` (all rows when ``epochs`` is None) on ``device``.
+
+        Only the requested rows are read from disk (consecutive epochs in one slice).
+        """
+        entry = self._entry(index)
+        path = self.root / entry["file"]
+        self._verify(path, entry["sha256"])
+        try:
+            with safe_open(path, framework="pt", device="cpu") as handle:
+                rows = handle.get_slice(TENSOR_NAME)
+                total, width = rows.get_shape()
+                wanted = list(range(total)) if epochs is None else [int(e) for e in epochs]
+                bad = [e for e in wanted if not 0 <= e < total]
+                if bad:
+                    raise StoreError(
+                        f"{path} holds epochs 0..{total - 1} but epoch {bad[0]} was requested."
+                    )
+                parts = [rows[start:stop] for start, stop in _runs(wanted)]
+        except SafetensorError as exc:
+            raise StoreError(f"{path} cannot be read as safetensors ({exc}).") from exc
+        if not parts:
+            return torch.empty((0, width), dtype=torch.float32, device=device)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out.to(device=device, dtype=torch.float32)
+
+    def num_epochs(self, index: int) -> int:
+        """Training epochs of expert ``index`` (its file holds this many + 1 snapshots)."""
+        return self._entry(index)["epochs"]
+
+    def check_compatible(self, expected: dict) -> None:
+        """Refuse a store whose experts cannot be matched by the run described by ``expected``.
+
+        Compares the ``COMPATIBILITY_FIELDS`` present in ``expected``; other key
+        fields (optimizer, seed...) may legitimately differ.
+        """
+        expected = _canonical(expected)
+        for field in COMPATIBILITY_FIELDS:
+            if field not in expected:
+                continue
+            have = self.key.get(field, _MISSING)
+            diff = _first_difference(have, expected[field], field)
+            if diff is None:
+                continue
+            where, old, new = diff
+            if field == "dataset":
+                message = f"store {self.root} was trained on {_show(have)} but the run uses {_show(new)}."
+            else:
+                message = (
+                    f"store {self.root} does not fit the run: {where} is {_show(old)} in the "
+                    f"store but {_show(new)} in the run."
+                )
+            raise StoreError(
+                message,
+                hint="Point the run at experts trained for this dataset and model, or train new ones.",
+            )
+
+
+def _flatten_mtt(trajectory: Any, layout: list | None, where: str) -> torch.Tensor:
+    """One MTT trajectory (list of snapshots, each a list of tensors) → ``[epochs + 1, P]``."""
+    if not isinstance(trajectory, list | tuple) or not trajectory:
+        raise StoreError(f"{where} is not a trajectory (a non-empty list of snapshots).")
+    expected_shapes = None if layout is None else [list(shape) for _, shape in layout]
+    rows = []
+    for epoch, snapshot in enumerate(trajectory):
+        if not isinstance(snapshot, list | tuple) or not all(
+            isinstance(t, torch.Tensor) for t in snapshot
+        ):
+            raise StoreError(f"{where}: snapshot {epoch} is not a list of tensors.")
+        shapes = [list(t.shape) for t in snapshot]
+        if expected_shapes is not None and (
+            found := _first_difference(expected_shapes, shapes, "param_layout")
+        ):
+            place, want, got = found
+            raise StoreError(
+                f"{where}: snapshot {epoch} does not fit the store layout: {place} is "
+                f"{_show(got)} in the file but {_show(want)} in the store key."
+            )
+        # torch.cat copies, so the stored rows never alias the loaded snapshots.
+        rows.append(torch.cat([t.detach().reshape(-1).to(torch.float32) for t in snapshot]))
+    return torch.stack(rows)
+
+
+def import_mtt_buffer(pt_files: list[Path], root: Path, key: dict) -> TrajectoryStore:
+    """Convert MTT ``replay_buffer_*.pt`` files into a store at ``root``.
+
+    Trajectories are numbered in file order; those already in the store are
+    skipped, so an interrupted import resumes. Files load with
+    ``weights_only=True``: plain nested lists of tensors pass, arbitrary
+    pickled objects are refused.
+    """
+    store = TrajectoryStore.create_or_open(root, key)
+    done = set(store.finished())
+    layout = store.key.get("param_layout")
+    index = 0
+    for pt_file in map(Path, pt_files):
+        try:
+            buffer = torch.load(pt_file, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise StoreError(
+                f"{pt_file} cannot be read as an MTT replay buffer ({exc}).",
+                hint="Only MTT replay_buffer_*.pt files (nested lists of tensors) can be imported.",
+            ) from exc
+        if not isinstance(buffer, list):
+            raise StoreError(
+                f"{pt_file} is not an MTT replay buffer: expected a list of trajectories, "
+                f"found {type(buffer).__name__}."
+            )
+        for position, trajectory in enumerate(buffer):
+            if index not in done:
+                flat = _flatten_mtt(trajectory, layout, f"{pt_file}[{position}]")
+                store.write_expert(index, flat, {"source": f"{pt_file.name}[{position}]"})
+            index += 1
+        del buffer  # free this file's tensors before the next one is loaded
+    return store

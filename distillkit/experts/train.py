@@ -1,0 +1,133 @@
+"""Expert training: real data, one flat snapshot per epoch, hook ``expert_loss`` on every step.
+
+The dataset is kept as tensors on the device and batched by indexing (no
+per-sample DataLoader), which is what makes small datasets fast on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillkit.config import ExpertsConfig
+from distillkit.context import ExpertStepContext, LossScale, LossTerm, RunContext
+from distillkit.engine.loop import call_hook
+from distillkit.engine.student import flatten_params
+
+
+@dataclass
+class ExpertResult:
+    """A trained expert: ``trajectory[e]`` = flat parameters after ``e`` epochs."""
+
+    trajectory: torch.Tensor
+    test_acc: list[float]
+    seconds: float
+
+
+def make_optimizer(model: nn.Module, cfg: ExpertsConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def reduce_expert_loss(base: torch.Tensor, results: list[Any]) -> tuple[torch.Tensor, dict]:
+    """``base · ∏ scales + Σ terms`` over every plugin's results (order-independent)."""
+    scale = 1.0
+    total_terms: list[torch.Tensor] = []
+    parts: dict[str, torch.Tensor | float] = {}
+    for result in results:
+        for item in result if isinstance(result, list) else [result]:
+            if isinstance(item, LossScale):
+                scale *= item.factor
+                parts[item.name] = item.factor
+            elif isinstance(item, LossTerm):
+                total_terms.append(item.value)
+                parts[item.name] = item.value
+            else:
+                raise TypeError(f"expert_loss returned {type(item).__name__}, not LossTerm/LossScale")
+    loss = base * scale
+    for term in total_terms:
+        loss = loss + term
+    return loss, parts
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
+    """Top-1 accuracy in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        correct += (model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum().item()
+    model.train(was_training)
+    return correct / max(len(images), 1)
+
+
+def train_expert(
+    run: RunContext,
+    hook: Any,
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None,
+    cfg: ExpertsConfig,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    on_epoch: Callable[[int, float | None], None] = lambda epoch, acc: None,
+) -> ExpertResult:
+    """Train one expert for ``cfg.epochs`` epochs; snapshots are clones (never aliases)."""
+    began = time.perf_counter()
+    device, generator = run.device, run.generator
+    images, labels = (t.to(device) for t in train)
+    model = model.to(device).train()
+    optimizer = make_optimizer(model, cfg)
+    snapshots = [flatten_params(model)]
+    steps_per_epoch = (len(images) + cfg.batch_size - 1) // cfg.batch_size
+    test_acc: list[float] = []
+    for epoch in range(cfg.epochs):
+        if cfg.lr_decay_epoch and epoch == cfg.lr_decay_epoch:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * cfg.lr_decay_factor
+        order = torch.randperm(len(images), generator=generator, device=generator.device).to(device)
+        for step, idx in enumerate(order.split(cfg.batch_size)):
+            raw = images[idx]
+            x = augment(raw, generator)
+            logits = model(x)
+            base = F.cross_entropy(logits, labels[idx])
+            # hook: expert_loss — scales multiply the base loss, terms are added.
+            results = call_hook(
+                hook,
+                "expert_loss",
+                run=run,
+                ctx=ExpertStepContext(
+                    model=model,
+                    images=x,
+                    raw_images=raw,
+                    labels=labels[idx],
+                    logits=logits,
+                    base_loss=base,
+                    epoch=epoch,
+                    step=step,
+                    steps_per_epoch=steps_per_epoch,
+                    total_epochs=cfg.epochs,
+                ),
+            )
+            loss, _ = reduce_expert_loss(base, results)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        snapshots.append(flatten_params(model))
+        acc = None
+        if test is not None and cfg.evaluate_each_epoch:
+            acc = accuracy(model, test[0].to(device), test[1].to(device))
+            test_acc.append(acc)
+        on_epoch(epoch, acc)
+    if test is not None and not cfg.evaluate_each_epoch:
+        test_acc.append(accuracy(model, test[0].to(device), test[1].to(device)))
+    return ExpertResult(torch.stack(snapshots).cpu(), test_acc, time.perf_counter() - began)

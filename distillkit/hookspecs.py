@@ -1,0 +1,97 @@
+"""The hook specifications of distillkit (pluggy project name ``distillkit``).
+
+Rules every hook follows:
+
+* it is called with two keyword arguments, ``run`` and ``ctx``;
+* call order never changes results: collected hooks are reduced by sum or
+  product; replace-style hooks are ``firstresult`` *and exclusive* (at most one
+  selected plugin may implement them);
+* implementations must not give their parameters default values (pluggy never
+  passes a parameter that has one).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from distillkit.context import (
+        ExpertStepContext,
+        InitContext,
+        InnerLossContext,
+        LossScale,
+        LossTerm,
+        MatchContext,
+        PerturbContext,
+        RunContext,
+        SyntheticInit,
+    )
+
+PROJECT = "distillkit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: Replace-style hooks: at most one selected plugin may implement them.
+EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic"})
+
+# -- expert stage ----------------------------------------------------------------
+
+
+@hookspec
+def expert_loss(
+    run: RunContext, ctx: ExpertStepContext
+) -> LossTerm | LossScale | list[LossTerm | LossScale] | None:
+    """Add terms to (or scale) the loss of one expert-training step.
+
+    Fires on every mini-batch of ``distillkit experts``. The step loss is
+    ``base_loss · ∏ LossScale.factor + Σ LossTerm.value`` over all plugins.
+
+    :return: loss terms and/or scale factors, or ``None`` to leave the loss alone.
+    """
+
+
+# -- distillation stage ------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def init_synthetic(run: RunContext, ctx: InitContext) -> SyntheticInit | None:
+    """Choose the initial synthetic images and labels.
+
+    Fires once before distillation. Exclusive: at most one selected plugin may
+    implement it; the core default (``ipc`` random real images per class) answers last.
+
+    :return: a :class:`~distillkit.context.SyntheticInit`, or ``None`` to defer.
+    """
+
+
+@hookspec
+def inner_loss_weight(run: RunContext, ctx: InnerLossContext) -> float | None:
+    """Weight the student's inner-loop loss for this outer iteration.
+
+    Fires once per outer iteration, after the start epoch is drawn. Factors of all
+    plugins multiply (core default 1).
+    """
+
+
+@hookspec
+def perturb_expert(run: RunContext, ctx: PerturbContext) -> torch.Tensor | None:
+    """Return a delta to add to the expert start point θ*_t.
+
+    Fires once per outer iteration. Each delta is computed from the unperturbed
+    start; the student begins at ``start + Σ deltas``.
+    """
+
+
+@hookspec
+def intermediate_match(
+    run: RunContext, ctx: MatchContext
+) -> LossTerm | list[LossTerm] | None:
+    """Add matching-loss terms on the student's intermediate parameters.
+
+    Fires once per outer iteration after the unroll; the terms are added to the
+    normalised parameter-matching loss and back-propagated with it.
+    """

@@ -1,0 +1,295 @@
+"""PluginHost: find plugins through entry points, load only the selected ones, validate, list.
+
+One host per run (no global plugin manager). Discovery reads entry-point
+metadata without importing anything; only the names passed to ``select`` are
+imported. Core defaults are registered directly (``trylast``) and cannot be
+blocked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from distillkit import hookspecs
+from distillkit.config import coerce
+from distillkit.errors import (
+    ConfigError,
+    PluginConflictError,
+    PluginError,
+    UnknownPluginError,
+)
+
+GROUP = "distillkit"
+CORE_NAME = "distillkit.core"
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    """One row of ``distillkit list-plugins``."""
+
+    name: str
+    package: str
+    version: str
+    source: str
+    hooks: tuple[str, ...]
+    status: str
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "package": self.package,
+            "version": self.version,
+            "source": self.source,
+            "hooks": list(self.hooks),
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+def _dist_of(ep: EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "-", "-"
+    return dist.metadata["Name"] or "-", dist.version or "-"
+
+
+def discover(eps: Iterable[EntryPoint] | None = None) -> dict[str, EntryPoint]:
+    """Map plugin name → entry point; the same name from two packages is a conflict."""
+    found: dict[str, EntryPoint] = {}
+    for ep in eps if eps is not None else entry_points(group=GROUP):
+        if ep.name in found:
+            previous = found[ep.name]
+            if previous.value == ep.value:
+                continue
+            first, second = _dist_of(previous)[0], _dist_of(ep)[0]
+            raise PluginConflictError(
+                f"plugin '{ep.name}' is provided by two packages: {first} and {second}",
+                hint=f"uninstall one of them (pip uninstall {second})",
+            )
+        found[ep.name] = ep
+    return dict(sorted(found.items()))
+
+
+def plugin_config_class(plugin: Any) -> type | None:
+    cls = getattr(plugin, "Config", None)
+    return cls if is_dataclass(cls) else None
+
+
+def build_plugin_config(name: str, plugin_cls: Any, options: dict[str, Any]) -> Any:
+    """Instantiate a plugin's ``Config`` from raw option values (strings from ``--set`` or TOML values)."""
+    cfg_cls = plugin_config_class(plugin_cls)
+    if cfg_cls is None:
+        if options:
+            raise ConfigError(f"plugin '{name}' takes no options, got {sorted(options)}")
+        return None
+    import typing
+
+    hints = typing.get_type_hints(cfg_cls)
+    known = [f.name for f in fields(cfg_cls)]
+    values = {}
+    for key, raw in options.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(
+                f"unknown option '{name}.{key}'",
+                hint=f"did you mean '{name}.{close[0]}'?"
+                if close
+                else f"options of {name}: {', '.join(known) or 'none'}",
+            )
+        values[key] = coerce(raw, hints[key], f"{name}.{key}")
+    try:
+        return cfg_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid options for plugin '{name}': {exc}") from None
+
+
+class PluginHost:
+    """Owns a pluggy ``PluginManager`` with the core defaults and the selected plugins."""
+
+    def __init__(self, eps: Iterable[EntryPoint] | None = None) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        from distillkit.engine import defaults
+
+        self.pm.register(defaults, name=CORE_NAME)
+        self._eps = list(eps) if eps is not None else None
+        self._available: dict[str, EntryPoint] | None = None
+        self.selected: dict[str, Any] = {}
+        self.configs: dict[str, Any] = {}
+        self.records: dict[str, PluginRecord] = {}
+
+    @property
+    def available(self) -> dict[str, EntryPoint]:
+        if self._available is None:
+            self._available = discover(self._eps)
+        return self._available
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def plugin_class(self, name: str) -> Any:
+        """Import and return the class (or module) behind entry point ``name``."""
+        ep = self._entry_point(name)
+        package, version = _dist_of(ep)
+        try:
+            return ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin '{name}' ({package} {version}) failed to import: "
+                f"{type(exc).__name__}: {exc}",
+                hint=f"reinstall or upgrade {package}, or run without '{name}'",
+            ) from exc
+
+    def _entry_point(self, name: str) -> EntryPoint:
+        if name not in self.available:
+            close = difflib.get_close_matches(name, list(self.available), n=1)
+            raise UnknownPluginError(
+                f"unknown plugin '{name}'",
+                hint=f"did you mean '{close[0]}'?"
+                if close
+                else "see `distillkit list-plugins` for the installed plugins",
+            )
+        return self.available[name]
+
+    def select(
+        self,
+        names: Sequence[str],
+        options: dict[str, dict[str, Any]] | None = None,
+        extra: Sequence[Any] = (),
+    ) -> None:
+        """Load the named plugins (in the given order) plus ready-made plugin objects ``extra``.
+
+        Every discovered plugin not named is blocked before anything is imported.
+        """
+        options = options or {}
+        for name in self.available:
+            if name not in names:
+                self.pm.set_blocked(name)
+        for name in names:
+            self._entry_point(name)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a plugin is named twice in --plugins: {', '.join(names)}")
+        for name in names:
+            cls = self.plugin_class(name)
+            declared = getattr(cls, "name", name)
+            if declared != name:
+                package, version = _dist_of(self.available[name])
+                raise PluginError(
+                    f"plugin '{name}' ({package} {version}) calls itself '{declared}'",
+                    hint="the plugin's `name` must equal its entry-point name",
+                )
+            config = build_plugin_config(name, cls, options.get(name, {}))
+            plugin = self._instantiate(name, cls, config)
+            package, version = _dist_of(self.available[name])
+            self._register(name, plugin, config, package, version)
+        for obj in extra:
+            name = getattr(obj, "name", None) or type(obj).__name__
+            config = getattr(obj, "config", None)
+            self._register(name, obj, config, type(obj).__module__.split(".")[0], "-")
+        self._validate()
+
+    def _instantiate(self, name: str, cls: Any, config: Any) -> Any:
+        if not inspect.isclass(cls):
+            return cls
+        try:
+            return cls(config) if config is not None else cls()
+        except Exception as exc:
+            raise PluginError(f"plugin '{name}' could not be created: {exc}") from exc
+
+    def _register(self, name: str, plugin: Any, config: Any, package: str, version: str) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise PluginError(
+                f"plugin '{name}' ({package} {version}) does not fit distillkit's hooks: {exc}",
+                hint="the plugin may be written for another distillkit version",
+            ) from exc
+        self.selected[name] = plugin
+        self.configs[name] = config
+        self.records[name] = PluginRecord(
+            name=name,
+            package=package,
+            version=version,
+            source=_source(package),
+            hooks=tuple(sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])),
+            status="enabled",
+        )
+
+    def _validate(self) -> None:
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
+        for hook_name in sorted(hookspecs.EXCLUSIVE_HOOKS):
+            owners = [
+                impl.plugin_name
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls()
+                if impl.plugin_name != CORE_NAME
+            ]
+            if len(owners) > 1:
+                a, b = sorted(owners)[:2]
+                raise PluginConflictError(
+                    f"plugins '{a}' and '{b}' both replace {hook_name}; select only one of them",
+                    hint=f"drop '{a}' or '{b}' from --plugins",
+                )
+
+    def config_defaults(self) -> dict[str, Any]:
+        """Dotted core config defaults contributed by the selected plugins (conflicts are errors)."""
+        merged: dict[str, Any] = {}
+        owner: dict[str, str] = {}
+        for name, plugin in self.selected.items():
+            for key, value in (getattr(plugin, "config_defaults", None) or {}).items():
+                if key in merged and merged[key] != value:
+                    raise PluginConflictError(
+                        f"plugins '{owner[key]}' and '{name}' want different defaults for "
+                        f"{key} ({merged[key]!r} vs {value!r})",
+                        hint=f"set {key} explicitly with --set",
+                    )
+                merged[key], owner[key] = value, name
+        return merged
+
+    def plugin_state(self) -> dict[str, Any]:
+        """State of plugins that keep any (``state_dict()``), keyed by plugin name."""
+        return {
+            name: plugin.state_dict()
+            for name, plugin in self.selected.items()
+            if callable(getattr(plugin, "state_dict", None))
+        }
+
+    def list_records(self, selected: Sequence[str] = ()) -> list[PluginRecord]:
+        """A record for every discovered plugin; a plugin that fails to load becomes an error row."""
+        records = []
+        for name, ep in self.available.items():
+            package, version = _dist_of(ep)
+            try:
+                cls = ep.load()
+                probe = pluggy.PluginManager(hookspecs.PROJECT)
+                probe.add_hookspecs(hookspecs)
+                instance = cls
+                if inspect.isclass(cls):
+                    cfg_cls = plugin_config_class(cls)
+                    instance = cls(cfg_cls()) if cfg_cls is not None else cls()
+                probe.register(instance, name=name)
+                hooks = tuple(sorted(c.name for c in probe.get_hookcallers(instance) or []))
+                status = "enabled" if name in selected else "available"
+                error = ""
+            except Exception as exc:  # a broken plugin is a row, never a crash
+                hooks, status, error = (), "error", f"{type(exc).__name__}: {exc}"
+            records.append(
+                PluginRecord(name, package, version, _source(package), hooks, status, error)
+            )
+        return records
+
+
+def _source(package: str) -> str:
+    return "built-in" if package == "distillkit" else "third-party"
+

@@ -1,0 +1,77 @@
+"""``bil``: balanced inner-loop loss (AST Eq. 2).
+
+    ν = log_b(start − middle + ϑ)      if start ≥ middle
+    ν = 1 / log_b(middle − start + ϑ)  otherwise;      ℓ̂_BIL = ν · ℓ_IL
+
+Early start epochs give large inner losses and late ones small losses; ν damps
+the former and boosts the latter so the random start epoch moves the inner loss
+less. With plain SGD (and with heavy-ball momentum, since ν is constant over an
+outer iteration) this is a start-epoch-dependent multiplier on the student lr.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from distillkit.errors import ConfigError
+from distillkit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from distillkit.context import InnerLossContext, RunContext
+
+MIDDLES = ("exact", "floor")
+
+
+def balance_factor(start: int, max_start: int, offset: float, base: float, middle: str) -> float:
+    """ν of Eq. 2 for start epoch ``start`` and maximum start epoch T⁺ = ``max_start``.
+
+    ``middle="exact"`` uses T⁺/2 (paper), ``"floor"`` uses ⌊T⁺/2⌋ (official code).
+    """
+    mid = max_start / 2 if middle == "exact" else max_start // 2
+    if start >= mid:
+        return math.log(start - mid + offset, base)
+    return 1.0 / math.log(mid - start + offset, base)
+
+
+class BalancedInnerLoss:
+    """Multiply the student's inner-loop loss by ν(start epoch) (AST Eq. 2, §3.2.2)."""
+
+    name: ClassVar[str] = "bil"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        """Options of Eq. 2; defaults are the paper's (official-code values in the comments)."""
+
+        #: ϑ, keeps the logarithm positive (paper and code: 8).
+        offset: float = 8.0
+        #: base b of the logarithm (paper: unspecified, i.e. natural, e; code: 5).
+        log_base: float = math.e
+        #: "exact" = T⁺/2 (paper); "floor" = ⌊T⁺/2⌋ (code).
+        middle: str = "exact"
+
+        def __post_init__(self) -> None:
+            if self.offset <= 1:
+                raise ConfigError(f"bil.offset must be > 1 (ν must stay positive), got {self.offset}")
+            if self.log_base <= 1:
+                raise ConfigError(f"bil.log_base must be > 1, got {self.log_base}")
+            if self.middle not in MIDDLES:
+                raise ConfigError(
+                    f"bil.middle must be one of {', '.join(MIDDLES)}, got '{self.middle}'"
+                )
+
+    config_defaults: ClassVar[dict[str, object]] = {}
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def inner_loss_weight(self, run: RunContext, ctx: InnerLossContext) -> float:
+        """Return ν for this outer iteration's start epoch (Eq. 2) and log it as ``bil/nu``."""
+        cfg = self.config
+        nu = balance_factor(
+            ctx.start_epoch, ctx.max_start_epoch, cfg.offset, cfg.log_base, cfg.middle
+        )
+        run.log("bil/nu", nu)
+        return nu

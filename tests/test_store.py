@@ -1,0 +1,303 @@
+"""Trajectory store: round trips, lazy reads, reuse rules, corruption and the MTT import path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillkit.errors import StoreError
+from distillkit.experts import store as store_module
+from distillkit.experts.store import (
+    MANIFEST,
+    TrajectoryStore,
+    expert_filename,
+    import_mtt_buffer,
+)
+
+LAYOUT = [["conv.weight", [4, 1, 3, 3]], ["conv.bias", [4]], ["fc.weight", [2, 100]]]
+P = 36 + 4 + 200
+EPOCHS = 4
+
+
+def make_key(**overrides: object) -> dict:
+    key = {
+        "dataset": "digits",
+        "image_shape": (1, 8, 8),
+        "num_classes": 10,
+        "preprocessing": {"mean": [0.5], "std": [0.25], "zca": False},
+        "model": "convnet",
+        "param_layout": LAYOUT,
+        "num_params": P,
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0},
+        "epochs": EPOCHS,
+        "seed": 0,
+        "plugins": {},
+    }
+    key.update(overrides)
+    return key
+
+
+def random_trajectory(seed: int, params: int = P) -> torch.Tensor:
+    return torch.randn(EPOCHS + 1, params, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def two_experts(tmp_path: Path) -> tuple[Path, list[torch.Tensor]]:
+    root = tmp_path / "store"
+    store = TrajectoryStore.create_or_open(root, make_key())
+    trajectories = [random_trajectory(0), random_trajectory(1)]
+    for i, trajectory in enumerate(trajectories):
+        store.write_expert(i, trajectory, {"test_acc": [0.1, 0.5], "seconds": 1.5})
+    return root, trajectories
+
+
+def test_round_trip_full_and_partial(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, trajectories = two_experts
+    store = TrajectoryStore.open(root)
+    assert store.finished() == [0, 1]
+    assert store.num_epochs(1) == EPOCHS
+    for i, original in enumerate(trajectories):
+        full = store.load(i)
+        assert full.dtype == torch.float32
+        assert torch.equal(full, original)
+        assert torch.equal(store.load(i, epochs=[1, 3]), original[[1, 3]])
+        assert torch.equal(store.load(i, epochs=[3, 1, 2]), original[[3, 1, 2]])
+        assert store.load(i, epochs=[]).shape == (0, P)
+
+
+def test_manifest_contents(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, _ = two_experts
+    manifest = json.loads((root / MANIFEST).read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["key"]["image_shape"] == [1, 8, 8]
+    entry = manifest["experts"][1]
+    assert entry["index"] == 1
+    assert entry["file"] == "expert_001.safetensors"
+    assert entry["epochs"] == EPOCHS
+    assert entry["dtype"] == "float32"
+    assert entry["test_acc"] == [0.1, 0.5]
+    assert entry["seconds"] == 1.5
+    assert len(entry["sha256"]) == 64
+
+
+def test_epoch_out_of_range(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, _ = two_experts
+    with pytest.raises(StoreError, match="epoch 9 was requested"):
+        TrajectoryStore.open(root).load(0, epochs=[0, 9])
+
+
+def test_unknown_expert(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, _ = two_experts
+    with pytest.raises(StoreError, match="no expert 7"):
+        TrajectoryStore.open(root).load(7)
+
+
+class _RecordingSlice:
+    """Wraps a safetensors slice and records which row ranges were read."""
+
+    def __init__(self, inner, reads: list[tuple[int, int]]) -> None:
+        self._inner, self._reads = inner, reads
+
+    def get_shape(self):
+        return self._inner.get_shape()
+
+    def __getitem__(self, item: slice):
+        self._reads.append((item.start, item.stop))
+        return self._inner[item]
+
+
+class _RecordingOpen:
+    """Stands in for ``safe_open``: hands out recording slices and forbids whole-tensor reads."""
+
+    def __init__(self, inner, reads: list[tuple[int, int]]) -> None:
+        self._inner, self._reads = inner, reads
+
+    def __enter__(self) -> _RecordingOpen:
+        self._handle = self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.__exit__(*exc)
+
+    def get_slice(self, name: str) -> _RecordingSlice:
+        return _RecordingSlice(self._handle.get_slice(name), self._reads)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        raise AssertionError("a partial load must not read the whole tensor")
+
+
+def test_partial_load_reads_only_requested_rows(
+    two_experts: tuple[Path, list[torch.Tensor]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, trajectories = two_experts
+    reads: list[tuple[int, int]] = []
+    real_open = store_module.safe_open
+    monkeypatch.setattr(
+        store_module, "safe_open", lambda *a, **k: _RecordingOpen(real_open(*a, **k), reads)
+    )
+    rows = TrajectoryStore.open(root).load(0, epochs=[1, 2, 4])
+    assert reads == [(1, 3), (4, 5)]
+    assert rows.shape == (3, P)
+    assert torch.equal(rows, trajectories[0][[1, 2, 4]])
+
+
+def test_half_precision_store(tmp_path: Path) -> None:
+    params = 4000
+    key32 = make_key(param_layout=[["w", [params]]], num_params=params)
+    key16 = make_key(param_layout=[["w", [params]]], num_params=params, store_dtype="float16")
+    trajectory = random_trajectory(3, params)
+    s32 = TrajectoryStore.create_or_open(tmp_path / "fp32", key32)
+    s16 = TrajectoryStore.create_or_open(tmp_path / "fp16", key16)
+    s32.write_expert(0, trajectory, {})
+    s16.write_expert(0, trajectory, {})
+    loaded = TrajectoryStore.open(tmp_path / "fp16").load(0, epochs=[0, 2])
+    assert loaded.dtype == torch.float32
+    torch.testing.assert_close(loaded, trajectory[[0, 2]], rtol=1e-3, atol=1e-3)
+    size32 = (tmp_path / "fp32" / expert_filename(0)).stat().st_size
+    size16 = (tmp_path / "fp16" / expert_filename(0)).stat().st_size
+    assert 0.45 < size16 / size32 < 0.55
+    assert s16.manifest.experts[0]["dtype"] == "float16"
+
+
+def test_reuse_with_same_key_keeps_experts(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, trajectories = two_experts
+    store = TrajectoryStore.create_or_open(root, make_key())
+    assert store.finished() == [0, 1]
+    assert torch.equal(store.load(1), trajectories[1])
+
+
+def test_different_key_names_first_differing_field(
+    two_experts: tuple[Path, list[torch.Tensor]],
+) -> None:
+    root, _ = two_experts
+    with pytest.raises(StoreError, match=r"optimizer\.lr is 0\.01 there but 0\.02 now"):
+        TrajectoryStore.create_or_open(root, make_key(optimizer={"name": "sgd", "lr": 0.02, "momentum": 0.0}))
+    with pytest.raises(StoreError, match="extra is missing there but 1 now"):
+        TrajectoryStore.create_or_open(root, {**make_key(), "extra": 1})
+    # The manifest is untouched by the refusal.
+    assert TrajectoryStore.open(root).finished() == [0, 1]
+
+
+def test_non_store_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(StoreError, match="not a trajectory store"):
+        TrajectoryStore.create_or_open(tmp_path, make_key())
+
+
+def test_corrupt_byte_is_detected(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, _ = two_experts
+    path = root / expert_filename(1)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    store = TrajectoryStore.open(root)
+    assert torch.isfinite(store.load(0)).all()
+    with pytest.raises(StoreError, match=r"expert_001\.safetensors: checksum mismatch"):
+        store.load(1, epochs=[0])
+
+
+def test_truncated_file_is_detected(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, _ = two_experts
+    path = root / expert_filename(0)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(StoreError, match=r"expert_000\.safetensors: checksum mismatch"):
+        TrajectoryStore.open(root).load(0)
+
+
+def test_deleted_file_is_not_finished(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, _ = two_experts
+    (root / expert_filename(0)).unlink()
+    store = TrajectoryStore.open(root)
+    assert store.finished() == [1]
+    with pytest.raises(StoreError, match="missing"):
+        store.load(0)
+
+
+def test_missing_or_invalid_manifest(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="manifest.json is missing"):
+        TrajectoryStore.open(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(StoreError, match="manifest.json cannot be read"):
+        TrajectoryStore.open(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"format_version": 2, "key": {}, "experts": []}))
+    with pytest.raises(StoreError, match="format_version 2"):
+        TrajectoryStore.open(tmp_path)
+
+
+def test_write_checks_shape_against_key(tmp_path: Path) -> None:
+    store = TrajectoryStore.create_or_open(tmp_path / "s", make_key())
+    with pytest.raises(StoreError, match="expert_000.safetensors: the trajectory has 7 parameters"):
+        store.write_expert(0, torch.zeros(EPOCHS + 1, 7), {})
+    with pytest.raises(StoreError, match="3 snapshots"):
+        store.write_expert(0, torch.zeros(3, P), {})
+    assert store.finished() == []
+
+
+def test_stored_trajectory_does_not_alias_caller_tensor(tmp_path: Path) -> None:
+    """Regression for the CPU ``.cpu()`` aliasing bug (algorithms.md §7 row 3)."""
+    store = TrajectoryStore.create_or_open(tmp_path / "s", make_key())
+    trajectory = random_trajectory(5)
+    expected = trajectory.clone()
+    store.write_expert(0, trajectory, {})
+    trajectory.add_(1.0)  # as an optimizer step would
+    assert torch.equal(store.load(0), expected)
+
+
+def test_check_compatible(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
+    root, _ = two_experts
+    store = TrajectoryStore.open(root)
+    store.check_compatible({"dataset": "digits", "image_shape": [1, 8, 8], "num_params": P})
+    store.check_compatible({"dataset": "digits", "seed": 99})  # seed is not a compatibility field
+    with pytest.raises(StoreError, match='trained on "digits" but the run uses "fashion-mnist"'):
+        store.check_compatible({"dataset": "fashion-mnist"})
+    with pytest.raises(StoreError, match=r"image_shape\[1\] is 8 in the store but 28 in the run"):
+        store.check_compatible({"image_shape": (1, 28, 28)})
+    bad_layout = [LAYOUT[0], ["conv.bias", [8]], LAYOUT[2]]
+    with pytest.raises(StoreError, match=r"param_layout\[1\]\[1\]\[0\] is 4"):
+        store.check_compatible({"param_layout": bad_layout})
+
+
+def _mtt_trajectory(seed: int) -> list[list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        [torch.randn(*shape, generator=generator) for _, shape in LAYOUT]
+        for _ in range(EPOCHS + 1)
+    ]
+
+
+def test_import_mtt_buffer(tmp_path: Path) -> None:
+    buffers = [[_mtt_trajectory(0), _mtt_trajectory(1)], [_mtt_trajectory(2)]]
+    files = []
+    for n, buffer in enumerate(buffers):
+        files.append(tmp_path / f"replay_buffer_{n}.pt")
+        torch.save(buffer, files[-1])
+    store = import_mtt_buffer(files, tmp_path / "store", make_key())
+    assert store.finished() == [0, 1, 2]
+    flat = [trajectory for buffer in buffers for trajectory in buffer]
+    for index, trajectory in enumerate(flat):
+        expected = torch.stack([torch.cat([t.reshape(-1) for t in snap]) for snap in trajectory])
+        assert torch.equal(store.load(index), expected)
+    assert store.manifest.experts[2]["source"] == "replay_buffer_1.pt[0]"
+    # Importing again into the same store keeps (and does not rewrite) the experts.
+    again = import_mtt_buffer(files, tmp_path / "store", make_key())
+    assert again.manifest.experts == store.manifest.experts
+
+
+def test_import_rejects_wrong_layout_and_non_buffers(tmp_path: Path) -> None:
+    bad = tmp_path / "replay_buffer_0.pt"
+    trajectory = _mtt_trajectory(0)
+    trajectory[2][1] = torch.zeros(5)
+    torch.save([trajectory], bad)
+    with pytest.raises(StoreError, match=r"snapshot 2 does not fit the store layout: param_layout\[1\]"):
+        import_mtt_buffer([bad], tmp_path / "s1", make_key())
+    not_a_buffer = tmp_path / "replay_buffer_1.pt"
+    torch.save({"a": torch.zeros(1)}, not_a_buffer)
+    with pytest.raises(StoreError, match="expected a list of trajectories"):
+        import_mtt_buffer([not_a_buffer], tmp_path / "s2", make_key())
+    garbage = tmp_path / "replay_buffer_2.pt"
+    garbage.write_bytes(b"not a pickle")
+    with pytest.raises(StoreError, match="cannot be read as an MTT replay buffer"):
+        import_mtt_buffer([garbage], tmp_path / "s3", make_key())
