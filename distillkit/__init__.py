@@ -20,7 +20,7 @@ _LAZY = {
     "ExpertsConfig": "distillkit.config",
     "DistillConfig": "distillkit.config",
     "EvaluateConfig": "distillkit.config",
-    "resolve_config": "distillkit.runner",
+    "resolve_config": "distillkit.resolve",
     "train_experts": "distillkit.api",
     "distill": "distillkit.api",
     "evaluate": "distillkit.api",

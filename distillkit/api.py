@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,7 @@ import torch
 
 from distillkit import __version__
 from distillkit.artifacts import atomic_write_json, save_grid, save_synthetic
-from distillkit.config import (
-    RunConfig,
-    apply_overrides,
-    read_preset,
-    read_toml,
-    to_dict,
-    validate,
-)
+from distillkit.config import RunConfig, to_dict
 from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
 from distillkit.data.augment import DSA
@@ -55,74 +48,6 @@ class Reporter:
     def finish(self) -> None: ...
 
     def note(self, message: str) -> None: ...
-
-
-# -- configuration ---------------------------------------------------------------
-
-
-def resolve_config(
-    preset: str | None = None,
-    config_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    plugins: Sequence[str] | None = None,
-    host: PluginHost | None = None,
-) -> tuple[RunConfig, PluginHost]:
-    """Build the run's config and plugin host with the documented precedence.
-
-    defaults → preset → plugin ``config_defaults`` → config file → ``overrides``.
-    ``plugins`` (e.g. from ``--plugins``) wins over a ``plugins`` list in the files.
-    """
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if preset:
-        layers.append(("preset", read_preset(preset)))
-    file_values = read_toml(config_file) if config_file else {}
-    overrides = dict(overrides or {})
-    names: tuple[str, ...] = ()
-    for values in (layers[0][1] if layers else {}, file_values, overrides):
-        if "plugins" in values:
-            raw = values["plugins"]
-            names = tuple(raw.split(",") if isinstance(raw, str) else raw)
-    if plugins is not None:
-        names = tuple(plugins)
-    names = tuple(n.strip() for n in names if n.strip())
-    host = host or PluginHost()
-    plugin_values: dict[str, dict[str, Any]] = {}
-    config = RunConfig()
-    for source, values in [*layers, ("plugins", {}), ("config", file_values), ("set", overrides)]:
-        if source == "plugins":
-            values = _select(host, names, plugin_values, file_values, overrides, layers)
-        core = {k: v for k, v in values.items() if k != "plugins"}
-        known_plugins = set(names) if source != "preset" else None
-        config = apply_overrides(config, core, known_plugins)
-    config = replace(config, plugins=names)
-    if config.plugin_options:
-        host.configs.update(_plugin_configs(host, config))
-    validate(config)
-    return config, host
-
-
-def _select(
-    host: PluginHost,
-    names: tuple[str, ...],
-    plugin_values: dict[str, dict[str, Any]],
-    file_values: dict[str, Any],
-    overrides: dict[str, Any],
-    layers: list[tuple[str, dict[str, Any]]],
-) -> dict[str, Any]:
-    """Load the selected plugins with their options; return their core ``config_defaults``."""
-    from distillkit.config import SECTIONS, TOP_LEVEL
-
-    for source_values in [v for _, v in layers] + [file_values, overrides]:
-        for key, value in source_values.items():
-            head, _, rest = key.partition(".")
-            if rest and head not in SECTIONS and head not in TOP_LEVEL and head in names:
-                plugin_values.setdefault(head, {})[rest] = value
-    host.select(names, plugin_values)
-    return host.config_defaults()
-
-
-def _plugin_configs(host: PluginHost, config: RunConfig) -> dict[str, Any]:
-    return {name: host.configs.get(name) for name in config.plugins}
 
 
 # -- data and models -----------------------------------------------------------------
@@ -233,7 +158,8 @@ def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[
             "augment": config.data.augment,
         },
         "model": config.model.name,
-        "layout": [[s.name, list(s.shape)] for s in layout],
+        "param_layout": [[s.name, list(s.shape)] for s in layout],
+        "epochs": config.experts.epochs,
         "num_params": sum(s.numel for s in layout),
         "experts": experts,
         "store_dtype": config.experts.store_dtype,

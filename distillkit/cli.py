@@ -215,7 +215,7 @@ def _resolve(
     plugins: str | None,
     default_preset: str | None = None,
 ) -> tuple[RunConfig, PluginHost]:
-    from distillkit.api import resolve_config
+    from distillkit.resolve import resolve_config
 
     if preset is None and config_file is None and default_preset:
         if overrides.get("data.dataset", "digits") == "digits":

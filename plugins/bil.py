@@ -53,7 +53,9 @@ class BalancedInnerLoss:
 
         def __post_init__(self) -> None:
             if self.offset <= 1:
-                raise ConfigError(f"bil.offset must be > 1 (ν must stay positive), got {self.offset}")
+                raise ConfigError(
+                    f"bil.offset must be > 1 (ν must stay positive), got {self.offset}"
+                )
             if self.log_base <= 1:
                 raise ConfigError(f"bil.log_base must be > 1, got {self.log_base}")
             if self.middle not in MIDDLES:

@@ -45,7 +45,9 @@ def cluster_sizes(ipc: int, clusters: int, max_clusters: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(k)]
 
 
-def embed_class(model: nn.Module, images: torch.Tensor, features: str, device: torch.device) -> np.ndarray:
+def embed_class(
+    model: nn.Module, images: torch.Tensor, features: str, device: torch.device
+) -> np.ndarray:
     """Features of ``images`` as a float32 array [n, d]: pre-FC ``model.embed`` or the logits."""
     chunks = []
     with torch.no_grad():
@@ -99,7 +101,7 @@ class KMeansInit:
         from sklearn.cluster import KMeans
 
         cfg = self.config
-        if 0 < cfg.clusters and ctx.ipc < cfg.clusters:
+        if cfg.clusters > 0 and ctx.ipc < cfg.clusters:
             warnings.warn(
                 f"kmeans-init: clusters={cfg.clusters} with ipc={ctx.ipc} would select "
                 f"⌊{ctx.ipc}/{cfg.clusters}⌋ = 0 images per centroid; using K = ipc = {ctx.ipc}",
@@ -118,7 +120,8 @@ class KMeansInit:
             index = (ctx.train_labels == c).nonzero().flatten()
             if len(index) < ctx.ipc:
                 raise DataError(
-                    f"kmeans-init: class {c} has {len(index)} training images, fewer than ipc={ctx.ipc}"
+                    f"kmeans-init: class {c} has {len(index)} training images, "
+                    f"fewer than ipc={ctx.ipc}"
                 )
             feats = embed_class(model, ctx.train_images[index], cfg.features, run.device)
             kmeans = KMeans(n_clusters=len(sizes), random_state=run.config.seed, n_init=cfg.n_init)

@@ -1,4 +1,4 @@
-"""``smooth``: smooth expert trajectories by clipped cross-entropy and a gradient penalty (AST Eq. 1).
+"""``smooth``: smooth expert trajectories with a clipped CE and a gradient penalty (AST Eq. 1).
 
     L_SC = λ_e · CE + μ · E_x[(‖∇ₓ W(x)‖₂ − K)²]
 
@@ -41,8 +41,10 @@ def clip_factor(epoch: int, lam_start: float, lam_epochs: int) -> float:
     return lam_start + (1.0 - lam_start) * epoch / lam_epochs
 
 
-def gradient_penalty(model: nn.Module, images: torch.Tensor, target: float, norm: str) -> torch.Tensor:
-    """E[(‖∇ₓ W(x)‖₂ − K)²] of Eq. 1 with W(x) = Σ_c logit_c(x), differentiable in the model's parameters.
+def gradient_penalty(
+    model: nn.Module, images: torch.Tensor, target: float, norm: str
+) -> torch.Tensor:
+    """E[(‖∇ₓ W(x)‖₂ − K)²] of Eq. 1 with W(x) = Σ_c logit_c(x), differentiable in the weights.
 
     ``norm="sample"`` takes the L2 norm of each sample's whole input gradient (the
     paper, as in WGAN-GP); ``norm="pixel"`` takes it over the channels of each pixel
@@ -60,7 +62,7 @@ def gradient_penalty(model: nn.Module, images: torch.Tensor, target: float, norm
 
 
 class SmoothExperts:
-    """Clipped cross-entropy and gradient penalty on every expert-training step (AST Eq. 1, §3.1.2)."""
+    """Clipped CE and gradient penalty on every expert-training step (AST Eq. 1, §3.1.2)."""
 
     name: ClassVar[str] = "smooth"
 

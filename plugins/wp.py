@@ -26,7 +26,7 @@ SCOPES = ("weights", "conv", "all")
 
 
 def _normal(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """N(0, I) with ``weight``'s shape, drawn on the generator's device, returned on ``weight``'s."""
+    """N(0, I) shaped like ``weight``, drawn on the generator's device, moved to ``weight``'s."""
     z = torch.randn(weight.shape, generator=generator, device=generator.device, dtype=weight.dtype)
     return z.to(weight.device)
 

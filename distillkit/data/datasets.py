@@ -1,4 +1,4 @@
-"""Dataset registry and loaders: every dataset becomes one normalised, in-memory :class:`ImageDataset`.
+"""Dataset registry and loaders: each dataset becomes one normalised, in-memory ``ImageDataset``.
 
 All readers are our own (IDX, CIFAR binary records, SVHN ``.mat``, image folders), so nothing
 is ever unpickled; torchvision is used only to fetch files when ``download=True``.
@@ -106,7 +106,7 @@ class ImageDataset:
         return (int(channels), int(height), int(width))
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation of ``[C,H,W]`` or ``[N,C,H,W]`` images into [0, 1], for pictures."""
+        """Undo the normalisation of ``[C,H,W]`` or ``[N,C,H,W]`` images into [0, 1] (pictures)."""
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
         return (images * std + mean).clamp(0.0, 1.0)
@@ -151,7 +151,7 @@ def _build(
     std: tuple[float, ...],
     scale: float = 255.0,
 ) -> ImageDataset:
-    """Turn integer pixel arrays ``[N,C,H,W]`` (``0..scale``) and labels into a normalised dataset."""
+    """Turn integer pixels ``[N,C,H,W]`` (``0..scale``) and labels into a normalised dataset."""
     tensors = []
     for split, (pixels, labels) in (("train", train), ("test", test)):
         if len(pixels) == 0:
@@ -170,7 +170,7 @@ def _normalise(
     pixels: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
     """Scale to [0, 1] and standardise in place, so only one float copy is ever made."""
-    images = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32)
+    images = torch.from_numpy(np.array(pixels, dtype=np.float32, order="C"))
     shape = (1, -1, 1, 1)
     images.div_(scale).sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
     return images
@@ -317,7 +317,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _idx_dirs(name: str, root: Path | None) -> list[Path]:
-    """Candidate directories, user's first: ``DIR``, ``DIR/<name>``, torchvision's ``DIR/<Name>/raw``."""
+    """Folders to search, the user's first: ``DIR``, ``DIR/<name>``, ``DIR/<Name>/raw``."""
     dirs: list[Path] = []
     if root is not None:
         for sub in (name, _IDX_SETS[name].torchvision_name):
@@ -417,7 +417,7 @@ _CIFAR_PIXELS = 3 * 32 * 32
 
 
 def _read_cifar_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-size records: label byte(s) then 3072 pixel bytes (R, G, B planes); the last label wins."""
+    """Fixed-size records: label byte(s), then 3072 pixels (R, G, B planes); last label wins."""
     record = label_bytes + _CIFAR_PIXELS
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % record:
@@ -440,8 +440,12 @@ def _read_class_names(path: Path, count: int) -> tuple[str, ...]:
     return names
 
 
+def _cifar_dirs(spec: _CifarSpec, name: str, root: Path) -> list[Path]:
+    return [root / spec.folder, root, root / name / spec.folder]
+
+
 def _cifar_dir(spec: _CifarSpec, name: str, root: Path) -> Path | None:
-    for folder in (root / spec.folder, root, root / name / spec.folder):
+    for folder in _cifar_dirs(spec, name, root):
         if all((folder / f).is_file() for f in spec.train_files + spec.test_files):
             return folder
     return None
@@ -464,8 +468,9 @@ def _load_cifar(name: str, root: Path | None, download: bool) -> ImageDataset:
                 hint=f"Download the binary version ({spec.url}) and extract it into {root}, "
                 f"or {_DOWNLOAD_HINT}.",
             )
+        looked = _looked_in(_cifar_dirs(spec, name, root))
         raise DataError(
-            f"{name} binary files not found; looked in {root / spec.folder} and {root}.",
+            f"{name} binary files not found; looked in {looked}.",
             hint=f"Extract {spec.url} into {root}, or {_DOWNLOAD_HINT}.",
         )
     splits = []
@@ -558,7 +563,7 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _imagefolder_test(root: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
-    """Test items from ``val/val_annotations.txt`` (Tiny ImageNet), else ``test/`` or ``val/`` class folders."""
+    """Test items from ``val/val_annotations.txt`` (Tiny ImageNet), else ``test|val/<class>/``."""
     annotations = root / "val" / "val_annotations.txt"
     if annotations.is_file():
         items = []
@@ -582,7 +587,7 @@ def _imagefolder_test(root: Path, index: dict[str, int]) -> list[tuple[Path, int
                 raise DataError(
                     f"{folder} has class folders that are not under {root / 'train'}: "
                     f"{', '.join(unknown[:5])}.",
-                    hint="Test classes must be a subset of the training classes (same folder names).",
+                    hint="Test classes must be a subset of the training classes (same names).",
                 )
             return [(path, index[d.name]) for d in dirs for path in _image_files(d)]
     raise DataError(
@@ -636,7 +641,7 @@ def _decode_images(paths: list[Path], size: tuple[int, int], mode: str) -> np.nd
 
 
 def _load_imagefolder(name: str, root: Path) -> ImageDataset:
-    """``PATH/train/<class>/…`` plus ``PATH/test|val/<class>/…`` or Tiny ImageNet's annotated ``val``."""
+    """``PATH/train/<class>/…`` plus ``PATH/test|val/<class>/…`` or Tiny ImageNet's ``val/``."""
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(
@@ -647,13 +652,14 @@ def _load_imagefolder(name: str, root: Path) -> ImageDataset:
     files = [_image_files(d) for d in class_dirs]
     train_items = [(path, i) for i, paths in enumerate(files) for path in paths]
     empty = [d.name for d, paths in zip(class_dirs, files, strict=True) if not paths]
-    if not class_dirs or empty:
+    suffixes = ", ".join(sorted(_IMAGE_SUFFIXES))
+    layout_hint = f"Put each class's images ({suffixes}) in train/<class>/."
+    if not class_dirs:
+        raise DataError(f"{train_dir} has no class folders.", hint=layout_hint)
+    if empty:
         raise DataError(
-            f"{train_dir} has class folders without images: {', '.join(empty[:5])}."
-            if empty
-            else f"{train_dir} has no class folders.",
-            hint=f"Put each class's images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in "
-            "train/<class>/.",
+            f"{train_dir} has class folders without images: {', '.join(empty[:5])}.",
+            hint=layout_hint,
         )
     class_names = tuple(d.name for d in class_dirs)
     test_items = _imagefolder_test(root, {c: i for i, c in enumerate(class_names)})

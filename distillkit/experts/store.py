@@ -58,7 +58,7 @@ def expert_filename(index: int) -> str:
 
 
 def _canonical(obj: Any) -> Any:
-    """The JSON form of ``obj`` (tuples become lists), so in-memory keys compare like stored ones."""
+    """``obj`` as JSON reads it back (tuples become lists), so keys compare like stored ones."""
     return json.loads(json.dumps(obj))
 
 
@@ -216,7 +216,9 @@ class TrajectoryStore:
 
         Deleting a corrupt expert file therefore makes the next expert run retrain it.
         """
-        return sorted(e["index"] for e in self._manifest.experts if (self.root / e["file"]).exists())
+        return sorted(
+            e["index"] for e in self._manifest.experts if (self.root / e["file"]).exists()
+        )
 
     def write_expert(self, index: int, trajectory: torch.Tensor, info: dict) -> None:
         """Store one expert's ``[epochs + 1, P]`` trajectory, then record it in the manifest.
@@ -230,8 +232,7 @@ class TrajectoryStore:
         name = expert_filename(index)
         if trajectory.dim() != 2:
             raise StoreError(
-                f"{name}: a trajectory must be [epochs + 1, P], got shape "
-                f"{list(trajectory.shape)}."
+                f"{name}: a trajectory must be [epochs + 1, P], got shape {list(trajectory.shape)}."
             )
         rows, width = trajectory.shape
         num_params, epochs = self.key.get("num_params"), self.key.get("epochs")
@@ -271,8 +272,7 @@ class TrajectoryStore:
             if entry["index"] == index:
                 return entry
         raise StoreError(
-            f"Trajectory store {self.root} has no expert {index} "
-            f"(finished: {self.finished()}).",
+            f"Trajectory store {self.root} has no expert {index} (finished: {self.finished()}).",
             hint="Train more experts into this store, or sample from the finished ones.",
         )
 
@@ -291,7 +291,7 @@ class TrajectoryStore:
         if file_sha256(path) != expected:
             raise StoreError(
                 f"{path}: checksum mismatch (file corrupt or truncated).",
-                hint=f"Delete {path} and run `distillkit experts` on this store again to retrain it.",
+                hint=f"Delete {path} and run `distillkit experts` on this store to retrain it.",
             )
         _VERIFIED.add(token)
 
@@ -346,7 +346,9 @@ class TrajectoryStore:
                 continue
             where, old, new = diff
             if field == "dataset":
-                message = f"store {self.root} was trained on {_show(have)} but the run uses {_show(new)}."
+                message = (
+                    f"store {self.root} was trained on {_show(have)} but the run uses {_show(new)}."
+                )
             else:
                 message = (
                     f"store {self.root} does not fit the run: {where} is {_show(old)} in the "
@@ -354,7 +356,7 @@ class TrajectoryStore:
                 )
             raise StoreError(
                 message,
-                hint="Point the run at experts trained for this dataset and model, or train new ones.",
+                hint="Use experts trained for this dataset and model, or train new ones.",
             )
 
 

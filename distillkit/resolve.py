@@ -1,0 +1,92 @@
+"""Resolve a run's configuration and its plugin host (torch-free, so the CLI stays fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from distillkit.config import (
+    SECTIONS,
+    RunConfig,
+    apply_overrides,
+    read_preset,
+    read_toml,
+    to_dict,
+    validate,
+)
+from distillkit.errors import ConfigError
+from distillkit.host import PluginHost
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    plugins: Sequence[str] | None = None,
+    host: PluginHost | None = None,
+) -> tuple[RunConfig, PluginHost]:
+    """Build the run's config and plugin host with the documented precedence.
+
+    defaults → preset → plugin ``config_defaults`` → config file → ``overrides``.
+    ``plugins`` (e.g. from ``--plugins``) wins over a ``plugins`` list in the files.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if preset:
+        layers.append(("preset", read_preset(preset)))
+    file_values = read_toml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    names: tuple[str, ...] = ()
+    for values in (layers[0][1] if layers else {}, file_values, overrides):
+        if "plugins" in values:
+            raw = values["plugins"]
+            names = tuple(raw.split(",") if isinstance(raw, str) else raw)
+    if plugins is not None:
+        names = tuple(plugins)
+    names = tuple(n.strip() for n in names if n.strip())
+    host = host or PluginHost()
+    config = RunConfig()
+    for source, values in [*layers, ("plugins", {}), ("config", file_values), ("set", overrides)]:
+        if source == "plugins":
+            values = _select(host, names, [v for _, v in layers] + [file_values, overrides])
+        core = {k: v for k, v in values.items() if k != "plugins" and _is_core(k)}
+        config = apply_overrides(config, core)
+        if source != "preset":
+            _reject_unselected(values, names)
+    config = replace(
+        config,
+        plugins=names,
+        plugin_options={n: to_dict(host.configs.get(n)) or {} for n in names},
+    )
+    validate(config)
+    return config, host
+
+
+def _is_core(key: str) -> bool:
+    head, _, rest = key.partition(".")
+    return head in SECTIONS if rest else True
+
+
+def _reject_unselected(values: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Options for a plugin that is not selected are a mistake (presets may carry them)."""
+    for key in values:
+        head, _, rest = key.partition(".")
+        if rest and head not in SECTIONS and head not in names:
+            raise ConfigError(
+                f"unknown config key '{key}': '{head}' is neither a config section "
+                "nor a selected plugin",
+                hint=f"select it with --plugins {head}" if head else None,
+            )
+
+
+def _select(host: PluginHost, names: tuple[str, ...], sources: list[dict[str, Any]]) -> dict:
+    """Load the selected plugins with their options (later sources win); return their defaults."""
+    options: dict[str, dict[str, Any]] = {}
+    for values in sources:
+        for key, value in values.items():
+            head, _, rest = key.partition(".")
+            if rest and head in names:
+                options.setdefault(head, {})[rest] = value
+    host.select(names, options)
+    return host.config_defaults()

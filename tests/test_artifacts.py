@@ -1,0 +1,124 @@
+"""Synthetic-set files, image grids, exports and atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from distillkit.artifacts import (
+    SYNTHETIC_JSON,
+    SYNTHETIC_TENSORS,
+    atomic_path,
+    atomic_write_json,
+    export_mtt,
+    export_png_folder,
+    load_synthetic,
+    save_grid,
+    save_synthetic,
+)
+from distillkit.errors import StoreError
+
+
+def _synthetic(n_classes: int = 3, ipc: int = 2, channels: int = 1, size: int = 8):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(n_classes * ipc, channels, size, size, generator=generator)
+    labels = torch.arange(n_classes).repeat_interleave(ipc)
+    return images, labels
+
+
+def test_synthetic_round_trip(tmp_path: Path) -> None:
+    images, labels = _synthetic()
+    zca = {"zca.mean": torch.randn(64), "zca.components": torch.randn(64, 64)}
+    meta = {"dataset": "digits", "class_names": ["0", "1", "2"], "metrics": {"acc": 0.9}}
+    save_synthetic(tmp_path, images, labels, 0.0123, meta, extra_tensors=zca)
+    sidecar = json.loads((tmp_path / SYNTHETIC_JSON).read_text())
+    assert sidecar["format_version"] == 1
+    assert len(sidecar["sha256"]) == 64
+
+    got_images, got_labels, lr, got_meta, extra = load_synthetic(tmp_path)
+    assert torch.equal(got_images, images)
+    assert torch.equal(got_labels, labels)
+    assert lr == pytest.approx(0.0123)
+    assert got_meta == meta
+    assert set(extra) == set(zca)
+    for name, tensor in zca.items():
+        assert torch.equal(extra[name], tensor)
+
+
+def test_reserved_extra_tensor_name_is_refused(tmp_path: Path) -> None:
+    images, labels = _synthetic()
+    with pytest.raises(ValueError, match="reserved"):
+        save_synthetic(tmp_path, images, labels, 0.01, {}, extra_tensors={"lr": torch.ones(1)})
+
+
+def test_corrupt_synthetic_file(tmp_path: Path) -> None:
+    images, labels = _synthetic()
+    save_synthetic(tmp_path, images, labels, 0.01, {"dataset": "digits"})
+    path = tmp_path / SYNTHETIC_TENSORS
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"synthetic\.safetensors: checksum mismatch"):
+        load_synthetic(tmp_path)
+
+
+def test_missing_synthetic_files(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"synthetic\.json is missing"):
+        load_synthetic(tmp_path)
+    images, labels = _synthetic()
+    save_synthetic(tmp_path, images, labels, 0.01, {})
+    (tmp_path / SYNTHETIC_TENSORS).unlink()
+    with pytest.raises(StoreError, match=r"synthetic\.safetensors is missing"):
+        load_synthetic(tmp_path)
+
+
+@pytest.mark.parametrize(("channels", "size", "mode"), [(1, 8, "L"), (3, 40, "RGB")])
+def test_grid_png_size(tmp_path: Path, channels: int, size: int, mode: str) -> None:
+    n_classes, ipc = 3, 2
+    images, labels = _synthetic(n_classes, ipc, channels, size)
+    path = tmp_path / "grid.png"
+    save_grid(path, images, labels, n_classes)
+    cell = size * 4 if size == 8 else size  # 8 px images are enlarged ×4 to reach 32 px
+    with Image.open(path) as grid:
+        assert grid.mode == mode
+        assert grid.size == (ipc * (cell + 2) + 2, n_classes * (cell + 2) + 2)
+        # The top-left cell holds the first image, enlarged by nearest-neighbour.
+        expected = round(float(images[0, 0, 0, 0]) * 255)
+        first = grid.getpixel((2, 2))
+        assert (first if mode == "L" else first[0]) == expected
+
+
+def test_atomic_path_leaves_target_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "run.json"
+    atomic_write_json(target, {"ok": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_export_mtt_loads_with_weights_only(tmp_path: Path) -> None:
+    images, labels = _synthetic()
+    export_mtt(tmp_path, images, labels, torch.tensor(0.02))
+    loaded = {
+        name: torch.load(tmp_path / f"{name}_best.pt", weights_only=True)
+        for name in ("images", "labels", "lr")
+    }
+    assert torch.equal(loaded["images"], images)
+    assert torch.equal(loaded["labels"], labels)
+    assert float(loaded["lr"]) == pytest.approx(0.02)
+
+
+def test_export_png_folder(tmp_path: Path) -> None:
+    images, labels = _synthetic(n_classes=3, ipc=2, channels=3)
+    export_png_folder(tmp_path, images, labels, ["cat", "dog", "a/b"])
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert files == ["a_b/0.png", "a_b/1.png", "cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
+    with Image.open(tmp_path / "dog" / "1.png") as picture:
+        assert picture.size == (8, 8)
+        assert picture.mode == "RGB"
