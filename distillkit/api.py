@@ -24,7 +24,7 @@ import torch
 
 from distillkit import __version__
 from distillkit.artifacts import atomic_write_json, save_grid, save_synthetic
-from distillkit.config import RunConfig, to_dict
+from distillkit.config import RunConfig, last_needed_epoch, to_dict
 from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
 from distillkit.data.augment import DSA
@@ -205,22 +205,20 @@ def train_experts(
             augment,
             on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
         )
-        store.write_expert(
-            index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds}
-        )
+        store.write_expert(index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds})
     reporter.finish()
     return store
 
 
 def load_expert_slices(store: TrajectoryStore, config: RunConfig) -> list[torch.Tensor]:
-    """Epochs 0..T⁺+M of every expert: the only part distillation can touch, kept in memory."""
-    needed = config.distill.max_start_epoch + config.distill.expert_epochs
+    """Epochs 0..T⁺−1+M of every expert: the only part distillation can touch, kept in memory."""
+    needed = last_needed_epoch(config.distill)
     experts = []
     for index in store.finished():
         if store.num_epochs(index) < needed:
             raise StoreError(
                 f"expert {index} in {store.root} has {store.num_epochs(index)} epochs, but "
-                f"max_start_epoch + expert_epochs = {needed}",
+                f"(max_start_epoch - 1) + expert_epochs = {needed}",
                 hint="train longer experts or lower distill.max_start_epoch",
             )
         experts.append(store.load(index, list(range(needed + 1))))
@@ -417,11 +415,9 @@ def default_run_dir(config: RunConfig) -> Path:
 
 def prepare_run_dir(out_dir: Path, overwrite: bool = False) -> Path:
     """Create the run directory; refuse one that already holds a run unless ``overwrite``."""
-    if (out_dir / "results.json").exists() or (out_dir / "synthetic.safetensors").exists():
-        if not overwrite:
-            raise ConfigError(
-                f"{out_dir} already holds a run", hint="choose another --out or pass --overwrite"
-            )
+    holds_run = (out_dir / "results.json").exists() or (out_dir / "synthetic.safetensors").exists()
+    if holds_run and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a run", hint="choose another --out or pass --overwrite")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

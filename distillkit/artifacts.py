@@ -151,8 +151,7 @@ def load_synthetic(out_dir: Path) -> tuple[Tensor, Tensor, float, dict, dict[str
     if not isinstance(sidecar, dict) or sidecar.get("format_version") != FORMAT_VERSION:
         version = sidecar.get("format_version") if isinstance(sidecar, dict) else None
         raise StoreError(
-            f"{json_path} has format_version {version!r} but this distillkit reads "
-            f"{FORMAT_VERSION}.",
+            f"{json_path} has format_version {version!r} but this distillkit reads {FORMAT_VERSION}.",
             hint="Use the distillkit version that wrote it, or re-run the distillation.",
         )
     try:
@@ -250,9 +249,7 @@ def _safe_dirname(name: str) -> str:
     return cleaned or "_"
 
 
-def export_png_folder(
-    out_dir: Path, pixels: Tensor, labels: Tensor, class_names: Sequence[str]
-) -> None:
+def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, class_names: Sequence[str]) -> None:
     """Write ``out_dir/<class>/<i>.png`` (``i`` counts within a class), the ImageFolder layout."""
     out_dir = Path(out_dir)
     images = _to_uint8(pixels)

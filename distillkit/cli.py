@@ -41,15 +41,12 @@ Dataset = Annotated[
     str | None,
     typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn or imagefolder:PATH."),
 ]
-DataPath = Annotated[
-    Path | None, typer.Option("--data-path", help="Folder holding the dataset files.")
-]
+DataPath = Annotated[Path | None, typer.Option("--data-path", help="Folder holding the dataset files.")]
 Download = Annotated[
-    bool, typer.Option("--download", help="Allow torchvision to download CIFAR/SVHN into --data-path.")
+    bool,
+    typer.Option("--download", help="Allow torchvision to download CIFAR/SVHN into --data-path."),
 ]
-Model = Annotated[
-    str | None, typer.Option(help="Network, e.g. convnet, convnet-w32, convnet-d4, resnet18.")
-]
+Model = Annotated[str | None, typer.Option(help="Network, e.g. convnet, convnet-w32, convnet-d4, resnet18.")]
 Ipc = Annotated[int | None, typer.Option(help="Synthetic images per class.")]
 Plugins = Annotated[
     str | None,
@@ -156,9 +153,7 @@ class RichReporter:
 
     def advance(self, n: int = 1, **info: Any) -> None:
         text = "  ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in info.items()
-            if v is not None
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items() if v is not None
         )
         self.progress.update(self.task, advance=n, info=text)
 
@@ -217,9 +212,9 @@ def _resolve(
 ) -> tuple[RunConfig, PluginHost]:
     from distillkit.resolve import resolve_config
 
-    if preset is None and config_file is None and default_preset:
-        if overrides.get("data.dataset", "digits") == "digits":
-            preset = default_preset
+    on_digits = overrides.get("data.dataset", "digits") == "digits"
+    if preset is None and config_file is None and default_preset and on_digits:
+        preset = default_preset
     names = None if plugins is None else [p for p in plugins.split(",") if p.strip()]
     return resolve_config(preset, config_file, overrides, names)
 
@@ -246,11 +241,11 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
         rows = [("distilled", m, r) for m, r in summary["distilled"]["models"].items()]
         rows += [("random real", m, r) for m, r in summary["random_real"]["models"].items()]
         proto = summary["protocol"]
-        cfg = EvaluateConfig(
-            **{k: v for k, v in proto.items() if k in EvaluateConfig.__dataclass_fields__}
+        cfg = EvaluateConfig(**{k: v for k, v in proto.items() if k in EvaluateConfig.__dataclass_fields__})
+        out.print(
+            f"[dim]protocol: {protocol_line(cfg, summary['learned_lr'])}; "
+            f"random real at lr {proto['random_real_lr']:.4g}[/]"
         )
-        out.print(f"[dim]protocol: {protocol_line(cfg, summary['learned_lr'])}; "
-                  f"random real at lr {proto['random_real_lr']:.4g}[/]")
         plugins = ",".join(summary["plugins"]) or "none (plain MTT)"
         title = f"{summary['dataset']} · ipc {summary['ipc']} · plugins: {plugins}"
         out.print(_results_table(title, rows))
@@ -285,9 +280,7 @@ def run_cmd(
 ) -> None:
     """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
     with cli_errors(debug):
-        overrides = _overrides(
-            sets, dataset, data_path, download, model, ipc, seed, device, eval_models
-        )
+        overrides = _overrides(sets, dataset, data_path, download, model, ipc, seed, device, eval_models)
         cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
         from distillkit import api
 

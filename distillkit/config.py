@@ -1,8 +1,9 @@
 """Run configuration: frozen dataclasses, named presets, TOML files and ``--set`` overrides.
 
-Precedence, lowest first: dataclass defaults → ``--preset`` → defaults
-contributed by selected plugins (``config_defaults``) → ``--config FILE`` →
-CLI shortcuts and ``--set KEY=VALUE``. Unknown keys and wrong types are errors.
+Precedence, lowest first: dataclass defaults → defaults contributed by selected
+plugins (``config_defaults``) → ``--preset`` → ``--config FILE`` → CLI shortcuts
+and ``--set KEY=VALUE``. (A preset is a deliberate, complete recipe, so it wins
+over a plugin's generic wishes.) Unknown keys and wrong types are errors.
 """
 
 from __future__ import annotations
@@ -279,6 +280,11 @@ def split_set_option(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def last_needed_epoch(distill: DistillConfig) -> int:
+    """The latest expert epoch a match can target: start t ≤ T⁺ − 1, target t + M."""
+    return distill.max_start_epoch - 1 + distill.expert_epochs
+
+
 def validate(config: RunConfig) -> None:
     """Reject values that cannot work (they would otherwise fail deep inside the run)."""
     positive = {
@@ -311,19 +317,16 @@ def validate(config: RunConfig) -> None:
         if not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
     if config.experts.optimizer not in ("sgd", "adam"):
-        raise ConfigError(
-            f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'"
-        )
+        raise ConfigError(f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'")
     if config.experts.store_dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(
-            "experts.store_dtype must be float32, float16 or bfloat16, "
-            f"got '{config.experts.store_dtype}'"
+            f"experts.store_dtype must be float32, float16 or bfloat16, got '{config.experts.store_dtype}'"
         )
-    needed = config.distill.max_start_epoch + config.distill.expert_epochs
+    needed = last_needed_epoch(config.distill)
     if needed > config.experts.epochs:
         raise ConfigError(
             f"experts are trained for {config.experts.epochs} epochs but distillation needs "
-            f"max_start_epoch + expert_epochs = {needed}",
+            f"epoch (max_start_epoch - 1) + expert_epochs = {needed}",
             hint="raise experts.epochs or lower distill.max_start_epoch",
         )
 

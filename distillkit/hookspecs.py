@@ -87,9 +87,7 @@ def perturb_expert(run: RunContext, ctx: PerturbContext) -> torch.Tensor | None:
 
 
 @hookspec
-def intermediate_match(
-    run: RunContext, ctx: MatchContext
-) -> LossTerm | list[LossTerm] | None:
+def intermediate_match(run: RunContext, ctx: MatchContext) -> LossTerm | list[LossTerm] | None:
     """Add matching-loss terms on the student's intermediate parameters.
 
     Fires once per outer iteration after the unroll; the terms are added to the

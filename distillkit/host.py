@@ -144,8 +144,7 @@ class PluginHost:
             return ep.load()
         except Exception as exc:
             raise PluginError(
-                f"plugin '{name}' ({package} {version}) failed to import: "
-                f"{type(exc).__name__}: {exc}",
+                f"plugin '{name}' ({package} {version}) failed to import: {type(exc).__name__}: {exc}",
                 hint=f"reinstall or upgrade {package}, or run without '{name}'",
             ) from exc
 
@@ -284,12 +283,9 @@ class PluginHost:
                 error = ""
             except Exception as exc:  # a broken plugin is a row, never a crash
                 hooks, status, error = (), "error", f"{type(exc).__name__}: {exc}"
-            records.append(
-                PluginRecord(name, package, version, _source(package), hooks, status, error)
-            )
+            records.append(PluginRecord(name, package, version, _source(package), hooks, status, error))
         return records
 
 
 def _source(package: str) -> str:
     return "built-in" if package == "distillkit" else "third-party"
-

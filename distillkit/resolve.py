@@ -26,11 +26,13 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     plugins: Sequence[str] | None = None,
     host: PluginHost | None = None,
+    extra_plugins: Sequence[Any] = (),
 ) -> tuple[RunConfig, PluginHost]:
     """Build the run's config and plugin host with the documented precedence.
 
-    defaults → preset → plugin ``config_defaults`` → config file → ``overrides``.
+    defaults → plugin ``config_defaults`` → preset → config file → ``overrides``.
     ``plugins`` (e.g. from ``--plugins``) wins over a ``plugins`` list in the files.
+    ``extra_plugins`` are ready-made plugin objects (library use; no entry point needed).
     """
     layers: list[tuple[str, dict[str, Any]]] = []
     if preset:
@@ -47,17 +49,18 @@ def resolve_config(
     names = tuple(n.strip() for n in names if n.strip())
     host = host or PluginHost()
     config = RunConfig()
-    for source, values in [*layers, ("plugins", {}), ("config", file_values), ("set", overrides)]:
+    for source, values in [("plugins", {}), *layers, ("config", file_values), ("set", overrides)]:
         if source == "plugins":
-            values = _select(host, names, [v for _, v in layers] + [file_values, overrides])
+            sources = [v for _, v in layers] + [file_values, overrides]
+            values = _select(host, names, sources, extra_plugins)
         core = {k: v for k, v in values.items() if k != "plugins" and _is_core(k)}
         config = apply_overrides(config, core)
         if source != "preset":
             _reject_unselected(values, names)
     config = replace(
         config,
-        plugins=names,
-        plugin_options={n: to_dict(host.configs.get(n)) or {} for n in names},
+        plugins=names + tuple(n for n in host.selected if n not in names),
+        plugin_options={n: to_dict(host.configs.get(n)) or {} for n in host.selected},
     )
     validate(config)
     return config, host
@@ -74,13 +77,14 @@ def _reject_unselected(values: dict[str, Any], names: tuple[str, ...]) -> None:
         head, _, rest = key.partition(".")
         if rest and head not in SECTIONS and head not in names:
             raise ConfigError(
-                f"unknown config key '{key}': '{head}' is neither a config section "
-                "nor a selected plugin",
+                f"unknown config key '{key}': '{head}' is neither a config section nor a selected plugin",
                 hint=f"select it with --plugins {head}" if head else None,
             )
 
 
-def _select(host: PluginHost, names: tuple[str, ...], sources: list[dict[str, Any]]) -> dict:
+def _select(
+    host: PluginHost, names: tuple[str, ...], sources: list[dict[str, Any]], extra: Sequence[Any]
+) -> dict:
     """Load the selected plugins with their options (later sources win); return their defaults."""
     options: dict[str, dict[str, Any]] = {}
     for values in sources:
@@ -88,5 +92,5 @@ def _select(host: PluginHost, names: tuple[str, ...], sources: list[dict[str, An
             head, _, rest = key.partition(".")
             if rest and head in names:
                 options.setdefault(head, {})[rest] = value
-    host.select(names, options)
+    host.select(names, options, extra)
     return host.config_defaults()

@@ -53,15 +53,11 @@ class BalancedInnerLoss:
 
         def __post_init__(self) -> None:
             if self.offset <= 1:
-                raise ConfigError(
-                    f"bil.offset must be > 1 (ν must stay positive), got {self.offset}"
-                )
+                raise ConfigError(f"bil.offset must be > 1 (ν must stay positive), got {self.offset}")
             if self.log_base <= 1:
                 raise ConfigError(f"bil.log_base must be > 1, got {self.log_base}")
             if self.middle not in MIDDLES:
-                raise ConfigError(
-                    f"bil.middle must be one of {', '.join(MIDDLES)}, got '{self.middle}'"
-                )
+                raise ConfigError(f"bil.middle must be one of {', '.join(MIDDLES)}, got '{self.middle}'")
 
     config_defaults: ClassVar[dict[str, object]] = {}
 
@@ -72,8 +68,6 @@ class BalancedInnerLoss:
     def inner_loss_weight(self, run: RunContext, ctx: InnerLossContext) -> float:
         """Return ν for this outer iteration's start epoch (Eq. 2) and log it as ``bil/nu``."""
         cfg = self.config
-        nu = balance_factor(
-            ctx.start_epoch, ctx.max_start_epoch, cfg.offset, cfg.log_base, cfg.middle
-        )
+        nu = balance_factor(ctx.start_epoch, ctx.max_start_epoch, cfg.offset, cfg.log_base, cfg.middle)
         run.log("bil/nu", nu)
         return nu

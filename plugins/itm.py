@@ -65,9 +65,7 @@ class IntermediateMatching:
                 ("denominator", self.denominator, DENOMINATORS),
             ):
                 if value not in allowed:
-                    raise ConfigError(
-                        f"itm.{key} must be one of {', '.join(allowed)}, got '{value}'"
-                    )
+                    raise ConfigError(f"itm.{key} must be one of {', '.join(allowed)}, got '{value}'")
 
     config_defaults: ClassVar[dict[str, object]] = {}
 

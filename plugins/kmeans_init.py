@@ -45,9 +45,7 @@ def cluster_sizes(ipc: int, clusters: int, max_clusters: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(k)]
 
 
-def embed_class(
-    model: nn.Module, images: torch.Tensor, features: str, device: torch.device
-) -> np.ndarray:
+def embed_class(model: nn.Module, images: torch.Tensor, features: str, device: torch.device) -> np.ndarray:
     """Features of ``images`` as a float32 array [n, d]: pre-FC ``model.embed`` or the logits."""
     chunks = []
     with torch.no_grad():
@@ -80,8 +78,7 @@ class KMeansInit:
         def __post_init__(self) -> None:
             if self.features not in FEATURES:
                 raise ConfigError(
-                    f"kmeans-init.features must be one of {', '.join(FEATURES)}, "
-                    f"got '{self.features}'"
+                    f"kmeans-init.features must be one of {', '.join(FEATURES)}, got '{self.features}'"
                 )
             if self.clusters < 0:
                 raise ConfigError(f"kmeans-init.clusters must be >= 0, got {self.clusters}")
@@ -120,8 +117,7 @@ class KMeansInit:
             index = (ctx.train_labels == c).nonzero().flatten()
             if len(index) < ctx.ipc:
                 raise DataError(
-                    f"kmeans-init: class {c} has {len(index)} training images, "
-                    f"fewer than ipc={ctx.ipc}"
+                    f"kmeans-init: class {c} has {len(index)} training images, fewer than ipc={ctx.ipc}"
                 )
             feats = embed_class(model, ctx.train_images[index], cfg.features, run.device)
             kmeans = KMeans(n_clusters=len(sizes), random_state=run.config.seed, n_init=cfg.n_init)

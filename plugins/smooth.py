@@ -41,16 +41,16 @@ def clip_factor(epoch: int, lam_start: float, lam_epochs: int) -> float:
     return lam_start + (1.0 - lam_start) * epoch / lam_epochs
 
 
-def gradient_penalty(
-    model: nn.Module, images: torch.Tensor, target: float, norm: str
-) -> torch.Tensor:
+def gradient_penalty(model: nn.Module, images: torch.Tensor, target: float, norm: str) -> torch.Tensor:
     """E[(‖∇ₓ W(x)‖₂ − K)²] of Eq. 1 with W(x) = Σ_c logit_c(x), differentiable in the weights.
 
     ``norm="sample"`` takes the L2 norm of each sample's whole input gradient (the
     paper, as in WGAN-GP); ``norm="pixel"`` takes it over the channels of each pixel
     and averages over batch and pixels (the official code). The extra forward runs
     on a detached copy of ``images`` and the input gradient keeps its graph
-    (``create_graph=True``) so the penalty back-propagates into the weights.
+    (``create_graph=True``) so the penalty back-propagates into the weights. The
+    model stays in train mode, as in the official code (a BatchNorm network would
+    update its running statistics on this extra pass).
     """
     x = images.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)

@@ -44,9 +44,7 @@ def filter_delta(weight: torch.Tensor, alpha: float, generator: torch.Generator)
     return (alpha * d_flat * (w_norm / d_norm)).reshape(weight.shape)
 
 
-def multiplicative_delta(
-    weight: torch.Tensor, alpha: float, generator: torch.Generator
-) -> torch.Tensor:
+def multiplicative_delta(weight: torch.Tensor, alpha: float, generator: torch.Generator) -> torch.Tensor:
     """α·D⊙W with D = Z/‖Z‖_F over the whole tensor (official code); relative size ≈ α/√numel."""
     z = _normal(weight, generator)
     return alpha * z / torch.linalg.vector_norm(z) * weight
@@ -86,9 +84,7 @@ class WeightPerturbation:
             if self.mode not in MODES:
                 raise ConfigError(f"wp.mode must be one of {', '.join(MODES)}, got '{self.mode}'")
             if self.scope not in SCOPES:
-                raise ConfigError(
-                    f"wp.scope must be one of {', '.join(SCOPES)}, got '{self.scope}'"
-                )
+                raise ConfigError(f"wp.scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
 
     config_defaults: ClassVar[dict[str, object]] = {}
 
@@ -107,7 +103,5 @@ class WeightPerturbation:
                     part = slice(slot.offset, slot.offset + slot.numel)
                     weight = ctx.start[part].view(slot.shape)
                     delta[part] = make(weight, cfg.alpha, run.generator).flatten()
-            run.log(
-                "wp/rel_norm", torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(ctx.start)
-            )
+            run.log("wp/rel_norm", torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(ctx.start))
         return delta

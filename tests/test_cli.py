@@ -58,10 +58,10 @@ def test_list_plugins_table():
         (["run", "--set", "distill.ipc=two"], 2, "expects an integer"),
         (["run", "--set", "noequals"], 2, "KEY=VALUE"),
         (["run", "--preset", "nope"], 2, "unknown preset"),
-        (["run", "--dataset", "cifar11"], 2, "unknown dataset"),
+        (["run", "--dataset", "cifar11"], 2, "Unknown dataset"),
         (["run", "--set", "distill.syn_steps=0"], 2, "syn_steps must be > 0"),
-        (["run", "--model", "convnet-q7"], 2, "model"),
-        (["run", "--set", "wp.alpha=0.1"], 2, "not a selected plugin"),
+        (["run", "--model", "convnet-q7"], 2, "unknown modifier"),
+        (["run", "--set", "wp.alpha=0.1"], 2, "nor a selected plugin"),
         (["evaluate", "/nonexistent/run"], 2, "not a run directory"),
     ],
 )
@@ -87,8 +87,16 @@ def test_tiny_digits_run_writes_results_grid_and_refuses_to_overwrite(tmp_path):
     result = invoke("run", "--out", str(out), "--quiet", *TINY)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
-    for key in ("dataset", "ipc", "plugins", "distilled", "random_real", "timings_s",
-                "distill_s_per_iter", "peak_rss_mb"):
+    for key in (
+        "dataset",
+        "ipc",
+        "plugins",
+        "distilled",
+        "random_real",
+        "timings_s",
+        "distill_s_per_iter",
+        "peak_rss_mb",
+    ):
         assert key in summary
     assert summary["dataset"] == "digits" and summary["ipc"] == 1
     assert len(summary["distilled"]["runs"]) == 2
@@ -102,8 +110,9 @@ def test_tiny_digits_run_writes_results_grid_and_refuses_to_overwrite(tmp_path):
     assert again.exit_code == 2 and "already holds a run" in again.output
     assert json.loads((out / "results.json").read_text()) == summary
 
-    evaluated = invoke("evaluate", str(out), "--json", "--set", "evaluate.runs=1",
-                       "--set", "evaluate.epochs=5")
+    evaluated = invoke(
+        "evaluate", str(out), "--json", "--set", "evaluate.runs=1", "--set", "evaluate.epochs=5"
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert (out / "evaluation.json").exists()
 

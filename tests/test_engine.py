@@ -94,16 +94,22 @@ def _tiny_distiller(momentum: float = 0.0) -> Distiller:
     start = flatten_params(model)
     experts = [torch.stack([start + 0.1 * k * torch.randn_like(start) for k in range(4)])]
     config = DistillConfig(
-        ipc=2, syn_steps=3, expert_epochs=2, max_start_epoch=2, lr_img=10.0, student_momentum=momentum
+        ipc=2,
+        syn_steps=3,
+        expert_epochs=2,
+        max_start_epoch=2,
+        lr_img=10.0,
+        student_momentum=momentum,
     )
     run = RunContext(
-        config=RunConfig(), device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0), out_dir=None,
+        config=RunConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        out_dir=None,
     )
     images = torch.randn(6, 1, 4, 4)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    return Distiller(run, PluginHost(eps=[]).hook, student, images, labels, experts, config,
-                     lambda x, g: x)
+    return Distiller(run, PluginHost(eps=[]).hook, student, images, labels, experts, config, lambda x, g: x)
 
 
 def test_one_outer_iteration_updates_images_and_stays_finite():

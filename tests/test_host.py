@@ -7,7 +7,6 @@ from importlib.metadata import EntryPoint
 import pytest
 import torch
 
-from distillkit.resolve import resolve_config
 from distillkit.config import RunConfig
 from distillkit.context import InitContext, RunContext
 from distillkit.errors import (
@@ -17,6 +16,7 @@ from distillkit.errors import (
     UnknownPluginError,
 )
 from distillkit.host import CORE_NAME, PluginHost, discover
+from distillkit.resolve import resolve_config
 
 
 def ep(name: str, target: str) -> EntryPoint:
@@ -49,8 +49,10 @@ def _init_ctx(ipc: int = 1) -> InitContext:
 
 def _run() -> RunContext:
     return RunContext(
-        config=RunConfig(), device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0), out_dir=None,
+        config=RunConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        out_dir=None,
     )
 
 
@@ -74,7 +76,7 @@ def test_selected_plugin_replaces_the_default_init():
 
 def test_two_exclusive_plugins_conflict_and_name_both():
     host = PluginHost(eps=EPS)
-    with pytest.raises(PluginConflictError, match="other-init.*zero-init"):
+    with pytest.raises(PluginConflictError, match=r"other-init.*zero-init"):
         host.select(["zero-init", "other-init"])
 
 
@@ -87,37 +89,37 @@ def test_unknown_plugin_suggests_a_close_name():
 
 def test_selected_broken_plugin_is_a_plugin_error():
     host = PluginHost(eps=EPS)
-    with pytest.raises(PluginError, match="broken.*failed to import"):
+    with pytest.raises(PluginError, match=r"broken.*failed to import"):
         host.select(["broken"])
 
 
 def test_misnamed_plugin_is_rejected():
     host = PluginHost(eps=[ep("misnamed", "Misnamed")])
-    with pytest.raises(PluginError, match="calls itself 'something-else'"):
+    with pytest.raises(PluginError, match=r"calls itself 'something-else'"):
         host.select(["misnamed"])
 
 
 def test_misspelled_hook_is_caught():
     host = PluginHost(eps=[ep("typo", "TypoHook")])
-    with pytest.raises(PluginError, match="does not exist"):
+    with pytest.raises(PluginError, match=r"does not exist"):
         host.select(["typo"])
 
 
 def test_unknown_plugin_option_is_a_config_error():
     host = PluginHost(eps=EPS)
-    with pytest.raises(ConfigError, match="zero-init.valu"):
+    with pytest.raises(ConfigError, match=r"zero-init.valu"):
         host.select(["zero-init"], {"zero-init": {"valu": "1"}})
 
 
 def test_bad_option_type_is_a_config_error():
     host = PluginHost(eps=EPS)
-    with pytest.raises(ConfigError, match="expects a number"):
+    with pytest.raises(ConfigError, match=r"expects a number"):
         host.select(["zero-init"], {"zero-init": {"value": "lots"}})
 
 
 def test_same_name_from_two_packages_is_a_conflict():
     twice = [ep("half", "HalfWeight"), EntryPoint("half", "elsewhere:Half", "distillkit")]
-    with pytest.raises(PluginConflictError, match="two packages"):
+    with pytest.raises(PluginConflictError, match=r"two packages"):
         discover(twice)
 
 
@@ -139,26 +141,27 @@ def test_plugin_config_defaults_apply_below_user_settings():
 
 
 def test_conflicting_plugin_defaults_are_an_error():
-    with pytest.raises(PluginConflictError, match="experts.momentum"):
-        resolve_config(
-            None, None, {}, ["wants-momentum", "wants-no-momentum"], PluginHost(eps=EPS)
-        )
+    with pytest.raises(PluginConflictError, match=r"experts.momentum"):
+        resolve_config(None, None, {}, ["wants-momentum", "wants-no-momentum"], PluginHost(eps=EPS))
 
 
 def test_core_keys_parse_and_unknown_keys_fail():
     config, _ = resolve_config(
-        "digits", None, {"distill.ipc": "3", "evaluate.models": "convnet,alexnet"}, [],
+        "digits",
+        None,
+        {"distill.ipc": "3", "evaluate.models": "convnet,alexnet"},
+        [],
         PluginHost(eps=EPS),
     )
     assert config.distill.ipc == 3 and config.evaluate.models == ("convnet", "alexnet")
-    with pytest.raises(ConfigError, match="unknown config key 'distill.ipcc'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'distill.ipcc'"):
         resolve_config(None, None, {"distill.ipcc": "3"}, [], PluginHost(eps=EPS))
-    with pytest.raises(ConfigError, match="expects an integer"):
+    with pytest.raises(ConfigError, match=r"expects an integer"):
         resolve_config(None, None, {"distill.ipc": "three"}, [], PluginHost(eps=EPS))
-    with pytest.raises(ConfigError, match="unknown preset"):
+    with pytest.raises(ConfigError, match=r"unknown preset"):
         resolve_config("digitz", None, {}, [], PluginHost(eps=EPS))
 
 
 def test_plugin_option_for_unselected_plugin_is_rejected():
-    with pytest.raises(ConfigError, match="zero-init.value"):
+    with pytest.raises(ConfigError, match=r"zero-init.value"):
         resolve_config(None, None, {"zero-init.value": "1"}, [], PluginHost(eps=EPS))

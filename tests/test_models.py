@@ -43,12 +43,7 @@ def test_deeper_convnets_match_mtt_parameter_counts(
 
 def test_parameter_order_is_mtt_flattening_order() -> None:
     names = [name for name, _ in build_model("convnet", 1, 10, (28, 28)).named_parameters()]
-    blocks = [
-        f"{layer}{i}.{p}"
-        for i in (1, 2, 3)
-        for layer in ("conv", "norm")
-        for p in ("weight", "bias")
-    ]
+    blocks = [f"{layer}{i}.{p}" for i in (1, 2, 3) for layer in ("conv", "norm") for p in ("weight", "bias")]
     assert names == [*blocks, "classifier.weight", "classifier.bias"]
 
 
@@ -95,13 +90,28 @@ def test_convnet_norm_modifiers(modifier: str, norm_type: type, norm_params: int
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32), (1, 8)])
 def test_evaluation_models_forward(name: str, channels: int, size: int) -> None:
     model = build_model(name, channels, 10, (size, size)).eval()
-    x = torch.randn(2, channels, size, size)
+    x = torch.randn(1, channels, size, size)
     with torch.no_grad():
         embedding = model.embed(x)
-        assert embedding.shape == (2, model.classifier.in_features)
+        assert embedding.shape == (1, model.classifier.in_features)
         if size == 8:  # forward is classifier(embed); checked where it is cheap
             torch.testing.assert_close(model(x), model.classifier(embedding))
-        assert model.classifier(embedding).shape == (2, 10)
+        assert model.classifier(embedding).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", ["convnet-w8-d3", "vgg11", "resnet18", "resnet18-ap"])
+@pytest.mark.parametrize("size", [8, 16])
+def test_no_norm_sees_a_single_pixel(name: str, size: int) -> None:
+    # Instance norm of a 1×1 map returns only its bias: the output would ignore the input.
+    model = build_model(name, 1, 10, (size, size)).eval()
+    maps: list[tuple[int, ...]] = []
+    for module in model.modules():
+        if isinstance(module, nn.GroupNorm):
+            module.register_forward_hook(lambda _m, args, _o: maps.append(args[0].shape[2:]))
+    with torch.no_grad():
+        first, second = model.embed(torch.randn(2, 1, size, size)).unbind()
+    assert maps and min(h * w for h, w in maps) > 1
+    assert not torch.allclose(first, second)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +123,8 @@ def test_evaluation_models_forward(name: str, channels: int, size: int) -> None:
         ("resnet18", 3, 32, 512),
         ("resnet18-ap", 1, 28, 512 * 3 * 3),
         ("resnet18-ap", 3, 32, 512 * 4 * 4),
+        ("vgg11", 1, 8, 512),
+        ("resnet18-ap", 1, 8, 512 * 2 * 2),
     ],
 )
 def test_evaluation_heads_match_mtt(name: str, channels: int, size: int, features: int) -> None:

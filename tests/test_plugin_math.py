@@ -8,11 +8,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-from distillkit_plugins.bil import BalancedInnerLoss, balance_factor
-from distillkit_plugins.itm import IntermediateMatching, matching_points
-from distillkit_plugins.kmeans_init import KMeansInit, cluster_sizes
-from distillkit_plugins.smooth import SmoothExperts, clip_factor
-from distillkit_plugins.wp import WeightPerturbation, filter_delta
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from distillkit.config import RunConfig
@@ -28,6 +23,11 @@ from distillkit.context import (
     RunContext,
 )
 from distillkit.errors import ConfigError
+from distillkit_plugins.bil import BalancedInnerLoss, balance_factor
+from distillkit_plugins.itm import IntermediateMatching, matching_points
+from distillkit_plugins.kmeans_init import KMeansInit, cluster_sizes
+from distillkit_plugins.smooth import SmoothExperts, clip_factor
+from distillkit_plugins.wp import WeightPerturbation, filter_delta
 
 
 def make_run(seed: int = 0) -> tuple[RunContext, dict[str, Any]]:
@@ -166,9 +166,7 @@ def test_nu_code_base5_floor_middle() -> None:
 
 def test_bil_hook_returns_and_logs_nu() -> None:
     run, logged = make_run()
-    ctx = InnerLossContext(
-        iteration=0, start_epoch=0, max_start_epoch=20, expert_epochs=2, syn_steps=20
-    )
+    ctx = InnerLossContext(iteration=0, start_epoch=0, max_start_epoch=20, expert_epochs=2, syn_steps=20)
     nu = BalancedInnerLoss(BalancedInnerLoss.Config()).inner_loss_weight(run, ctx)
     assert nu == pytest.approx(1 / math.log(18))
     assert logged["bil/nu"] == nu
@@ -224,9 +222,7 @@ def test_itm_loss_equals_formula(denominator: str) -> None:
 def test_itm_varied_beta() -> None:
     run, _ = make_run()
     ctx = match_ctx(syn_steps=6, expert_epochs=3)
-    terms = IntermediateMatching(IntermediateMatching.Config(beta="varied")).intermediate_match(
-        run, ctx
-    )
+    terms = IntermediateMatching(IntermediateMatching.Config(beta="varied")).intermediate_match(run, ctx)
     assert [t.name for t in terms] == ["itm/2", "itm/4"]
     for i, (term, xi) in enumerate(zip(terms, [2, 4], strict=True), start=1):
         raw = distance(ctx.student_params[xi], ctx.expert_params(i), ctx.unperturbed_start)
@@ -318,9 +314,7 @@ def test_filter_delta_pure_function() -> None:
     d = filter_delta(w, 0.5, torch.Generator().manual_seed(2))
     torch.testing.assert_close(d.norm(dim=1), 0.5 * w.norm(dim=1), rtol=1e-5, atol=0)
     v = torch.randn(6)
-    torch.testing.assert_close(
-        filter_delta(v, 0.2, torch.Generator().manual_seed(2)).norm(), 0.2 * v.norm()
-    )
+    torch.testing.assert_close(filter_delta(v, 0.2, torch.Generator().manual_seed(2)).norm(), 0.2 * v.norm())
 
 
 # -- kmeans-init (§3.2.1) --------------------------------------------------------------

@@ -135,9 +135,7 @@ def test_partial_load_reads_only_requested_rows(
     root, trajectories = two_experts
     reads: list[tuple[int, int]] = []
     real_open = store_module.safe_open
-    monkeypatch.setattr(
-        store_module, "safe_open", lambda *a, **k: _RecordingOpen(real_open(*a, **k), reads)
-    )
+    monkeypatch.setattr(store_module, "safe_open", lambda *a, **k: _RecordingOpen(real_open(*a, **k), reads))
     rows = TrajectoryStore.open(root).load(0, epochs=[1, 2, 4])
     assert reads == [(1, 3), (4, 5)]
     assert rows.shape == (3, P)
@@ -174,9 +172,7 @@ def test_different_key_names_first_differing_field(
 ) -> None:
     root, _ = two_experts
     with pytest.raises(StoreError, match=r"optimizer\.lr is 0\.01 there but 0\.02 now"):
-        TrajectoryStore.create_or_open(
-            root, make_key(optimizer={"name": "sgd", "lr": 0.02, "momentum": 0.0})
-        )
+        TrajectoryStore.create_or_open(root, make_key(optimizer={"name": "sgd", "lr": 0.02, "momentum": 0.0}))
     with pytest.raises(StoreError, match="extra is missing there but 1 now"):
         TrajectoryStore.create_or_open(root, {**make_key(), "extra": 1})
     # The manifest is untouched by the refusal.
@@ -231,9 +227,7 @@ def test_missing_or_invalid_manifest(tmp_path: Path) -> None:
 
 def test_write_checks_shape_against_key(tmp_path: Path) -> None:
     store = TrajectoryStore.create_or_open(tmp_path / "s", make_key())
-    with pytest.raises(
-        StoreError, match=r"expert_000\.safetensors: the trajectory has 7 parameters"
-    ):
+    with pytest.raises(StoreError, match=r"expert_000\.safetensors: the trajectory has 7 parameters"):
         store.write_expert(0, torch.zeros(EPOCHS + 1, 7), {})
     with pytest.raises(StoreError, match="3 snapshots"):
         store.write_expert(0, torch.zeros(3, P), {})
@@ -266,9 +260,7 @@ def test_check_compatible(two_experts: tuple[Path, list[torch.Tensor]]) -> None:
 
 def _mtt_trajectory(seed: int) -> list[list[torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [
-        [torch.randn(*shape, generator=generator) for _, shape in LAYOUT] for _ in range(EPOCHS + 1)
-    ]
+    return [[torch.randn(*shape, generator=generator) for _, shape in LAYOUT] for _ in range(EPOCHS + 1)]
 
 
 def test_import_mtt_buffer(tmp_path: Path) -> None:
@@ -294,9 +286,7 @@ def test_import_rejects_wrong_layout_and_non_buffers(tmp_path: Path) -> None:
     trajectory = _mtt_trajectory(0)
     trajectory[2][1] = torch.zeros(5)
     torch.save([trajectory], bad)
-    with pytest.raises(
-        StoreError, match=r"snapshot 2 does not fit the store layout: param_layout\[1\]"
-    ):
+    with pytest.raises(StoreError, match=r"snapshot 2 does not fit the store layout: param_layout\[1\]"):
         import_mtt_buffer([bad], tmp_path / "s1", make_key())
     not_a_buffer = tmp_path / "replay_buffer_1.pt"
     torch.save({"a": torch.zeros(1)}, not_a_buffer)

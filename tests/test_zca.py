@@ -47,9 +47,7 @@ def _max_correlation(rows: torch.Tensor) -> float:
 def test_large_variance_whitens_to_identity() -> None:
     images = _correlated_images(n=2000, scale=30.0)
     white = ZCA.fit(images).transform(images).reshape(2000, -1).double()
-    assert torch.allclose(
-        torch.cov(white.T), torch.eye(white.shape[1], dtype=torch.float64), atol=0.02
-    )
+    assert torch.allclose(torch.cov(white.T), torch.eye(white.shape[1], dtype=torch.float64), atol=0.02)
 
 
 def test_state_dict_round_trip_is_exact() -> None:

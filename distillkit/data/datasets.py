@@ -120,9 +120,7 @@ def dataset_names() -> list[str]:
     return sorted([*_LOADERS, f"{IMAGEFOLDER_PREFIX}PATH"])
 
 
-def load_dataset(
-    spec: str, data_path: str | Path | None = None, download: bool = False
-) -> ImageDataset:
+def load_dataset(spec: str, data_path: str | Path | None = None, download: bool = False) -> ImageDataset:
     """Load the dataset named ``spec`` (see :func:`dataset_names`) fully into memory."""
     root = Path(data_path).expanduser() if data_path not in (None, "") else None
     key = spec.strip()
@@ -218,9 +216,7 @@ def _looked_in(dirs: list[Path]) -> str:
 # --- digits (embedded) ----------------------------------------------------------------------
 
 
-def _stratified_split(
-    labels: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A fixed per-class split, identical on every machine, so runs are comparable everywhere."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -359,8 +355,7 @@ def _load_idx_dataset(name: str, root: Path | None, download: bool) -> ImageData
     for images, labels, image_file in ((train_x, train_y, files[0]), (test_x, test_y, files[2])):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
-                f"{image_file} holds {images.shape} images but its label file holds "
-                f"{labels.shape} labels.",
+                f"{image_file} holds {images.shape} images but its label file holds {labels.shape} labels.",
                 hint="The IDX files do not belong together; re-download them.",
             )
     return _build(
@@ -476,9 +471,7 @@ def _load_cifar(name: str, root: Path | None, download: bool) -> ImageDataset:
     splits = []
     for files in (spec.train_files, spec.test_files):
         parts = [_read_cifar_records(folder / f, spec.label_bytes) for f in files]
-        splits.append(
-            (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-        )
+        splits.append((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])))
     names = _read_class_names(folder / spec.names_file, spec.num_classes)
     return _build(name, splits[0], splits[1], names, _CIFAR_MEAN, _CIFAR_STD)
 
@@ -525,9 +518,7 @@ def _load_svhn(root: Path | None, download: bool) -> ImageDataset:
     if folder is None and download:
         from torchvision.datasets import SVHN
 
-        _fetch(
-            "svhn", root, lambda: [SVHN(root, split=s, download=True) for s in ("train", "test")]
-        )
+        _fetch("svhn", root, lambda: [SVHN(root, split=s, download=True) for s in ("train", "test")])
         folder = _svhn_dir(root)
     if folder is None:
         raise DataError(
@@ -536,9 +527,7 @@ def _load_svhn(root: Path | None, download: bool) -> ImageDataset:
             hint=f"Pass --data-path DIR holding them, or {_DOWNLOAD_HINT}.",
         )
     train, test = (_read_svhn_mat(folder / f) for f in _SVHN_FILES)
-    return _build(
-        "svhn", train, test, _DIGIT_NAMES, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
-    )
+    return _build("svhn", train, test, _DIGIT_NAMES, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 
 
 # --- image folders (incl. Tiny ImageNet's val layout) ---------------------------------------
@@ -550,9 +539,7 @@ _RESIZE_HINT = "Resize all images to one size first (e.g. `mogrify -resize 64x64
 
 def _image_files(folder: Path) -> list[Path]:
     """Images anywhere below ``folder`` (Tiny ImageNet nests them in ``<class>/images/``)."""
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()
-    )
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -602,9 +589,7 @@ def _open_image(path: Path) -> PILImage:
     try:
         return Image.open(path)
     except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(
-            f"Cannot read image {path}: {exc}.", hint="Remove or replace the file."
-        ) from exc
+        raise DataError(f"Cannot read image {path}: {exc}.", hint="Remove or replace the file.") from exc
 
 
 def _probe_images(paths: list[Path]) -> tuple[tuple[int, int], str]:

@@ -40,9 +40,7 @@ class ZCA:
     def fit(cls, images: torch.Tensor, eps: float = 0.1) -> ZCA:
         """Fit on ``images`` ``[N, ...]`` (the whole train split): unbiased covariance + eps."""
         if images.ndim < 2 or images.shape[0] < 2:
-            raise DataError(
-                f"ZCA needs at least two images to fit, got shape {tuple(images.shape)}."
-            )
+            raise DataError(f"ZCA needs at least two images to fit, got shape {tuple(images.shape)}.")
         if not eps > 0:
             raise DataError(f"ZCA eps must be positive, got {eps}.", hint="The usual value is 0.1.")
         flat = images.detach().reshape(images.shape[0], -1)

@@ -58,9 +58,7 @@ def call_hook(hook: Any, name: str, **kwargs: Any) -> Any:
         return getattr(hook, name)(**kwargs)
     except Exception as exc:
         owner = _owner_of(getattr(hook, name), exc)
-        raise PluginRuntimeError(
-            f"plugin '{owner}' failed in {name}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise PluginRuntimeError(f"plugin '{owner}' failed in {name}: {type(exc).__name__}: {exc}") from exc
 
 
 def _owner_of(caller: Any, exc: BaseException) -> str:

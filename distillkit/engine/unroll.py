@@ -17,9 +17,7 @@ from distillkit.engine.student import FlatStudent
 MIN_DENOMINATOR = 1e-12
 
 
-def normalised_distance(
-    theta: torch.Tensor, target: torch.Tensor, reference: torch.Tensor
-) -> torch.Tensor:
+def normalised_distance(theta: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """‖θ − target‖² / ‖reference − target‖² (MTT's scale-free parameter distance)."""
     denominator = (reference - target).pow(2).sum().clamp_min(MIN_DENOMINATOR)
     return (theta - target).pow(2).sum() / denominator

@@ -216,9 +216,7 @@ class TrajectoryStore:
 
         Deleting a corrupt expert file therefore makes the next expert run retrain it.
         """
-        return sorted(
-            e["index"] for e in self._manifest.experts if (self.root / e["file"]).exists()
-        )
+        return sorted(e["index"] for e in self._manifest.experts if (self.root / e["file"]).exists())
 
     def write_expert(self, index: int, trajectory: torch.Tensor, info: dict) -> None:
         """Store one expert's ``[epochs + 1, P]`` trajectory, then record it in the manifest.
@@ -238,8 +236,7 @@ class TrajectoryStore:
         num_params, epochs = self.key.get("num_params"), self.key.get("epochs")
         if num_params is not None and width != num_params:
             raise StoreError(
-                f"{name}: the trajectory has {width} parameters but store {self.root} "
-                f"expects {num_params}."
+                f"{name}: the trajectory has {width} parameters but store {self.root} expects {num_params}."
             )
         if epochs is not None and rows != epochs + 1:
             raise StoreError(
@@ -315,9 +312,7 @@ class TrajectoryStore:
                 wanted = list(range(total)) if epochs is None else [int(e) for e in epochs]
                 bad = [e for e in wanted if not 0 <= e < total]
                 if bad:
-                    raise StoreError(
-                        f"{path} holds epochs 0..{total - 1} but epoch {bad[0]} was requested."
-                    )
+                    raise StoreError(f"{path} holds epochs 0..{total - 1} but epoch {bad[0]} was requested.")
                 parts = [rows[start:stop] for start, stop in _runs(wanted)]
         except SafetensorError as exc:
             raise StoreError(f"{path} cannot be read as safetensors ({exc}).") from exc
@@ -346,9 +341,7 @@ class TrajectoryStore:
                 continue
             where, old, new = diff
             if field == "dataset":
-                message = (
-                    f"store {self.root} was trained on {_show(have)} but the run uses {_show(new)}."
-                )
+                message = f"store {self.root} was trained on {_show(have)} but the run uses {_show(new)}."
             else:
                 message = (
                     f"store {self.root} does not fit the run: {where} is {_show(old)} in the "
@@ -367,9 +360,7 @@ def _flatten_mtt(trajectory: Any, layout: list | None, where: str) -> torch.Tens
     expected_shapes = None if layout is None else [list(shape) for _, shape in layout]
     rows = []
     for epoch, snapshot in enumerate(trajectory):
-        if not isinstance(snapshot, list | tuple) or not all(
-            isinstance(t, torch.Tensor) for t in snapshot
-        ):
+        if not isinstance(snapshot, list | tuple) or not all(isinstance(t, torch.Tensor) for t in snapshot):
             raise StoreError(f"{where}: snapshot {epoch} is not a list of tensors.")
         shapes = [list(t.shape) for t in snapshot]
         if expected_shapes is not None and (

@@ -63,9 +63,7 @@ _FAMILIES = {
         ("dN", "wN", *NORMS, *POOLS),
         f"convnet accepts dN (depth), wN (width), a norm {_NORM_TOKENS} and a pool "
         f"{'|'.join(POOLS)}, joined with '-' in any order, e.g. 'convnet-w32-d2'.",
-        lambda s, c, k, size: ConvNet(
-            c, k, size, width=s.width, depth=s.depth, norm=s.norm, pool=s.pool
-        ),
+        lambda s, c, k, size: ConvNet(c, k, size, width=s.width, depth=s.depth, norm=s.norm, pool=s.pool),
     ),
     "alexnet": _Family(
         ModelSpec("alexnet", norm="nn", pool="mp"),
@@ -130,9 +128,7 @@ def parse_model_name(name: str) -> ModelSpec:
     return replace(_FAMILIES[family].default, **changes)
 
 
-def build_model(
-    name: str, channels: int, num_classes: int, image_size: tuple[int, int]
-) -> nn.Module:
+def build_model(name: str, channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """A freshly initialised network for ``channels``×H×W inputs and ``num_classes`` outputs."""
     spec = parse_model_name(name)
     height, width = image_size

@@ -48,15 +48,16 @@ def mtt_padding(channels: int, image_size: Size) -> int:
     return 2 if channels == 1 and tuple(image_size) == (28, 28) else 0
 
 
-def halving_pool(size: Size, make: Callable[[], nn.Module]) -> tuple[nn.Module, Size]:
-    """A 2×2 pool and the map size after it.
+def halving_pool(size: Size, make: Callable[[], nn.Module], *, floor: int = 1) -> tuple[nn.Module, Size]:
+    """A 2×2 pool and the map size after it, or ``Identity`` where that would go below ``floor``.
 
-    A map already 1 px high or wide is left as is (``Identity``), so the evaluation models
-    still reach their head on images smaller than the 32 px the reference was written for;
-    where the reference works, this changes nothing.
+    The reference models assume 28–32 px inputs; skipping pools lets smaller images reach the
+    head. Models with norms after a pool use ``floor=2``: instance norm on a 1×1 map outputs
+    only its bias, which would cut the network off from its input. Where the reference
+    works, no pool is skipped.
     """
     height, width = size
-    if min(height, width) < 2:
+    if min(height, width) // 2 < floor:
         return nn.Identity(), size
     return make(), (height // 2, width // 2)
 

@@ -51,7 +51,8 @@ class ResNet18(nn.Module):
     ``avg_pool(4)``, which only fits the 4×4 map of 28–32 px inputs; global average pooling
     gives the same result there and works at any size. With ``avgpool=True`` (ResNet18_AP)
     downsampling is average pooling and the head sees the whole flattened final map, as in
-    MTT (512·4·4 at 32 px, 512·3·3 at 28 px); pools on a 1 px map are skipped.
+    MTT (512·4·4 at 32 px, 512·3·3 at 28 px). On small images, downsampling that would leave
+    a block a 1×1 map is skipped (see ``halving_pool``), so 8×8 digits end at 2×2.
     """
 
     def __init__(
@@ -69,16 +70,12 @@ class ResNet18(nn.Module):
         self.norm1 = make_norm(norm, 64)
         size, in_planes = tuple(image_size), 64
         for i, (planes, downsamples) in enumerate(_STAGES, start=1):
-            blocks = []
-            for first in (True, False):
-                pool, stride = None, 1
-                if first and downsamples and avgpool:
-                    pool, size = halving_pool(size, lambda: nn.AvgPool2d(2, 2))
-                elif first and downsamples:
-                    stride = 2
-                blocks.append(BasicBlock(in_planes, planes, norm, stride=stride, pool=pool))
-                in_planes = planes
-            self.add_module(f"layer{i}", nn.Sequential(*blocks))
+            stride, pool = 1, None
+            if downsamples:
+                stride, pool, size = _downsampling(size, avgpool)
+            first = BasicBlock(in_planes, planes, norm, stride=stride, pool=pool)
+            self.add_module(f"layer{i}", nn.Sequential(first, BasicBlock(planes, planes, norm)))
+            in_planes = planes
         features = in_planes * size[0] * size[1] if avgpool else in_planes
         self.classifier = nn.Linear(features, num_classes)
 
@@ -92,3 +89,14 @@ class ResNet18(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.embed(x))
+
+
+def _downsampling(size: Size, avgpool: bool) -> tuple[int, nn.Module | None, Size]:
+    """(conv stride, pool, map size after) for a block that halves ``size``, if it may."""
+    if avgpool:
+        pool, after = halving_pool(size, lambda: nn.AvgPool2d(2, 2), floor=2)
+        return 1, pool, after
+    after = ((size[0] + 1) // 2, (size[1] + 1) // 2)  # 3×3 conv, stride 2, padding 1
+    if min(after) < 2:
+        return 1, None, size
+    return 2, None, after

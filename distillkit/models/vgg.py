@@ -16,8 +16,9 @@ class VGG11(nn.Module):
     """VGG11: Conv3×3 → norm → ReLU blocks, five 2×2 max-pools, one Linear head.
 
     Instance norm by default (``norm="bn"`` for VGG11BN). At 32 px (and 1×28×28, padded to
-    32 as in MTT) the map ends at 1×1 and the head is Linear(512). Pools on a 1 px map are
-    skipped so smaller images work; larger ones get a head sized to their final map.
+    32 as in MTT) the map ends at 1×1 and the head is Linear(512). On smaller images, pools
+    that would leave the following convs a 1×1 map are skipped (see ``halving_pool``), so
+    8×8 digits also end at 1×1; larger images get a head sized to their final map.
     """
 
     def __init__(self, channels: int, num_classes: int, image_size: Size, *, norm: str = "in"):
@@ -26,10 +27,11 @@ class VGG11(nn.Module):
         size: Size = (image_size[0] + 2 * extra, image_size[1] + 2 * extra)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         in_channels, conv, pool = channels, 0, 0
-        for item in _CFG:
+        for index, item in enumerate(_CFG):
             if item == _M:
                 pool += 1
-                layers[f"pool{pool}"], size = halving_pool(size, lambda: nn.MaxPool2d(2, 2))
+                floor = 1 if index == len(_CFG) - 1 else 2  # only the head follows the last
+                layers[f"pool{pool}"], size = halving_pool(size, lambda: nn.MaxPool2d(2, 2), floor=floor)
                 continue
             conv += 1
             padding = 1 + (extra if conv == 1 else 0)
