@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from torch import Tensor, nn
+from torch import nn
 
+from distillkit.models.base import SequentialFeatures
 from distillkit.models.convnet import Size, halving_pool, mtt_padding
 
 _CONVS = ((128, 5), (192, 5), (256, 3), (192, 3), (192, 3))  # (out channels, kernel)
 _POOL_AFTER = (1, 2, 5)  # max-pool after these convs
 
 
-class AlexNet(nn.Module):
+class AlexNet(SequentialFeatures):
     """Five ReLU convs with three 2×2 max-pools and a Linear head on the flattened map.
 
     At 32 px (and 1×28×28, padded to 32 as in MTT) the head sees 192·4·4 features. Other
@@ -35,10 +36,3 @@ class AlexNet(nn.Module):
             in_channels = out_channels
         self.features = nn.Sequential(layers)
         self.classifier = nn.Linear(in_channels * size[0] * size[1], num_classes)
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Flattened features right before the head, shape ``[B, F]``."""
-        return self.features(x).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.embed(x))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillkit.errors import ConfigError
+from distillkit.models.base import EmbedClassifier
 
 Size = tuple[int, int]
 
@@ -62,7 +63,7 @@ def halving_pool(size: Size, make: Callable[[], nn.Module], *, floor: int = 1) -
     return make(), (height // 2, width // 2)
 
 
-class ConvNet(nn.Module):
+class ConvNet(EmbedClassifier):
     """MTT's ConvNet: ``depth`` blocks of ``width`` channels and a Linear head.
 
     The head sees ``width · (H/2^depth) · (W/2^depth)`` features (no pooling with ``np``);
@@ -99,9 +100,6 @@ class ConvNet(nn.Module):
             conv, norm = getattr(self, f"conv{i}"), getattr(self, f"norm{i}")
             x = self.pool(F.relu(norm(conv(x))))
         return x.flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.embed(x))
 
 
 def _feature_size(image_size: Size, extra: int, depth: int, pool: str) -> Size:

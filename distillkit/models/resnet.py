@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillkit.models.base import EmbedClassifier
 from distillkit.models.convnet import Size, halving_pool, make_norm
 
 _STAGES = ((64, False), (128, True), (256, True), (512, True))  # (planes, downsamples)
@@ -44,7 +45,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(EmbedClassifier):
     """ResNet18: 3×3 stride-1 stem, BasicBlocks [2, 2, 2, 2], Linear(512) head.
 
     Instance norm by default (``norm="bn"`` for ResNet18BN). The reference ends with
@@ -86,9 +87,6 @@ class ResNet18(nn.Module):
         if not self.avgpool:
             out = F.adaptive_avg_pool2d(out, 1)
         return out.flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.embed(x))
 
 
 def _downsampling(size: Size, avgpool: bool) -> tuple[int, nn.Module | None, Size]:

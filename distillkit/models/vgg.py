@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from torch import Tensor, nn
+from torch import nn
 
+from distillkit.models.base import SequentialFeatures
 from distillkit.models.convnet import Size, halving_pool, make_norm, mtt_padding
 
 _M = 0  # a 2×2 max-pool; other entries are conv widths
 _CFG = (64, _M, 128, _M, 256, 256, _M, 512, 512, _M, 512, 512, _M)
 
 
-class VGG11(nn.Module):
+class VGG11(SequentialFeatures):
     """VGG11: Conv3×3 → norm → ReLU blocks, five 2×2 max-pools, one Linear head.
 
     Instance norm by default (``norm="bn"`` for VGG11BN). At 32 px (and 1×28×28, padded to
@@ -41,10 +42,3 @@ class VGG11(nn.Module):
             in_channels = item
         self.features = nn.Sequential(layers)
         self.classifier = nn.Linear(in_channels * size[0] * size[1], num_classes)
-
-    def embed(self, x: Tensor) -> Tensor:
-        """Flattened features right before the head, shape ``[B, F]``."""
-        return self.features(x).flatten(1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.embed(x))
