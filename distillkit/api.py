@@ -280,16 +280,17 @@ def initial_set(
     return init.images, init.labels, init.source
 
 
-def distill(
+def make_distiller(
     config: RunConfig,
     host: PluginHost,
     data: PreparedData,
     store: TrajectoryStore,
     out_dir: Path | None = None,
-    reporter: Reporter | None = None,
-) -> DistillResult:
-    """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set."""
-    reporter = reporter or Reporter()
+) -> tuple[Distiller, str]:
+    """Check the store, load the expert slices, initialise the synthetic set; return the engine.
+
+    Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
+    """
     device = resolve_device(config.device)
     store.check_compatible(expert_key(config, data, host))
     experts = load_expert_slices(store, config)
@@ -300,6 +301,20 @@ def distill(
     distiller = Distiller(
         run, host.hook, student, images, labels, experts, config.distill, DSA(config.data.augment)
     )
+    return distiller, source
+
+
+def distill(
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store: TrajectoryStore,
+    out_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> DistillResult:
+    """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set."""
+    reporter = reporter or Reporter()
+    distiller, source = make_distiller(config, host, data, store, out_dir)
     reporter.start("distill", config.distill.iterations)
     history, times = [], []
     metrics_file = open(out_dir / "metrics.jsonl", "w") if out_dir else None  # noqa: SIM115
