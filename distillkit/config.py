@@ -318,9 +318,10 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{key} must be > 0, got {value}")
     if config.experts.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'")
-    if config.experts.store_dtype not in ("float32", "float16", "bfloat16"):
+    if config.experts.store_dtype not in ("float32", "float16", "bfloat16", "int8"):
         raise ConfigError(
-            f"experts.store_dtype must be float32, float16 or bfloat16, got '{config.experts.store_dtype}'"
+            "experts.store_dtype must be float32, float16, bfloat16 or int8, "
+            f"got '{config.experts.store_dtype}'"
         )
     needed = last_needed_epoch(config.distill)
     if needed > config.experts.epochs:

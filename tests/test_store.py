@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from distillkit.errors import StoreError
+from distillkit.experts import quantise
 from distillkit.experts import store as store_module
 from distillkit.experts.store import (
     MANIFEST,
@@ -296,3 +299,102 @@ def test_import_rejects_wrong_layout_and_non_buffers(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a pickle")
     with pytest.raises(StoreError, match="cannot be read as an MTT replay buffer"):
         import_mtt_buffer([garbage], tmp_path / "s3", make_key())
+
+
+# -- int8 residual store ------------------------------------------------------------------
+
+
+def random_walk(rows: int, params: int = P, step: float = 1e-3, seed: int = 0) -> torch.Tensor:
+    """A trajectory like an expert's: large weights that move a little each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(1, params, generator=generator)
+    steps = step * torch.randn(rows - 1, params, generator=generator)
+    return torch.cat([start, start + steps.cumsum(0)])
+
+
+def stored_scales(path: Path) -> torch.Tensor:
+    with safe_open(path, framework="pt") as handle:
+        return handle.get_tensor(quantise.SCALES)
+
+
+def per_element_scale(scales: torch.Tensor) -> torch.Tensor:
+    sizes = torch.tensor([math.prod(shape) for _, shape in LAYOUT])
+    return scales.repeat_interleave(sizes, dim=1)
+
+
+def test_int8_round_trip_within_half_scale_without_drift(tmp_path: Path) -> None:
+    rows = 200
+    trajectory = random_walk(rows)
+    store = TrajectoryStore.create_or_open(tmp_path / "s", make_key(store_dtype="int8", epochs=rows - 1))
+    store.write_expert(0, trajectory, {})
+    loaded = TrajectoryStore.open(tmp_path / "s").load(0)
+    assert loaded.dtype == torch.float32 and loaded.shape == trajectory.shape
+    bound = per_element_scale(stored_scales(tmp_path / "s" / expert_filename(0))) / 2
+    error = (loaded - trajectory).abs()
+    rounding = torch.finfo(torch.float32).eps * trajectory.abs()
+    assert (error <= bound + rounding).all()
+    # Closed loop: once row 1 has absorbed row 0's error, every scale follows the step size,
+    # so row 199 is as accurate as row 2; an open-loop coder would sum 199 rounding errors.
+    max_step = (trajectory[1:] - trajectory[:-1]).abs().max()
+    assert error[2:].max() <= max_step / 127
+
+
+def test_int8_loads_are_bit_identical_and_read_a_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trajectory = random_walk(EPOCHS + 1, step=0.05, seed=2)
+    root = tmp_path / "s"
+    TrajectoryStore.create_or_open(root, make_key(store_dtype="int8")).write_expert(0, trajectory, {})
+    full = TrajectoryStore.open(root).load(0)
+    with safe_open(root / expert_filename(0), framework="pt") as handle:
+        codes, scales = handle.get_tensor(quantise.CODES), handle.get_tensor(quantise.SCALES)
+    assert codes.dtype == torch.int8 and codes.shape == (EPOCHS + 1, P)
+    assert scales.shape == (EPOCHS + 1, len(LAYOUT))
+    sizes = [math.prod(shape) for _, shape in LAYOUT]
+    assert torch.equal(full, quantise.decode(codes, scales, sizes))
+    reads: list[tuple[int, int]] = []
+    real_open = store_module.safe_open
+    monkeypatch.setattr(store_module, "safe_open", lambda *a, **k: _RecordingOpen(real_open(*a, **k), reads))
+    assert torch.equal(TrajectoryStore.open(root).load(0, epochs=[2, 0]), full[[2, 0]])
+    assert reads == [(0, 3), (0, 3)]  # codes and scales of rows 0..2 only
+
+
+def test_int8_store_is_a_quarter_of_float32(tmp_path: Path) -> None:
+    params = 4000
+    layout = [["w", [params - 10]], ["b", [10]]]
+    trajectory = random_walk(EPOCHS + 1, params)
+    sizes = {}
+    for dtype in ("float32", "int8"):
+        key = make_key(param_layout=layout, num_params=params, store_dtype=dtype)
+        store = TrajectoryStore.create_or_open(tmp_path / dtype, key)
+        store.write_expert(0, trajectory, {})
+        sizes[dtype] = (tmp_path / dtype / expert_filename(0)).stat().st_size
+        assert store.manifest.experts[0]["dtype"] == dtype
+    assert sizes["int8"] / sizes["float32"] < 0.26
+
+
+def test_int8_corrupt_or_truncated_file_is_a_store_error(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    store = TrajectoryStore.create_or_open(root, make_key(store_dtype="int8"))
+    for i in range(2):
+        store.write_expert(i, random_walk(EPOCHS + 1, seed=i), {})
+    data = bytearray((root / expert_filename(0)).read_bytes())
+    data[-3] ^= 0x01
+    (root / expert_filename(0)).write_bytes(bytes(data))
+    (root / expert_filename(1)).write_bytes((root / expert_filename(1)).read_bytes()[:-50])
+    for i in range(2):
+        with pytest.raises(StoreError, match=rf"expert_00{i}\.safetensors: checksum mismatch") as info:
+            TrajectoryStore.open(root).load(i, epochs=[0])
+        assert "\n" not in str(info.value)
+
+
+def test_int8_refuses_non_finite_values_and_a_wrong_layout(tmp_path: Path) -> None:
+    store = TrajectoryStore.create_or_open(tmp_path / "s", make_key(store_dtype="int8"))
+    trajectory = random_walk(EPOCHS + 1)
+    trajectory[3, 7] = float("nan")
+    with pytest.raises(StoreError, match="NaN or inf"):
+        store.write_expert(0, trajectory, {})
+    short = make_key(store_dtype="int8", param_layout=LAYOUT[:2])
+    with pytest.raises(StoreError, match="param_layout to cover the 240 parameters, but it covers 40"):
+        TrajectoryStore.create_or_open(tmp_path / "t", short).write_expert(0, random_walk(EPOCHS + 1), {})
+    assert store.finished() == []

@@ -6,11 +6,14 @@ Layout of a store directory::
     expert_000.safetensors      tensor "trajectory", [epochs + 1, P], row e = params after e epochs
     expert_001.safetensors      ...
 
+with ``store_dtype = "int8"`` a file holds int8 "codes" [epochs + 1, P] and
+float32 "scales" [epochs + 1, slots] instead (see :mod:`distillkit.experts.quantise`).
+
 The ``key`` holds everything that determines the trajectories (dataset,
 preprocessing, model and parameter layout, optimizer, epochs, seed, expert
 plugins); two stores are interchangeable exactly when their keys are equal, so
 an existing directory is reused only for an identical key. Fields read here:
-``store_dtype`` (``float32`` default, ``float16``, ``bfloat16``), ``num_params``
+``store_dtype`` (``float32`` default, ``float16``, ``bfloat16``, ``int8``), ``num_params``
 and ``epochs`` (checked on write when present), and for
 :meth:`TrajectoryStore.check_compatible` the fields in ``COMPATIBILITY_FIELDS``
 (``param_layout`` is ``[[name, shape], ...]`` in ``parameters()`` order).
@@ -26,6 +29,7 @@ MTT's pickled ``replay_buffer_*.pt`` files are accepted only through
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,11 +42,13 @@ from safetensors.torch import save_file
 
 from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256
 from distillkit.errors import StoreError
+from distillkit.experts import quantise
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSOR_NAME = "trajectory"
-STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STORE_DTYPES = (*FLOAT_DTYPES, "int8")
 COMPATIBILITY_FIELDS = ("dataset", "image_shape", "num_classes", "param_layout", "num_params")
 _ENTRY_FIELDS = ("index", "file", "sha256", "epochs", "dtype", "test_acc", "seconds")
 _MISSING = object()
@@ -90,14 +96,27 @@ def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | N
     return None
 
 
-def _store_dtype(key: dict[str, Any]) -> tuple[str, torch.dtype]:
+def _store_dtype(key: dict[str, Any]) -> str:
     name = key.get("store_dtype", "float32")
     if name not in STORE_DTYPES:
         raise StoreError(
             f"store_dtype {name!r} is not one of {', '.join(STORE_DTYPES)}.",
-            hint="Set experts.store_dtype to float32, float16 or bfloat16.",
+            hint="Set experts.store_dtype to float32, float16, bfloat16 or int8.",
         )
-    return name, STORE_DTYPES[name]
+    return name
+
+
+def _slot_sizes(key: dict[str, Any], width: int, where: Path) -> list[int]:
+    """Parameter-tensor sizes from the key's ``param_layout`` (the int8 scales are per slot)."""
+    layout = key.get("param_layout")
+    sizes = [math.prod(shape) for _, shape in layout] if isinstance(layout, list) else []
+    if sum(sizes) != width:
+        raise StoreError(
+            f"{where}: int8 trajectories need the store key's param_layout to cover the "
+            f"{width} parameters, but it covers {sum(sizes)}.",
+            hint="Use store_dtype float32/float16/bfloat16, or give the key the model's param_layout.",
+        )
+    return sizes
 
 
 def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
@@ -243,10 +262,20 @@ class TrajectoryStore:
                 f"{name}: the trajectory has {rows} snapshots but store {self.root} "
                 f"expects {epochs + 1} (epochs + 1)."
             )
-        dtype_name, dtype = _store_dtype(self.key)
-        snapshot = trajectory.detach().to("cpu", dtype, copy=True).contiguous()
+        dtype_name = _store_dtype(self.key)
+        if dtype_name == "int8":
+            flat = trajectory.detach().to("cpu", torch.float32, copy=True)
+            if not torch.isfinite(flat).all():
+                raise StoreError(
+                    f"{name}: the trajectory holds NaN or inf values, which int8 cannot store.",
+                    hint="The expert diverged: lower experts.lr, or store it as float32.",
+                )
+            tensors = quantise.encode(flat, _slot_sizes(self.key, width, self.root / name))
+        else:
+            stored = trajectory.detach().to("cpu", FLOAT_DTYPES[dtype_name], copy=True)
+            tensors = {TENSOR_NAME: stored.contiguous()}
         with atomic_path(self.root / name) as tmp:
-            save_file({TENSOR_NAME: snapshot}, str(tmp))
+            save_file(tensors, str(tmp))
             digest = file_sha256(tmp)
         entry = {
             "index": index,
@@ -300,25 +329,31 @@ class TrajectoryStore:
     ) -> torch.Tensor:
         """Return float32 ``[len(epochs), P]`` (all rows when ``epochs`` is None) on ``device``.
 
-        Only the requested rows are read from disk (consecutive epochs in one slice).
+        Only the requested rows are read from disk (consecutive epochs in one
+        slice); an int8 file is read from row 0 to the last requested row, since
+        each row is coded relative to the one before.
         """
         entry = self._entry(index)
         path = self.root / entry["file"]
         self._verify(path, entry["sha256"])
+        int8 = entry.get("dtype") == "int8"
         try:
             with safe_open(path, framework="pt", device="cpu") as handle:
-                rows = handle.get_slice(TENSOR_NAME)
+                rows = handle.get_slice(quantise.CODES if int8 else TENSOR_NAME)
                 total, width = rows.get_shape()
                 wanted = list(range(total)) if epochs is None else [int(e) for e in epochs]
                 bad = [e for e in wanted if not 0 <= e < total]
                 if bad:
                     raise StoreError(f"{path} holds epochs 0..{total - 1} but epoch {bad[0]} was requested.")
-                parts = [rows[start:stop] for start, stop in _runs(wanted)]
+                if int8:
+                    stop = max(wanted, default=-1) + 1
+                    codes, scales = rows[0:stop], handle.get_slice(quantise.SCALES)[0:stop]
+                    out = quantise.decode(codes, scales, _slot_sizes(self.key, width, path))[wanted]
+                else:
+                    parts = [rows[start:stop] for start, stop in _runs(wanted)]
+                    out = torch.cat(parts) if parts else torch.empty((0, width))
         except SafetensorError as exc:
             raise StoreError(f"{path} cannot be read as safetensors ({exc}).") from exc
-        if not parts:
-            return torch.empty((0, width), dtype=torch.float32, device=device)
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out.to(device=device, dtype=torch.float32)
 
     def num_epochs(self, index: int) -> int:
