@@ -74,6 +74,18 @@ class DistillConfig:
     iterations: int = 200
     img_momentum: float = 0.5
     log_every: int = 10
+    #: "standard" keeps the unrolled graph (memory ∝ syn_steps); "constant" recomputes steps exactly.
+    memory: str = "standard"
+    #: Write RUN_DIR/checkpoints/ every this many iterations (0: only on SIGINT/SIGTERM).
+    checkpoint_every: int = 25
+    #: Divergence guard: keep a rollback point every ``guard_every`` good iterations.
+    guard_every: int = 10
+    #: Rollbacks allowed before the run stops (with the last good set saved).
+    max_failures: int = 5
+    #: lr_img and lr_lr are multiplied by this after each rollback.
+    backoff: float = 0.5
+    #: A loss above this × the median of recent good losses counts as exploding (0: off).
+    max_loss_ratio: float = 100.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +117,7 @@ class RunConfig:
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+MEMORY_MODES = ("standard", "constant")
 SECTIONS = ("data", "model", "experts", "distill", "evaluate")
 TOP_LEVEL = ("seed", "device", "plugins")
 
@@ -316,6 +329,16 @@ def validate(config: RunConfig) -> None:
     }.items():
         if not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    if config.distill.memory not in MEMORY_MODES:
+        raise ConfigError(
+            f"distill.memory must be one of {', '.join(MEMORY_MODES)}, got '{config.distill.memory}'"
+        )
+    if config.distill.guard_every <= 0:
+        raise ConfigError(f"distill.guard_every must be > 0, got {config.distill.guard_every}")
+    if config.distill.checkpoint_every < 0 or config.distill.max_failures < 0:
+        raise ConfigError("distill.checkpoint_every and distill.max_failures must be >= 0")
+    if not 0 < config.distill.backoff < 1:
+        raise ConfigError(f"distill.backoff must be in (0, 1), got {config.distill.backoff}")
     if config.experts.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'")
     if config.experts.store_dtype not in ("float32", "float16", "bfloat16", "int8"):

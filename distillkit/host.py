@@ -264,6 +264,16 @@ class PluginHost:
             if callable(getattr(plugin, "state_dict", None))
         }
 
+    def load_plugin_state(self, state: dict[str, Any]) -> None:
+        """Give each selected plugin back what its ``state_dict()`` returned (on resume/rollback)."""
+        for name, plugin_state in state.items():
+            plugin = self.selected.get(name)
+            if plugin is None or not callable(getattr(plugin, "load_state_dict", None)):
+                raise PluginError(
+                    f"saved state belongs to plugin '{name}', which is not selected or cannot load state"
+                )
+            plugin.load_state_dict(plugin_state)
+
     def list_records(self, selected: Sequence[str] = ()) -> list[PluginRecord]:
         """A record for every discovered plugin; a plugin that fails to load becomes an error row."""
         records = []

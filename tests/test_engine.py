@@ -109,7 +109,7 @@ def _tiny_distiller(momentum: float = 0.0) -> Distiller:
     )
     images = torch.randn(6, 1, 4, 4)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    return Distiller(run, PluginHost(eps=[]).hook, student, images, labels, experts, config, lambda x, g: x)
+    return Distiller(run, PluginHost(eps=[]), student, images, labels, experts, config, lambda x, g: x)
 
 
 def test_one_outer_iteration_updates_images_and_stays_finite():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -23,12 +23,28 @@ from distillkit.context import (
     PerturbContext,
     RunContext,
 )
+from distillkit.engine.backprop import BACKPROP, UnrollSetup
+from distillkit.engine.guard import Diverged, DivergenceGuard
 from distillkit.engine.student import FlatStudent
-from distillkit.engine.unroll import BatchSampler, normalised_distance, unroll
+from distillkit.engine.unroll import BatchSampler, normalised_distance
 from distillkit.errors import PluginRuntimeError, RunFailed
 
 #: α is clamped to at least this fraction of its initial value, so it stays positive.
 ALPHA_FLOOR = 1e-3
+
+
+class PluginHostLike(Protocol):
+    """What the engine needs from the plugin host: the hook relay and plugin state."""
+
+    hook: Any
+
+    def plugin_state(self) -> dict[str, Any]: ...
+
+    def load_plugin_state(self, state: dict[str, Any]) -> None: ...
+
+
+class DivergenceError(RunFailed):
+    """The guard gave up after ``distill.max_failures`` rollbacks; the engine holds the last good state."""
 
 
 @dataclass
@@ -43,6 +59,15 @@ class IterationResult:
     expert: int
     inner_weight: float
     terms: dict[str, float] = field(default_factory=dict)
+    rollbacks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EngineState:
+    """Everything needed to continue bit for bit: tensors (safetensors-ready) and JSON metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
 
 
 def _as_terms(results: list[Any]) -> list[LossTerm]:
@@ -72,12 +97,18 @@ def _owner_of(caller: Any, exc: BaseException) -> str:
 
 
 class Distiller:
-    """Holds the synthetic set, α, both optimisers and the expert slices; ``step()`` runs one iteration."""
+    """Holds the synthetic set, α, both optimisers and the expert slices; ``step()`` runs one iteration.
+
+    Each iteration is checked by a :class:`DivergenceGuard` before anything is
+    updated; on a failure the engine restores its last good state (taken every
+    ``guard_every`` iterations), multiplies ``lr_img`` and ``lr_lr`` by ``backoff``
+    and carries on, until ``max_failures`` is exceeded.
+    """
 
     def __init__(
         self,
         run: RunContext,
-        hook: Any,
+        host: PluginHostLike,
         student: FlatStudent,
         images: torch.Tensor,
         labels: torch.Tensor,
@@ -87,10 +118,10 @@ class Distiller:
     ) -> None:
         device = run.device
         self.run = run
-        self.hook = hook
+        self.host = host
+        self.hook = host.hook
         self.student = student
         self.config = config
-        self.augment = augment
         self.experts = [e.to(device) for e in experts]
         self.images = images.detach().to(device).clone().requires_grad_(True)
         self.labels = labels.to(device)
@@ -99,9 +130,25 @@ class Distiller:
         self.opt_img = torch.optim.SGD([self.images], lr=config.lr_img, momentum=config.img_momentum)
         self.opt_lr = torch.optim.SGD([self.alpha], lr=config.lr_lr, momentum=0.5)
         self.sampler = BatchSampler(len(self.images), config.batch_syn, run.generator)
+        self.backprop = BACKPROP[config.memory](
+            UnrollSetup(
+                student=student,
+                images=self.images,
+                labels=self.labels,
+                alpha=self.alpha,
+                steps=config.syn_steps,
+                sampler=self.sampler,
+                augment=lambda x: augment(x, run.generator),
+                generator=run.generator,
+                momentum=config.student_momentum,
+            )
+        )
+        self.guard = DivergenceGuard(config.max_loss_ratio)
         self.iteration = 0
+        self.failures = 0
         self._logged: dict[str, Any] = {}
         run.log = self._log
+        self.last_good = self.state()
 
     def _log(self, name: str, value: Any) -> None:
         self._logged[name] = value
@@ -111,7 +158,20 @@ class Distiller:
         return int(torch.randint(high, (1,), generator=g, device=g.device).item())
 
     def step(self) -> IterationResult:
-        """One outer iteration; raises ``RunFailed`` on a non-finite loss before touching anything."""
+        """One good outer iteration; divergent attempts are rolled back and retried at lower lr."""
+        rollbacks: list[str] = []
+        while True:
+            try:
+                result = self._attempt()
+            except Diverged as failure:
+                rollbacks.append(self._recover(failure.reason))
+                continue
+            result.rollbacks = rollbacks
+            if self.iteration % self.config.guard_every == 0:
+                self.last_good = self.state()
+            return result
+
+    def _attempt(self) -> IterationResult:
         cfg, run, hook = self.config, self.run, self.hook
         it = self.iteration
         self._logged = {}
@@ -137,19 +197,7 @@ class Distiller:
         )
         weight = math.prod(float(w) for w in weights)
 
-        theta0 = perturbed.detach().clone().requires_grad_(True)
-        params = unroll(
-            self.student,
-            theta0,
-            self.images,
-            self.labels,
-            self.alpha,
-            cfg.syn_steps,
-            self.sampler,
-            lambda x: self.augment(x, run.generator),
-            loss_weight=weight,
-            momentum=cfg.student_momentum,
-        )
+        params = self.backprop.forward(perturbed, weight)
         match = normalised_distance(params[-1], target, start)
         # hook: intermediate_match — terms added to the matching loss.
         terms = _as_terms(
@@ -171,22 +219,21 @@ class Distiller:
             )
         )
         loss = match + sum(term.value for term in terms) if terms else match
-        if not torch.isfinite(loss):
-            raise RunFailed(
-                f"matching loss is not finite at iteration {it} (start epoch {t})",
-                hint="lower distill.lr_img or distill.lr_lr",
-            )
+        loss_value = self.guard.check_loss(loss)
         self.opt_img.zero_grad(set_to_none=True)
         self.opt_lr.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backprop.backward(loss, params)
+        self.guard.check_grads(images=self.images.grad, alpha=self.alpha.grad)
         self.opt_img.step()
         self.opt_lr.step()
+        self.guard.check_alpha(self.alpha)
         with torch.no_grad():
             self.alpha.clamp_(min=self.alpha_floor)
+        self.guard.accept(loss_value)
         self.iteration += 1
         return IterationResult(
             iteration=it,
-            loss=float(loss.detach()),
+            loss=loss_value,
             match_loss=float(match.detach()),
             alpha=float(self.alpha.detach()),
             start_epoch=t,
@@ -197,3 +244,88 @@ class Distiller:
                 **{term.name: float(term.value.detach()) for term in terms},
             },
         )
+
+    def _recover(self, reason: str) -> str:
+        """Roll back to the last good state with lower learning rates; give up after ``max_failures``."""
+        cfg = self.config
+        failed_at = self.iteration
+        lr_img, lr_lr = self.lr_img * cfg.backoff, self.lr_lr * cfg.backoff
+        self.failures += 1
+        failures = self.failures
+        self.load_state(self.last_good)
+        self.failures = failures
+        if failures > cfg.max_failures:
+            raise DivergenceError(
+                f"distillation diverged {failures} times (last: {reason} at iteration {failed_at}); "
+                f"stopped at the last good state, iteration {self.iteration}",
+                hint="lower distill.lr_img / distill.lr_lr, or raise distill.max_failures",
+            )
+        self._set_lrs(lr_img, lr_lr)
+        return (
+            f"{reason} at iteration {failed_at}: rolled back to iteration {self.iteration}, "
+            f"lr_img {lr_img:.4g}, lr_lr {lr_lr:.4g}"
+        )
+
+    @property
+    def lr_img(self) -> float:
+        return float(self.opt_img.param_groups[0]["lr"])
+
+    @property
+    def lr_lr(self) -> float:
+        return float(self.opt_lr.param_groups[0]["lr"])
+
+    def _set_lrs(self, lr_img: float, lr_lr: float) -> None:
+        self.opt_img.param_groups[0]["lr"] = lr_img
+        self.opt_lr.param_groups[0]["lr"] = lr_lr
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state(self) -> EngineState:
+        """A detached copy of everything that determines the rest of the run."""
+        tensors = {
+            "images": self.images.detach().clone(),
+            "labels": self.labels.clone(),
+            "alpha": self.alpha.detach().clone(),
+            "rng": self.run.generator.get_state(),
+        }
+        for name, opt in (("opt_img", self.opt_img), ("opt_lr", self.opt_lr)):
+            buffer = next(iter(opt.state.values()), {}).get("momentum_buffer")
+            if buffer is not None:
+                tensors[f"{name}.momentum"] = buffer.detach().clone()
+        queue = self.sampler.queue
+        if queue:
+            tensors["sampler.queue"] = torch.cat(queue)
+        meta = {
+            "iteration": self.iteration,
+            "failures": self.failures,
+            "lr_img": self.lr_img,
+            "lr_lr": self.lr_lr,
+            "recent_losses": list(self.guard.recent),
+            "sampler_sizes": [len(q) for q in queue],
+            "plugins": self.host.plugin_state(),
+        }
+        return EngineState(tensors, meta)
+
+    def load_state(self, state: EngineState) -> None:
+        """Restore a :meth:`state`; the inverse, bit for bit."""
+        t, meta = state.tensors, state.meta
+        device = self.images.device
+        with torch.no_grad():
+            self.images.copy_(t["images"].to(device))
+            self.alpha.copy_(t["alpha"].to(device))
+        if not torch.equal(t["labels"].to(device), self.labels):
+            raise RunFailed("the saved state's labels do not match this run's synthetic set")
+        self.run.generator.set_state(t["rng"].cpu())
+        for name, opt, param in (("opt_img", self.opt_img, self.images), ("opt_lr", self.opt_lr, self.alpha)):
+            buffer = t.get(f"{name}.momentum")
+            opt.state.clear()
+            if buffer is not None:
+                opt.state[param] = {"momentum_buffer": buffer.to(device).clone()}
+        sizes = meta["sampler_sizes"]
+        queue = t["sampler.queue"].to(device).split(sizes) if sizes else []
+        self.sampler.queue = [q.clone() for q in queue]
+        self.iteration = int(meta["iteration"])
+        self.failures = int(meta["failures"])
+        self._set_lrs(float(meta["lr_img"]), float(meta["lr_lr"]))
+        self.guard.recent = [float(v) for v in meta["recent_losses"]]
+        self.host.load_plugin_state(meta["plugins"])

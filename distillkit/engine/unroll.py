@@ -30,13 +30,35 @@ class BatchSampler:
         self.n = n
         self.batch = batch if 0 < batch < n else n
         self.generator = generator
-        self._queue: list[torch.Tensor] = []
+        self.queue: list[torch.Tensor] = []
 
     def next(self) -> torch.Tensor:
-        if not self._queue:
+        if not self.queue:
             perm = torch.randperm(self.n, generator=self.generator, device=self.generator.device)
-            self._queue = list(perm.split(self.batch))
-        return self._queue.pop(0)
+            self.queue = list(perm.split(self.batch))
+        return self.queue.pop(0)
+
+
+def sgd_step(
+    student: FlatStudent,
+    theta: torch.Tensor,
+    velocity: torch.Tensor | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: torch.Tensor,
+    loss_weight: float,
+    momentum: float,
+    create_graph: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One student step on an (augmented) batch: g = ∂(w·CE)/∂θ, b = μb + g, θ ← θ − α·b.
+
+    The one place the inner update is written, so the standard unroll and the
+    constant-memory recomputation cannot drift apart.
+    """
+    loss = loss_weight * F.cross_entropy(student(theta, x), y)
+    (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
+    velocity = grad if velocity is None or momentum == 0.0 else momentum * velocity + grad
+    return theta - alpha * velocity, velocity
 
 
 def unroll(
@@ -63,9 +85,8 @@ def unroll(
     for _ in range(steps):
         idx = sampler.next()
         x = augment(images[idx])
-        loss = loss_weight * F.cross_entropy(student(theta, x), labels[idx])
-        (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
-        velocity = grad if velocity is None or momentum == 0.0 else momentum * velocity + grad
-        theta = theta - alpha * velocity
+        theta, velocity = sgd_step(
+            student, theta, velocity, x, labels[idx], alpha, loss_weight, momentum, create_graph=True
+        )
         params.append(theta)
     return params
