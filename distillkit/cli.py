@@ -91,6 +91,10 @@ Overwrite = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+Resume = Annotated[
+    Path | None,
+    typer.Option("--resume", help="Continue this run directory from its newest checkpoint (its own config)."),
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -275,22 +279,53 @@ def run_cmd(
     experts: ExpertsStore = None,
     eval_models: EvalModels = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
     with cli_errors(debug):
-        overrides = _overrides(sets, dataset, data_path, download, model, ipc, seed, device, eval_models)
-        cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+        overrides = _overrides(sets, dataset, data_path, download, model, ipc, seed, None, eval_models)
+        if resume is not None:
+            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            cfg, host, invocation = _recorded(resume, "run", device)
+            experts = Path(invocation["experts"]) if invocation.get("experts") else None
+        else:
+            overrides.update({"device": device} if device else {})
+            cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
         from distillkit import api
 
-        target = api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
+        target = resume or api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
         reporter = RichReporter(not quiet)
         try:
-            summary = api.run(cfg, host, target, experts, reporter)
+            summary = api.run(cfg, host, target, experts, reporter, resume=resume is not None)
         finally:
             reporter.close()
         _print_summary(summary, target)
+
+
+def _check_resume_alone(overrides: dict[str, Any], *options: Any) -> None:
+    """``--resume`` continues with the recorded config, so config options would be silently ignored."""
+    if overrides or any(option is not None for option in options):
+        from distillkit.errors import ConfigError
+
+        raise ConfigError(
+            "--resume continues with the run's recorded config and cannot be combined with config options",
+            hint="drop --set/--preset/--config/--plugins/--out/--experts/--ipc...; only --device may change",
+        )
+
+
+def _recorded(run_dir: Path, command: str, device: str | None) -> tuple[RunConfig, PluginHost, dict]:
+    from distillkit.errors import ConfigError
+    from distillkit.resolve import recorded_run
+
+    cfg, host, invocation = recorded_run(run_dir, device)
+    if invocation.get("command") != command:
+        raise ConfigError(
+            f"{run_dir} was started by `distillkit {invocation.get('command')}`, not `distillkit {command}`",
+            hint=f"resume it with: distillkit {invocation.get('command')} --resume {run_dir}",
+        )
+    return cfg, host, invocation
 
 
 @app.command("experts")
@@ -337,7 +372,7 @@ def experts_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    experts: Annotated[Path, typer.Option("--experts", help="Trajectory store to match.")],
+    experts: Annotated[Path | None, typer.Option("--experts", help="Trajectory store to match.")] = None,
     dataset: Dataset = None,
     data_path: DataPath = None,
     model: Model = None,
@@ -350,25 +385,35 @@ def distill_cmd(
     device: Device = None,
     out_dir: OutDir = None,
     overwrite: Overwrite = False,
+    resume: Resume = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Distill from an existing trajectory store; writes the synthetic set (no evaluation)."""
     with cli_errors(debug):
-        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, device)
-        cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, None)
+        if resume is not None:
+            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            cfg, host, invocation = _recorded(resume, "distill", device)
+            experts = Path(invocation["experts"])
+        elif experts is None:
+            from distillkit.errors import ConfigError
+
+            raise ConfigError("distill needs --experts STORE (or --resume RUN_DIR)")
+        else:
+            overrides.update({"device": device} if device else {})
+            cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
         from distillkit import api
-        from distillkit.artifacts import atomic_write_json
-        from distillkit.config import to_dict
         from distillkit.experts.store import TrajectoryStore
 
         store = TrajectoryStore.open(experts)
-        target = api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
-        atomic_write_json(target / "config.json", to_dict(cfg))
+        target = resume or api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
+        if resume is None:
+            api.record_invocation(target, cfg, "distill", experts)
         data = api.prepare_data(cfg)
         reporter = RichReporter(not quiet)
         try:
-            result = api.distill(cfg, host, data, store, target, reporter)
+            result = api.distill(cfg, host, data, store, target, reporter, resume=resume is not None)
         finally:
             reporter.close()
         api.save_distilled(target, cfg, host, data, result, store)
@@ -439,6 +484,118 @@ def list_plugins_cmd(
         out.print(table)
         if not records:
             out.print("no plugins installed: runs are plain MTT")
+
+
+def _print_bench(result: dict[str, Any]) -> None:
+    """The bench figures as a table plus one line per other part (the JSON holds every number)."""
+    env, cfg = result["environment"], result["config"]
+    cuda = any("peak_cuda_mb" in row for row in result["distillation"])
+    table = Table(
+        title=f"distillation · {cfg['data']['dataset']} · ipc {cfg['distill']['ipc']} · "
+        f"N {cfg['distill']['syn_steps']} · plugins: {','.join(cfg['plugins']) or 'none'}",
+        caption="memory in MiB: whole-process peak RSS, peak RSS during the iterations, "
+        "and that minus the RSS before them",
+    )
+    columns = ["setting", "s/it", "peak RSS", "distill RSS", "Δ setup"]
+    columns += ["CUDA peak"] if cuda else []
+    columns += ["GFLOP/it", "GFLOP/s", "% matmul"]
+    for column in columns:
+        if column == "setting":
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, justify="right")
+    for row in result["distillation"]:
+        window, setup = row["distill_peak_rss_mb"], row["setup_rss_mb"]
+        cells = [
+            row["label"],
+            f"{row['s_per_iter']:.3f}",
+            f"{row['peak_rss_mb']:.0f}",
+            "-" if window is None else f"{window:.0f}",
+            "-" if window is None or setup is None else f"{window - setup:.0f}",
+        ]
+        cells += [f"{row['peak_cuda_mb']:.0f}"] if cuda else []
+        cells += [
+            f"{row['flops_per_iter'] / 1e9:.2f}",
+            f"{row['gflops_per_s']:.1f}",
+            f"{100 * row['fraction_of_matmul_peak']:.1f}",
+        ]
+        table.add_row(*cells)
+    out.print(table)
+    settings, peak, store = result["settings"], result["matmul_peak"], result["storage"]
+    out.print(
+        f"timing: median of {settings['window']} iterations after {settings['warmup']} warm-up, "
+        f"each setting in a fresh process · fp32 matmul peak {peak['gflops']:.1f} GFLOP/s (n={peak['n']})"
+    )
+    out.print(
+        f"storage: {store['bytes_per_expert'] / 1e3:.1f} KB per expert ({store['epochs']} epochs, "
+        f"{store['dtype']}) vs MTT format {store['mtt_reference_bytes'] / 1e3:.1f} KB = "
+        f"{store['ratio_to_mtt']:.3f}× · {store['path']}"
+    )
+    experts = result["experts_throughput"]
+    if experts:
+        test = " (test pass included)" if experts["test_pass"] else ""
+        out.print(
+            f"experts: {experts['images_per_s']:.0f} images/s, "
+            f"{experts['seconds_per_epoch']:.1f} s per epoch of {experts['images']} images{test}"
+        )
+    out.print(
+        f"[dim]torch {env['torch']} · {env['threads']} threads · {env['device']} · {env['cpu']}"
+        f"{' · ' + env['gpu'] if 'gpu' in env else ''}[/]"
+    )
+
+
+@app.command("bench")
+def bench_cmd(
+    preset: Preset = None,
+    ipc: Ipc = None,
+    plugins: Plugins = None,
+    sets: Sets = None,
+    experts: ExpertsStore = None,
+    warmup: Annotated[int, typer.Option(help="Iterations run before timing starts.")] = 5,
+    window: Annotated[int, typer.Option(help="Timed iterations; s/it is their median.")] = 20,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY=V1,V2,...",
+            help="Measure distillation once per value, e.g. distill.syn_steps=20,80.",
+        ),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write every figure here.")] = None,
+    device: Device = None,
+    skip_experts_throughput: Annotated[
+        bool, typer.Option("--skip-experts-throughput", help="Do not time one fresh expert epoch.")
+    ] = False,
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    model: Model = None,
+    config: ConfigFile = None,
+    seed: Seed = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Measure s/it, peak memory, FLOPs, expert throughput and store size (default preset fmnist-cpu)."""
+    with cli_errors(debug):
+        from distillkit.bench import BenchSettings, parse_sweep
+
+        key, values = parse_sweep(sweep) if sweep is not None else (None, ())
+        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, device)
+        default = "fmnist-cpu" if "data.dataset" not in overrides else None
+        cfg, host = _resolve(preset, config, overrides, plugins, default_preset=default)
+        import shlex
+
+        from distillkit.artifacts import atomic_write_json
+        from distillkit.bench import run_bench
+
+        settings = BenchSettings(warmup, window, key, values, not skip_experts_throughput)
+        reporter = RichReporter(not quiet)
+        try:
+            result = run_bench(cfg, host, settings, experts, reporter)
+        finally:
+            reporter.close()
+        result["command"] = shlex.join(["distillkit", *sys.argv[1:]])
+        if json_path is not None:
+            atomic_write_json(json_path, result)
+        _print_bench(result)
 
 
 def main() -> None:
