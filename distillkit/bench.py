@@ -90,21 +90,23 @@ def mtt_reference_bytes(shapes: Sequence[Sequence[int]], snapshots: int) -> int:
 
 
 def storage_figures(store: TrajectoryStore) -> dict[str, Any]:
-    """Bytes on disk per finished expert beside the MTT reference size for the same epochs."""
+    """Bytes on disk per finished expert beside MTT's size for the same training (MTT keeps every
+    epoch's snapshot, 0..epochs, in fp32; a store may keep fewer snapshots or a smaller dtype)."""
     finished = store.finished()
     if not finished:
         raise errors.StoreError(f"the trajectory store {store.root} holds no finished expert")
     entries = {e["index"]: e for e in store.manifest.experts}
     sizes = [(store.root / entries[i]["file"]).stat().st_size for i in finished]
-    epochs = store.num_epochs(finished[0])
+    first = entries[finished[0]]
     shapes = [shape for _name, shape in store.key["param_layout"]]
-    reference = mtt_reference_bytes(shapes, epochs + 1)
+    reference = mtt_reference_bytes(shapes, first["epochs"] + 1)
     per_expert = statistics.median_low(sizes)
     return {
         "path": str(store.root),
         "experts": len(finished),
-        "epochs": epochs,
-        "dtype": entries[finished[0]].get("dtype", "float32"),
+        "epochs": first["epochs"],
+        "snapshots_stored": len(first.get("stored_epochs", range(first["epochs"] + 1))),
+        "dtype": first.get("dtype", "float32"),
         "num_params": sum(int(torch.Size(s).numel()) for s in shapes),
         "bytes_per_expert": per_expert,
         "mtt_reference_bytes": reference,

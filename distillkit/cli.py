@@ -527,8 +527,9 @@ def _print_bench(result: dict[str, Any]) -> None:
         f"each setting in a fresh process · fp32 matmul peak {peak['gflops']:.1f} GFLOP/s (n={peak['n']})"
     )
     out.print(
-        f"storage: {store['bytes_per_expert'] / 1e3:.1f} KB per expert ({store['epochs']} epochs, "
-        f"{store['dtype']}) vs MTT format {store['mtt_reference_bytes'] / 1e3:.1f} KB = "
+        f"storage: {store['bytes_per_expert'] / 1e3:.1f} KB per expert ({store['snapshots_stored']} "
+        f"snapshots of {store['epochs']} epochs, {store['dtype']}) vs MTT format "
+        f"{store['mtt_reference_bytes'] / 1e3:.1f} KB = "
         f"{store['ratio_to_mtt']:.3f}× · {store['path']}"
     )
     experts = result["experts_throughput"]
