@@ -32,8 +32,8 @@ from distillkit.engine.loop import Distiller, IterationResult, call_hook
 from distillkit.engine.student import FlatStudent, load_flat, param_layout
 from distillkit.errors import ConfigError, DataError, StoreError
 from distillkit.evaluate import EvalResult, evaluate_set
-from distillkit.experts.store import TrajectoryStore
-from distillkit.experts.train import train_expert
+from distillkit.experts.store import TrajectoryStore, describe_epochs
+from distillkit.experts.train import epochs_to_store, train_expert
 from distillkit.host import PluginHost
 from distillkit.models import build_model
 
@@ -146,6 +146,11 @@ def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[
     }
     experts = to_dict(config.experts)
     experts.pop("count")
+    experts.pop("store_epochs")  # what it selects is the key's "stored_epochs"
+    kept = epochs_to_store(config.experts, last_needed_epoch(config.distill))
+    # Listed only when some epochs are left out, so an all-epochs store keeps its key (and
+    # cache folder); a store of fewer epochs is never reused for a longer distillation.
+    stored = {"stored_epochs": kept} if len(kept) < config.experts.epochs + 1 else {}
     return {
         "dataset": data.dataset.name,
         "image_shape": list(data.dataset.image_shape),
@@ -165,6 +170,7 @@ def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[
         "store_dtype": config.experts.store_dtype,
         "seed": config.seed,
         "expert_plugins": expert_plugins,
+        **stored,
     }
 
 
@@ -204,6 +210,7 @@ def train_experts(
             config.experts,
             augment,
             on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
+            keep=store.key.get("stored_epochs"),
         )
         store.write_expert(index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds})
     reporter.finish()
@@ -220,6 +227,14 @@ def load_expert_slices(store: TrajectoryStore, config: RunConfig) -> list[torch.
                 f"expert {index} in {store.root} has {store.num_epochs(index)} epochs, but "
                 f"(max_start_epoch - 1) + expert_epochs = {needed}",
                 hint="train longer experts or lower distill.max_start_epoch",
+            )
+        held = store.stored_epochs(index)
+        if not set(range(needed + 1)) <= set(held):
+            raise StoreError(
+                f"expert {index} in {store.root} stores epochs {describe_epochs(held)}, but "
+                f"distillation needs 0..{needed} ((max_start_epoch - 1) + expert_epochs)",
+                hint="train the experts with experts.store_epochs=all (or these distill settings), "
+                "or lower distill.max_start_epoch",
             )
         experts.append(store.load(index, list(range(needed + 1))))
     if not experts:

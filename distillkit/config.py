@@ -56,6 +56,8 @@ class ExpertsConfig:
     lr_decay_factor: float = 0.5
     evaluate_each_epoch: bool = True
     store_dtype: str = "float32"
+    #: "needed": store only epochs 0..(max_start_epoch - 1 + expert_epochs) and the final one.
+    store_epochs: str = "all"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +347,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             "experts.store_dtype must be float32, float16, bfloat16 or int8, "
             f"got '{config.experts.store_dtype}'"
+        )
+    if config.experts.store_epochs not in ("all", "needed"):
+        raise ConfigError(
+            f"experts.store_epochs must be 'all' or 'needed', got '{config.experts.store_epochs}'"
         )
     needed = last_needed_epoch(config.distill)
     if needed > config.experts.epochs:

@@ -398,3 +398,48 @@ def test_int8_refuses_non_finite_values_and_a_wrong_layout(tmp_path: Path) -> No
     with pytest.raises(StoreError, match="param_layout to cover the 240 parameters, but it covers 40"):
         TrajectoryStore.create_or_open(tmp_path / "t", short).write_expert(0, random_walk(EPOCHS + 1), {})
     assert store.finished() == []
+
+
+# -- stores holding only some epochs -------------------------------------------------------
+
+KEPT = [0, 1, 2, 4]
+
+
+def test_store_with_some_epochs_maps_epochs_to_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "s"
+    full = random_trajectory(7)
+    store = TrajectoryStore.create_or_open(root, make_key(stored_epochs=KEPT))
+    store.write_expert(0, full[KEPT], {})
+    entry = json.loads((root / MANIFEST).read_text())["experts"][0]
+    assert entry["epochs"] == EPOCHS and entry["stored_epochs"] == KEPT
+    store = TrajectoryStore.open(root)
+    assert store.num_epochs(0) == EPOCHS and store.stored_epochs(0) == KEPT
+    assert torch.equal(store.load(0), full[KEPT])
+    reads: list[tuple[int, int]] = []
+    real_open = store_module.safe_open
+    monkeypatch.setattr(store_module, "safe_open", lambda *a, **k: _RecordingOpen(real_open(*a, **k), reads))
+    assert torch.equal(store.load(0, epochs=[4, 1, 2]), full[[4, 1, 2]])
+    assert reads == [(3, 4), (1, 3)]  # epoch 4 is row 3
+    with pytest.raises(
+        StoreError, match=r"expert_000\.safetensors holds epochs 0\.\.2, 4 but epoch 3"
+    ) as info:
+        store.load(0, epochs=[2, 3])
+    assert "\n" not in str(info.value)
+
+
+def test_int8_store_with_some_epochs(tmp_path: Path) -> None:
+    full = random_walk(EPOCHS + 1, step=0.5, seed=4)  # epochs differ by ~0.5, int8 errors are < 0.02
+    store = TrajectoryStore.create_or_open(tmp_path / "s", make_key(stored_epochs=KEPT, store_dtype="int8"))
+    store.write_expert(0, full[KEPT], {})
+    everything = store.load(0)
+    assert torch.equal(store.load(0, epochs=[4]), everything[[3]])
+    torch.testing.assert_close(everything, full[KEPT], rtol=0, atol=0.02)
+
+
+def test_stored_epochs_are_checked(tmp_path: Path) -> None:
+    store = TrajectoryStore.create_or_open(tmp_path / "s", make_key(stored_epochs=KEPT))
+    with pytest.raises(StoreError, match=r"has 5 snapshots but store .* expects 4 \(epochs 0\.\.2, 4\)"):
+        store.write_expert(0, random_trajectory(0), {})
+    for bad in ([0, 2, 1], [0, 5], []):
+        with pytest.raises(StoreError, match=r"not an increasing list of epochs within 0\.\.4"):
+            TrajectoryStore.create_or_open(tmp_path / f"bad{len(bad)}", make_key(stored_epochs=bad))

@@ -9,12 +9,16 @@ Layout of a store directory::
 with ``store_dtype = "int8"`` a file holds int8 "codes" [epochs + 1, P] and
 float32 "scales" [epochs + 1, slots] instead (see :mod:`distillkit.experts.quantise`).
 
+A key may list ``stored_epochs`` (increasing epoch indices): then the files hold
+only those snapshots, row i = epoch ``stored_epochs[i]``, and each manifest entry
+records them too. :meth:`TrajectoryStore.load` takes epoch indices either way.
+
 The ``key`` holds everything that determines the trajectories (dataset,
 preprocessing, model and parameter layout, optimizer, epochs, seed, expert
 plugins); two stores are interchangeable exactly when their keys are equal, so
 an existing directory is reused only for an identical key. Fields read here:
-``store_dtype`` (``float32`` default, ``float16``, ``bfloat16``, ``int8``), ``num_params``
-and ``epochs`` (checked on write when present), and for
+``store_dtype`` (``float32`` default, ``float16``, ``bfloat16``, ``int8``), ``num_params``,
+``epochs`` and ``stored_epochs`` (checked on write when present), and for
 :meth:`TrajectoryStore.check_compatible` the fields in ``COMPATIBILITY_FIELDS``
 (``param_layout`` is ``[[name, shape], ...]`` in ``parameters()`` order).
 
@@ -28,6 +32,7 @@ MTT's pickled ``replay_buffer_*.pt`` files are accepted only through
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pickle
@@ -50,7 +55,7 @@ TENSOR_NAME = "trajectory"
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STORE_DTYPES = (*FLOAT_DTYPES, "int8")
 COMPATIBILITY_FIELDS = ("dataset", "image_shape", "num_classes", "param_layout", "num_params")
-_ENTRY_FIELDS = ("index", "file", "sha256", "epochs", "dtype", "test_acc", "seconds")
+_ENTRY_FIELDS = ("index", "file", "sha256", "epochs", "stored_epochs", "dtype", "test_acc", "seconds")
 _MISSING = object()
 
 # (resolved path, size, mtime_ns, expected sha256) of files already verified in
@@ -119,6 +124,30 @@ def _slot_sizes(key: dict[str, Any], width: int, where: Path) -> list[int]:
     return sizes
 
 
+def describe_epochs(epochs: Sequence[int]) -> str:
+    """Epoch indices for messages, consecutive ones as ranges: ``0..11, 20``."""
+    parts = [str(a) if b - a == 1 else f"{a}..{b - 1}" for a, b in _runs(epochs)]
+    return ", ".join(parts) or "none"
+
+
+def _is_epoch_list(value: Any) -> bool:
+    """Strictly increasing non-negative ints (what ``stored_epochs`` must be)."""
+    return (
+        isinstance(value, list)
+        and all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in value)
+        and all(a < b for a, b in itertools.pairwise(value))
+    )
+
+
+def _stored_epochs(key: dict[str, Any], rows: int) -> tuple[int, list[int]]:
+    """(epochs trained, epochs stored) that a ``rows``-row trajectory must have under ``key``."""
+    stored, epochs = key.get("stored_epochs"), key.get("epochs")
+    if stored is None:
+        epochs = rows - 1 if epochs is None else epochs
+        return epochs, list(range(epochs + 1))
+    return (max(stored, default=0) if epochs is None else epochs), list(stored)
+
+
 def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
     """Group indices into ``[start, stop)`` runs of consecutive values, keeping their order."""
     runs: list[tuple[int, int]] = []
@@ -162,6 +191,7 @@ class StoreManifest:
                 and Path(entry["file"]).name == entry["file"]
                 and isinstance(entry.get("sha256"), str)
                 and isinstance(entry.get("epochs"), int)
+                and _is_epoch_list(entry.get("stored_epochs", []))
             )
             if not valid:
                 raise StoreError(f"{path} has a malformed expert entry: {_show(entry)}.")
@@ -193,6 +223,14 @@ class TrajectoryStore:
         root = Path(root)
         key = _canonical(key)
         _store_dtype(key)
+        stored, epochs = key.get("stored_epochs"), key.get("epochs")
+        if stored is not None and (
+            not _is_epoch_list(stored) or not stored or (epochs is not None and stored[-1] > epochs)
+        ):
+            raise StoreError(
+                f"the key for store {root} has stored_epochs {_show(stored)}, which is not an "
+                f"increasing list of epochs within 0..{epochs}."
+            )
         if (root / MANIFEST).exists():
             store = cls.open(root)
             diff = _first_difference(store.key, key, "")
@@ -238,7 +276,10 @@ class TrajectoryStore:
         return sorted(e["index"] for e in self._manifest.experts if (self.root / e["file"]).exists())
 
     def write_expert(self, index: int, trajectory: torch.Tensor, info: dict) -> None:
-        """Store one expert's ``[epochs + 1, P]`` trajectory, then record it in the manifest.
+        """Store one expert's trajectory, then record it in the manifest.
+
+        ``trajectory`` is ``[epochs + 1, P]``, or one row per epoch of the key's
+        ``stored_epochs`` when it has them.
 
         The tensor is copied to the CPU in the store dtype before writing, so
         later in-place updates of the caller's tensors cannot change what is
@@ -252,15 +293,16 @@ class TrajectoryStore:
                 f"{name}: a trajectory must be [epochs + 1, P], got shape {list(trajectory.shape)}."
             )
         rows, width = trajectory.shape
-        num_params, epochs = self.key.get("num_params"), self.key.get("epochs")
+        num_params = self.key.get("num_params")
         if num_params is not None and width != num_params:
             raise StoreError(
                 f"{name}: the trajectory has {width} parameters but store {self.root} expects {num_params}."
             )
-        if epochs is not None and rows != epochs + 1:
+        epochs, stored = _stored_epochs(self.key, rows)
+        if rows != len(stored):
             raise StoreError(
                 f"{name}: the trajectory has {rows} snapshots but store {self.root} "
-                f"expects {epochs + 1} (epochs + 1)."
+                f"expects {len(stored)} (epochs {describe_epochs(stored)})."
             )
         dtype_name = _store_dtype(self.key)
         if dtype_name == "int8":
@@ -272,8 +314,8 @@ class TrajectoryStore:
                 )
             tensors = quantise.encode(flat, _slot_sizes(self.key, width, self.root / name))
         else:
-            stored = trajectory.detach().to("cpu", FLOAT_DTYPES[dtype_name], copy=True)
-            tensors = {TENSOR_NAME: stored.contiguous()}
+            rows_out = trajectory.detach().to("cpu", FLOAT_DTYPES[dtype_name], copy=True)
+            tensors = {TENSOR_NAME: rows_out.contiguous()}
         with atomic_path(self.root / name) as tmp:
             save_file(tensors, str(tmp))
             digest = file_sha256(tmp)
@@ -281,7 +323,8 @@ class TrajectoryStore:
             "index": index,
             "file": name,
             "sha256": digest,
-            "epochs": rows - 1,
+            "epochs": epochs,
+            "stored_epochs": stored,
             "dtype": dtype_name,
             "test_acc": [float(a) for a in info.get("test_acc", [])],
             "seconds": None if info.get("seconds") is None else float(info["seconds"]),
@@ -327,24 +370,36 @@ class TrajectoryStore:
         epochs: Sequence[int] | None = None,
         device: str | torch.device = "cpu",
     ) -> torch.Tensor:
-        """Return float32 ``[len(epochs), P]`` (all rows when ``epochs`` is None) on ``device``.
+        """Return float32 ``[len(epochs), P]`` (every stored epoch when None) on ``device``.
 
-        Only the requested rows are read from disk (consecutive epochs in one
-        slice); an int8 file is read from row 0 to the last requested row, since
-        each row is coded relative to the one before.
+        ``epochs`` are epoch indices (not rows); one the file does not hold is a
+        StoreError. Only the rows needed are read from disk (consecutive rows in
+        one slice); an int8 file is read from row 0 to the last requested row,
+        since each row is coded relative to the one before.
         """
         entry = self._entry(index)
         path = self.root / entry["file"]
         self._verify(path, entry["sha256"])
+        held = self.stored_epochs(index)
+        row_of = {epoch: row for row, epoch in enumerate(held)}
+        requested = held if epochs is None else [int(e) for e in epochs]
+        missing = [e for e in requested if e not in row_of]
+        if missing:
+            raise StoreError(
+                f"{path} holds epochs {describe_epochs(held)} but epoch {missing[0]} was requested.",
+                hint="Train the experts with experts.store_epochs=all, or ask only for stored epochs.",
+            )
+        wanted = [row_of[e] for e in requested]
         int8 = entry.get("dtype") == "int8"
         try:
             with safe_open(path, framework="pt", device="cpu") as handle:
                 rows = handle.get_slice(quantise.CODES if int8 else TENSOR_NAME)
                 total, width = rows.get_shape()
-                wanted = list(range(total)) if epochs is None else [int(e) for e in epochs]
-                bad = [e for e in wanted if not 0 <= e < total]
-                if bad:
-                    raise StoreError(f"{path} holds epochs 0..{total - 1} but epoch {bad[0]} was requested.")
+                if total != len(held):
+                    raise StoreError(
+                        f"{path} has {total} rows but {MANIFEST} lists {len(held)} stored epochs.",
+                        hint=f"Delete {path} and run `distillkit experts` on this store to retrain it.",
+                    )
                 if int8:
                     stop = max(wanted, default=-1) + 1
                     codes, scales = rows[0:stop], handle.get_slice(quantise.SCALES)[0:stop]
@@ -357,8 +412,13 @@ class TrajectoryStore:
         return out.to(device=device, dtype=torch.float32)
 
     def num_epochs(self, index: int) -> int:
-        """Training epochs of expert ``index`` (its file holds this many + 1 snapshots)."""
+        """Epochs expert ``index`` was trained for (not all may be stored, see :meth:`stored_epochs`)."""
         return self._entry(index)["epochs"]
+
+    def stored_epochs(self, index: int) -> list[int]:
+        """Epoch indices whose snapshots expert ``index``'s file holds, in row order."""
+        entry = self._entry(index)
+        return list(entry.get("stored_epochs", range(entry["epochs"] + 1)))
 
     def check_compatible(self, expected: dict) -> None:
         """Refuse a store whose experts cannot be matched by the run described by ``expected``.

@@ -7,7 +7,7 @@ per-sample DataLoader), which is what makes small datasets fast on CPU.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +23,19 @@ from distillkit.engine.student import flatten_params
 
 @dataclass
 class ExpertResult:
-    """A trained expert: ``trajectory[e]`` = flat parameters after ``e`` epochs."""
+    """A trained expert: ``trajectory[i]`` = flat parameters after ``kept[i]`` epochs (all by default)."""
 
     trajectory: torch.Tensor
     test_acc: list[float]
     seconds: float
+
+
+def epochs_to_store(cfg: ExpertsConfig, last_needed: int) -> list[int]:
+    """Epochs whose snapshots a store keeps: all, or (``store_epochs = "needed"``) the ones
+    distillation can match, 0..``last_needed``, plus the final epoch that init plugins read."""
+    if cfg.store_epochs == "all":
+        return list(range(cfg.epochs + 1))
+    return sorted({*range(min(last_needed, cfg.epochs) + 1), cfg.epochs})
 
 
 def make_optimizer(model: nn.Module, cfg: ExpertsConfig) -> torch.optim.Optimizer:
@@ -80,14 +88,20 @@ def train_expert(
     cfg: ExpertsConfig,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     on_epoch: Callable[[int, float | None], None] = lambda epoch, acc: None,
+    keep: Sequence[int] | None = None,
 ) -> ExpertResult:
-    """Train one expert for ``cfg.epochs`` epochs; snapshots are clones (never aliases)."""
+    """Train one expert for ``cfg.epochs`` epochs, keeping the snapshots of epochs ``keep`` (default all).
+
+    Snapshots are clones (never aliases); dropping unneeded ones here keeps
+    memory at what the store will hold.
+    """
     began = time.perf_counter()
     device, generator = run.device, run.generator
+    kept = set(range(cfg.epochs + 1) if keep is None else keep)
     images, labels = (t.to(device) for t in train)
     model = model.to(device).train()
     optimizer = make_optimizer(model, cfg)
-    snapshots = [flatten_params(model)]
+    snapshots = [flatten_params(model)] if 0 in kept else []
     steps_per_epoch = (len(images) + cfg.batch_size - 1) // cfg.batch_size
     test_acc: list[float] = []
     for epoch in range(cfg.epochs):
@@ -122,7 +136,8 @@ def train_expert(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        snapshots.append(flatten_params(model))
+        if epoch + 1 in kept:
+            snapshots.append(flatten_params(model))
         acc = None
         if test is not None and cfg.evaluate_each_epoch:
             acc = accuracy(model, test[0].to(device), test[1].to(device))
