@@ -12,10 +12,13 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,18 +27,22 @@ import torch
 
 from distillkit import __version__
 from distillkit.artifacts import atomic_write_json, save_grid, save_synthetic
+from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from distillkit.config import RunConfig, last_needed_epoch, to_dict
 from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
 from distillkit.data.augment import DSA
-from distillkit.engine.loop import Distiller, IterationResult, call_hook
+from distillkit.engine.loop import Distiller, DivergenceError, IterationResult, call_hook
 from distillkit.engine.student import FlatStudent, load_flat, param_layout
-from distillkit.errors import ConfigError, DataError, StoreError
+from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
 from distillkit.evaluate import EvalResult, evaluate_set
+from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import epochs_to_store, train_expert
 from distillkit.host import PluginHost
 from distillkit.models import build_model
+from distillkit.rundir import default_run_dir as default_run_dir  # re-exported library API
+from distillkit.rundir import prepare_run_dir as prepare_run_dir
 
 
 class Reporter:
@@ -188,7 +195,11 @@ def train_experts(
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
 ) -> TrajectoryStore:
-    """Train ``experts.count`` experts into a store, reusing every expert already finished there."""
+    """Train ``experts.count`` experts into a store, reusing every expert already finished there.
+
+    Each epoch also leaves a partial checkpoint in the store, so an interrupted
+    expert resumes from its last complete epoch (see :mod:`distillkit.experts.partial`).
+    """
     reporter = reporter or Reporter()
     key = expert_key(config, data, host)
     store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
@@ -198,9 +209,15 @@ def train_experts(
     todo = [i for i in range(config.experts.count) if i not in store.finished()]
     if len(todo) < config.experts.count:
         reporter.note(f"reusing {config.experts.count - len(todo)} finished experts in {store.root}")
+    for index in store.finished():  # a crash right after write_expert can leave one behind
+        PartialCheckpoint(store.root, index).discard()
     reporter.start("experts", len(todo) * config.experts.epochs)
     for index in todo:
         run = make_run_context(config, host, device, stage_seed(config.seed, "expert", index), None)
+        checkpoint = PartialCheckpoint(store.root, index)
+        resume = checkpoint.resume(reporter.note)
+        if resume is not None:
+            reporter.advance(resume.epoch)
         result = train_expert(
             run,
             host.hook,
@@ -211,8 +228,11 @@ def train_experts(
             augment,
             on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
             keep=store.key.get("stored_epochs"),
+            resume=resume,
+            on_checkpoint=checkpoint.save,
         )
         store.write_expert(index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds})
+        checkpoint.discard()
     reporter.finish()
     return store
 
@@ -301,22 +321,63 @@ def make_distiller(
     data: PreparedData,
     store: TrajectoryStore,
     out_dir: Path | None = None,
+    initial: tuple[torch.Tensor, torch.Tensor, str] | None = None,
 ) -> tuple[Distiller, str]:
     """Check the store, load the expert slices, initialise the synthetic set; return the engine.
 
-    Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
+    ``initial`` skips the ``init_synthetic`` hook (a resumed run restores its images
+    anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
     """
     device = resolve_device(config.device)
     store.check_compatible(expert_key(config, data, host))
     experts = load_expert_slices(store, config)
     run = make_run_context(config, host, device, stage_seed(config.seed, "distill"), out_dir)
-    images, labels, source = initial_set(config, host, data, store, run)
+    images, labels, source = initial or initial_set(config, host, data, store, run)
     make = model_factory(config, data)
     student = FlatStudent(make(config.model.name, 0).to(device))
-    distiller = Distiller(
-        run, host.hook, student, images, labels, experts, config.distill, DSA(config.data.augment)
-    )
+    augment = DSA(config.data.augment)
+    distiller = Distiller(run, host, student, images, labels, experts, config.distill, augment)
     return distiller, source
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one interrupts."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _resume_state(out_dir: Path, reporter: Reporter) -> tuple[Checkpoint, list[dict[str, Any]]]:
+    """The newest intact checkpoint and the metrics lines written up to it (later ones are cut)."""
+    checkpoint, skipped = load_latest_checkpoint(out_dir)
+    for note in skipped:
+        reporter.note(f"skipped an unusable checkpoint: {note}")
+    if checkpoint is None:
+        raise StoreError(
+            f"{out_dir} has no usable checkpoint to resume from",
+            hint="start a new run (checkpoints are written every distill.checkpoint_every iterations)",
+        )
+    metrics = out_dir / "metrics.jsonl"
+    kept = int(checkpoint.progress["metrics_bytes"])
+    with open(metrics, "r+b") as handle:
+        handle.truncate(kept)
+        handle.seek(0)
+        lines = [json.loads(line) for line in handle.read().decode().splitlines() if line]
+    return checkpoint, lines
 
 
 def distill(
@@ -326,22 +387,73 @@ def distill(
     store: TrajectoryStore,
     out_dir: Path | None = None,
     reporter: Reporter | None = None,
+    resume: bool = False,
 ) -> DistillResult:
-    """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set."""
+    """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set.
+
+    With ``out_dir``, metrics go to ``metrics.jsonl`` and the full engine state to
+    ``checkpoints/`` every ``distill.checkpoint_every`` iterations and on SIGINT/SIGTERM;
+    ``resume=True`` continues from the newest checkpoint there, bit for bit. If the
+    divergence guard gives up, the last good set is saved before the error propagates.
+    """
     reporter = reporter or Reporter()
-    distiller, source = make_distiller(config, host, data, store, out_dir)
+    lines: list[dict[str, Any]] = []
+    checkpoint = None
+    if resume and out_dir is None:
+        raise ConfigError("resuming needs the run directory")
+    if resume and not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
+        reporter.note(f"{out_dir} has no checkpoint yet: distilling from the start")
+        resume = False
+    if resume:
+        checkpoint, lines = _resume_state(out_dir, reporter)
+        saved = checkpoint.current.tensors
+        initial = (saved["images"], saved["labels"], checkpoint.progress["init_source"])
+        distiller, source = make_distiller(config, host, data, store, out_dir, initial)
+        distiller.load_state(checkpoint.current)
+        distiller.last_good = checkpoint.last_good
+        reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}")
+    else:
+        distiller, source = make_distiller(config, host, data, store, out_dir)
+    history = [IterationResult(**{k: v for k, v in line.items() if k != "seconds"}) for line in lines]
+    times = [float(line["seconds"]) for line in lines]
+    every = config.distill.checkpoint_every
     reporter.start("distill", config.distill.iterations)
-    history, times = [], []
-    metrics_file = open(out_dir / "metrics.jsonl", "w") if out_dir else None  # noqa: SIM115
+    reporter.advance(distiller.iteration)
+    metrics_file = open(out_dir / "metrics.jsonl", "a" if resume else "w") if out_dir else None  # noqa: SIM115
+
+    def save_state() -> None:
+        if out_dir is not None and metrics_file is not None:
+            metrics_file.flush()
+            progress = {"init_source": source, "metrics_bytes": metrics_file.tell()}
+            save_checkpoint(out_dir, Checkpoint(distiller.state(), distiller.last_good, progress))
+
     try:
-        for _ in range(config.distill.iterations):
-            tick = time.perf_counter()
-            result = distiller.step()
-            times.append(time.perf_counter() - tick)
-            history.append(result)
-            if metrics_file:
-                metrics_file.write(json.dumps(result.__dict__) + "\n")
-            reporter.advance(loss=result.loss, alpha=result.alpha)
+        with stop_requests() as stop:
+            while distiller.iteration < config.distill.iterations:
+                tick = time.perf_counter()
+                try:
+                    result = distiller.step()
+                except DivergenceError:
+                    if out_dir is not None:
+                        save_distilled_set(out_dir, distiller, source)
+                    raise
+                times.append(time.perf_counter() - tick)
+                history.append(result)
+                for note in result.rollbacks:
+                    reporter.note(f"divergence guard: {note}")
+                if metrics_file:
+                    metrics_file.write(json.dumps({**result.__dict__, "seconds": times[-1]}) + "\n")
+                if every and distiller.iteration % every == 0:
+                    save_state()
+                if stop:
+                    save_state()
+                    raise Interrupted(
+                        f"stopped at iteration {distiller.iteration}; state saved in {out_dir}/checkpoints",
+                        hint=f"continue with: distillkit run --resume {out_dir}",
+                    )
+                reporter.advance(loss=result.loss, alpha=result.alpha)
+            if not (every and distiller.iteration % every == 0):
+                save_state()  # the final state, so a run stopped during evaluation resumes from here
     finally:
         if metrics_file:
             metrics_file.close()
@@ -353,6 +465,19 @@ def distill(
         source,
         history,
         times,
+    )
+
+
+def save_distilled_set(out_dir: Path, distiller: Distiller, source: str) -> None:
+    """Write the engine's current (last good) set so a stopped run still leaves usable images."""
+    meta = {"init": source, "iteration": distiller.iteration, "status": "stopped by the divergence guard"}
+    save_synthetic(
+        out_dir,
+        distiller.images.detach().cpu(),
+        distiller.labels.cpu(),
+        float(distiller.alpha.detach()),
+        meta,
+        {},
     )
 
 
@@ -437,22 +562,11 @@ def environment() -> dict[str, Any]:
     }
 
 
-def default_run_dir(config: RunConfig) -> Path:
-    name = config.data.dataset.replace("imagefolder:", "").replace("/", "_").strip("_")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{name}-ipc{config.distill.ipc}"
-
-
-def prepare_run_dir(out_dir: Path, overwrite: bool = False) -> Path:
-    """Create the run directory; refuse one that already holds a run unless ``overwrite``."""
-    holds_run = (out_dir / "results.json").exists() or (out_dir / "synthetic.safetensors").exists()
-    if holds_run and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a run", hint="choose another --out or pass --overwrite")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory {out_dir}: {exc.strerror}") from None
-    return out_dir
+def record_invocation(out_dir: Path, config: RunConfig, command: str, store_dir: Path | None) -> None:
+    """``config.json`` and ``invocation.json``: what ``--resume`` needs to continue this run."""
+    atomic_write_json(out_dir / "config.json", to_dict(config))
+    experts = str(store_dir.resolve()) if store_dir is not None else None
+    atomic_write_json(out_dir / "invocation.json", {"command": command, "experts": experts})
 
 
 def _summary(results: dict[str, EvalResult]) -> dict[str, Any]:
@@ -499,11 +613,17 @@ def run(
     out_dir: Path,
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """experts (reused when cached) → distill → evaluate (+ random-real baseline) → ``results.json``."""
+    """experts (reused when cached) → distill → evaluate (+ random-real baseline) → ``results.json``.
+
+    ``resume=True`` continues a run directory from its newest checkpoint (finished
+    experts and epochs are reused from the store); the config must be the recorded one.
+    """
     reporter = reporter or Reporter()
     device = resolve_device(config.device)
-    atomic_write_json(out_dir / "config.json", to_dict(config))
+    if not resume:
+        record_invocation(out_dir, config, "run", store_dir)
     data = prepare_data(config)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
@@ -513,7 +633,7 @@ def run(
         store = train_experts(config, host, data, store_dir, reporter)
     timings["experts"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    result = distill(config, host, data, store, out_dir, reporter)
+    result = distill(config, host, data, store, out_dir, reporter, resume=resume)
     timings["distill"] = time.perf_counter() - tick
     save_distilled(out_dir, config, host, data, result, store)
     tick = time.perf_counter()

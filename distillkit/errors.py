@@ -67,3 +67,9 @@ class PluginRuntimeError(PluginError):
 
 class RunFailed(DistillkitError):
     """A run could not finish (for example the matching loss kept diverging)."""
+
+
+class Interrupted(DistillkitError):
+    """SIGINT/SIGTERM stopped a run after its state was checkpointed."""
+
+    exit_code = ExitCode.INTERRUPTED

@@ -11,6 +11,7 @@ from distillkit.config import (
     SECTIONS,
     RunConfig,
     apply_overrides,
+    from_dict,
     read_preset,
     read_toml,
     to_dict,
@@ -94,3 +95,29 @@ def _select(
                 options.setdefault(head, {})[rest] = value
     host.select(names, options, extra)
     return host.config_defaults()
+
+
+def recorded_run(run_dir: Path, device: str | None = None) -> tuple[RunConfig, PluginHost, dict[str, Any]]:
+    """The config, plugin host and invocation recorded in a run directory (for ``--resume``).
+
+    ``device`` may differ from the recorded one (resume a CPU run on a GPU); nothing else may.
+    """
+    import json
+
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text())
+        invocation = json.loads((run_dir / "invocation.json").read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{run_dir} is not a resumable run directory: {Path(exc.filename).name} is missing",
+            hint="--resume takes the --out directory of a run started by distillkit 0.1 or later",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the recorded run in {run_dir}: {exc}") from None
+    config = from_dict(recorded)
+    if device is not None:
+        config = replace(config, device=device)
+    host = PluginHost()
+    host.select(config.plugins, config.plugin_options)
+    validate(config)
+    return config, host, invocation
