@@ -107,9 +107,9 @@ def cli_errors(debug: bool) -> Iterator[None]:
     except DistillkitError as exc:
         if debug:
             err.print_exception()
-        err.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True)
+        err.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         if exc.hint:
-            err.print(f"Hint: {exc.hint}", highlight=False, markup=False)
+            err.print(f"Hint: {exc.hint}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         err.print("Interrupted.")
@@ -119,7 +119,9 @@ def cli_errors(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if debug:
             err.print_exception()
-        err.print(f"[bold red]Error:[/] internal error: {type(exc).__name__}: {exc}", markup=True)
+        err.print(
+            f"[bold red]Error:[/] internal error: {type(exc).__name__}: {exc}", markup=True, soft_wrap=True
+        )
         err.print("Hint: rerun with --debug for the traceback and report it", markup=False)
         raise typer.Exit(int(ExitCode.RUN_FAILED)) from None
 
@@ -293,12 +295,13 @@ def run_cmd(
         else:
             overrides.update({"device": device} if device else {})
             cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
-        from distillkit import api
+        from distillkit import api, rundir
 
-        target = resume or api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
+        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
         reporter = RichReporter(not quiet)
         try:
-            summary = api.run(cfg, host, target, experts, reporter, resume=resume is not None)
+            with rundir.discard_on_bad_input(target):
+                summary = api.run(cfg, host, target, experts, reporter, resume=resume is not None)
         finally:
             reporter.close()
         _print_summary(summary, target)
@@ -313,6 +316,15 @@ def _check_resume_alone(overrides: dict[str, Any], *options: Any) -> None:
             "--resume continues with the run's recorded config and cannot be combined with config options",
             hint="drop --set/--preset/--config/--plugins/--out/--experts/--ipc...; only --device may change",
         )
+
+
+def _claim_run_dir(cfg: RunConfig, out_dir: Path | None, overwrite: bool, resume: Path | None) -> Path:
+    """The locked run directory: the one to resume, or a new one (never one holding another run)."""
+    from distillkit import rundir
+
+    if resume is not None:
+        return rundir.lock_run_dir(resume)
+    return rundir.prepare_run_dir(out_dir or rundir.default_run_dir(cfg), overwrite)
 
 
 def _recorded(run_dir: Path, command: str, device: str | None) -> tuple[RunConfig, PluginHost, dict]:
@@ -403,17 +415,18 @@ def distill_cmd(
         else:
             overrides.update({"device": device} if device else {})
             cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
-        from distillkit import api
+        from distillkit import api, rundir
         from distillkit.experts.store import TrajectoryStore
 
         store = TrajectoryStore.open(experts)
-        target = resume or api.prepare_run_dir(out_dir or api.default_run_dir(cfg), overwrite)
+        data = api.prepare_data(cfg)
+        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
         if resume is None:
             api.record_invocation(target, cfg, "distill", experts)
-        data = api.prepare_data(cfg)
         reporter = RichReporter(not quiet)
         try:
-            result = api.distill(cfg, host, data, store, target, reporter, resume=resume is not None)
+            with rundir.discard_on_bad_input(target):
+                result = api.distill(cfg, host, data, store, target, reporter, resume=resume is not None)
         finally:
             reporter.close()
         api.save_distilled(target, cfg, host, data, result, store)
@@ -438,10 +451,16 @@ def evaluate_cmd(
         from distillkit import api
         from distillkit.artifacts import atomic_write_json, load_synthetic
         from distillkit.config import ConfigError, apply_overrides, from_dict, validate
+        from distillkit.rundir import lock_run_dir
 
         if not (run_dir / "config.json").exists():
             raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
-        cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+        lock_run_dir(run_dir)
+        try:
+            recorded = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{run_dir / 'config.json'} cannot be read as JSON ({exc})") from None
+        cfg = from_dict(recorded)
         cfg = apply_overrides(cfg, _overrides(sets, device=device, eval_models=eval_models), set())
         validate(cfg)
         images, labels, lr, _meta, _extra = load_synthetic(run_dir)

@@ -1,0 +1,135 @@
+"""Run directories: where a run writes, who may write there, and what a failed start leaves behind.
+
+A run directory belongs to one process at a time. :func:`lock_run_dir` takes an
+exclusive, non-blocking ``flock`` on ``RUN_DIR/.lock`` and keeps it until the
+process exits; the kernel drops it when the process dies however it dies, so a
+crashed or killed run never leaves a stale lock. A second writer is refused with
+a one-line :class:`ConfigError` naming the directory and the holder's pid.
+Where ``fcntl`` (or ``flock`` on the file system) is unavailable, runs proceed
+unlocked rather than not at all.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from distillkit.errors import ConfigError, DistillkitError, ExitCode
+
+if TYPE_CHECKING:
+    from distillkit.config import RunConfig
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".lock"
+#: Files a run writes before any result; a directory holding only these has lost nothing.
+SETUP_FILES = frozenset({LOCK_FILE, "config.json", "invocation.json"})
+#: Files whose presence means the directory holds a (possibly partial) run's results.
+RESULT_FILES = ("results.json", "synthetic.safetensors")
+#: errno values meaning "the file system cannot lock", as opposed to "someone holds the lock".
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+# Locks this process holds (resolved dir -> fd), kept open for the process lifetime, and the
+# directories it created itself (only those may be removed again by discard_on_bad_input).
+_HELD: dict[str, int] = {}
+_CREATED: set[str] = set()
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    """``runs/<time>-<dataset>-ipc<k>``."""
+    name = config.data.dataset.replace("imagefolder:", "").replace("/", "_").strip("_")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{name}-ipc{config.distill.ipc}"
+
+
+def lock_run_dir(run_dir: Path) -> Path:
+    """Hold an exclusive lock on ``run_dir`` until this process exits (re-entrant within it)."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD or fcntl is None:
+        return run_dir
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot lock run directory {run_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in _NO_LOCKING:
+            return run_dir
+        raise ConfigError(
+            f"{run_dir} is being written by another distillkit process (pid {holder})",
+            hint="wait for it to finish, or choose another --out",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = fd
+    return run_dir
+
+
+def _refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
+    if not overwrite and any((out_dir / name).exists() for name in RESULT_FILES):
+        raise ConfigError(f"{out_dir} already holds a run", hint="choose another --out or pass --overwrite")
+
+
+def prepare_run_dir(out_dir: Path, overwrite: bool = False) -> Path:
+    """Create and lock the run directory; refuse one that already holds a run unless ``overwrite``.
+
+    The existing-run check runs before anything is written (so a refused directory
+    is left exactly as it was) and again once the lock is held (a run that finished
+    in between is not overwritten either).
+    """
+    out_dir = Path(out_dir)
+    _refuse_existing_run(out_dir, overwrite)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {out_dir}: {exc.strerror}") from None
+    if created:
+        _CREATED.add(str(out_dir.resolve()))
+    lock_run_dir(out_dir)
+    _refuse_existing_run(out_dir, overwrite)
+    return out_dir
+
+
+def _release(run_dir: Path) -> None:
+    fd = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+@contextmanager
+def discard_on_bad_input(run_dir: Path) -> Iterator[None]:
+    """Remove ``run_dir`` again if the body fails on bad input before writing any result.
+
+    Only a directory this process created, still holding nothing but
+    :data:`SETUP_FILES`, is removed, and only for a usage or plugin error (exit 2
+    or 3: a missing dataset, an ipc larger than a class...), so a mistyped option
+    leaves no empty run behind while a run that got anywhere is always kept.
+    """
+    try:
+        yield
+    except DistillkitError as exc:
+        run_dir = Path(run_dir)
+        key = str(run_dir.resolve())
+        bad_input = exc.exit_code in (ExitCode.USAGE_ERROR, ExitCode.PLUGIN_ERROR)
+        if bad_input and key in _CREATED and run_dir.is_dir():
+            entries = list(run_dir.iterdir())
+            if all(p.is_file() and p.name in SETUP_FILES for p in entries):
+                _release(run_dir)
+                for path in entries:
+                    path.unlink()
+                run_dir.rmdir()
+                _CREATED.discard(key)
+        raise
