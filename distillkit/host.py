@@ -177,7 +177,9 @@ class PluginHost:
             self._entry_point(name)
         if len(set(names)) != len(names):
             raise ConfigError(f"a plugin is named twice in --plugins: {', '.join(names)}")
-        for name in names:
+        # Registered in name order, so hook call order (and float sums over plugins) never
+        # depends on how the user ordered --plugins.
+        for name in sorted(names):
             cls = self.plugin_class(name)
             declared = getattr(cls, "name", name)
             if declared != name:
