@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -76,6 +77,9 @@ class DistillConfig:
     iterations: int = 200
     img_momentum: float = 0.5
     log_every: int = 10
+    #: Denominator start of the final match: "expert" θ*_t (MTT, AST paper) or "perturbed" θ*_t + δ
+    #: (official AST code, algorithms.md §9); differs only when a plugin perturbs the start.
+    match_denominator: str = "expert"
     #: "standard" keeps the unrolled graph (memory ∝ syn_steps); "constant" recomputes steps exactly.
     memory: str = "standard"
     #: Write RUN_DIR/checkpoints/ every this many iterations (0: only on SIGINT/SIGTERM).
@@ -260,13 +264,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config file into dotted keys; a missing or malformed file is a ``ConfigError``."""
     try:
         with open(path, "rb") as fh:
-            return flatten_table(tomllib.load(fh))
+            values = flatten_table(tomllib.load(fh))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if "plugins" in values:  # read before the other keys (it selects plugins), so typed here
+        values["plugins"] = coerce(values["plugins"], tuple[str, ...], f"plugins in {path}")
+    return values
 
 
 def preset_names() -> list[str]:
@@ -331,9 +338,27 @@ def validate(config: RunConfig) -> None:
     }.items():
         if not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    _check_finite(config)
+    for key, value in {
+        "distill.lr_img": config.distill.lr_img,
+        "distill.lr_lr": config.distill.lr_lr,
+        "distill.img_momentum": config.distill.img_momentum,
+        "distill.student_momentum": config.distill.student_momentum,
+        "experts.momentum": config.experts.momentum,
+        "experts.weight_decay": config.experts.weight_decay,
+        "evaluate.momentum": config.evaluate.momentum,
+        "evaluate.weight_decay": config.evaluate.weight_decay,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
     if config.distill.memory not in MEMORY_MODES:
         raise ConfigError(
             f"distill.memory must be one of {', '.join(MEMORY_MODES)}, got '{config.distill.memory}'"
+        )
+    if config.distill.match_denominator not in ("expert", "perturbed"):
+        raise ConfigError(
+            "distill.match_denominator must be 'expert' or 'perturbed', "
+            f"got '{config.distill.match_denominator}'"
         )
     if config.distill.guard_every <= 0:
         raise ConfigError(f"distill.guard_every must be > 0, got {config.distill.guard_every}")
@@ -359,6 +384,53 @@ def validate(config: RunConfig) -> None:
             f"epoch (max_start_epoch - 1) + expert_epochs = {needed}",
             hint="raise experts.epochs or lower distill.max_start_epoch",
         )
+    check_names(config)
+
+
+def _check_finite(config: RunConfig) -> None:
+    """NaN or inf (``--set distill.lr_img=nan`` parses as a float) can only poison a run."""
+    for section in SECTIONS:
+        values = getattr(config, section)
+        for item in fields(values):
+            value = getattr(values, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{item.name} must be a finite number, got {value}")
+
+
+def check_names(config: RunConfig) -> None:
+    """Check dataset, model and augmentation names and the data path before anything is written.
+
+    Otherwise a typo would surface only after the run directory exists, or (for
+    ``evaluate.models``) after experts and distillation have run. The registries
+    live in torch modules, hence the imports here rather than at the top.
+    """
+    from distillkit.data.augment import DSA
+    from distillkit.data.datasets import IMAGEFOLDER_PREFIX, dataset_names
+    from distillkit.models import parse_model_name
+
+    spec = config.data.dataset.strip()
+    if spec.lower().startswith(IMAGEFOLDER_PREFIX):
+        folder = Path(spec[len(IMAGEFOLDER_PREFIX) :]).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"data.dataset: image folder {folder} does not exist",
+                hint="imagefolder:PATH takes a folder with train/<class>/ (and test/<class>/) images",
+            )
+    elif spec.lower() not in dataset_names():
+        known = [n for n in dataset_names() if not n.startswith(IMAGEFOLDER_PREFIX)]
+        raise ConfigError(
+            f"Unknown dataset '{spec}'",
+            hint=_suggest(spec.lower(), known) or f"known datasets: {', '.join(dataset_names())}",
+        )
+    data_path = Path(config.data.data_path).expanduser()
+    if config.data.data_path and not config.data.download and not data_path.is_dir():
+        raise ConfigError(
+            f"data.data_path {data_path} is not a directory",
+            hint="pass the folder holding the dataset files, or add --download to fetch them there",
+        )
+    for name in (config.model.name, *config.evaluate.models):
+        parse_model_name(name)
+    DSA(config.data.augment)
 
 
 def to_dict(config: Any) -> Any:
@@ -374,6 +446,9 @@ def to_dict(config: Any) -> Any:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Rebuild a ``RunConfig`` from :func:`to_dict` output (e.g. a run directory's ``config.json``)."""
+    options = data.get("plugin_options", {}) if isinstance(data, dict) else None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError("a recorded config must be a JSON object with a plugin_options object of objects")
     flat = flatten_table({k: v for k, v in data.items() if k != "plugin_options"})
     config = apply_overrides(RunConfig(), flat)
-    return dataclasses.replace(config, plugin_options=dict(data.get("plugin_options", {})))
+    return dataclasses.replace(config, plugin_options={k: dict(v) for k, v in options.items()})

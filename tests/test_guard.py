@@ -1,4 +1,4 @@
-"""The divergence guard: detect before updating, roll back, lower the learning rates, give up cleanly."""
+"""The outer loop's divergence guard (detect, roll back, lower lrs, give up) and match denominator."""
 
 from __future__ import annotations
 
@@ -108,3 +108,24 @@ def test_state_round_trip_is_exact():
     a.load_state(saved)
     again = [a.step().loss for _ in range(3)]
     assert first == again
+
+
+class ShiftStart:
+    """Perturbs every start by a constant δ (a real ``perturb_expert`` plugin)."""
+
+    name = "shift"
+
+    @hookimpl
+    def perturb_expert(self, run, ctx):
+        return torch.full_like(ctx.start, 0.05)
+
+
+def test_match_denominator_uses_the_perturbed_start_when_asked():
+    expert = _distiller([ShiftStart()], match_denominator="expert")
+    perturbed = _distiller([ShiftStart()], match_denominator="perturbed")
+    a, b = expert.step(), perturbed.step()
+    start = expert.experts[a.expert][a.start_epoch]
+    target = expert.experts[a.expert][a.start_epoch + 2]
+    ratio = (start - target).pow(2).sum() / (start + 0.05 - target).pow(2).sum()
+    assert b.match_loss == pytest.approx(a.match_loss * float(ratio), rel=1e-5)
+    assert b.match_loss != a.match_loss

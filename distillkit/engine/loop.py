@@ -198,7 +198,8 @@ class Distiller:
         weight = math.prod(float(w) for w in weights)
 
         params = self.backprop.forward(perturbed, weight)
-        match = normalised_distance(params[-1], target, start)
+        reference = perturbed if cfg.match_denominator == "perturbed" else start
+        match = normalised_distance(params[-1], target, reference)
         # hook: intermediate_match — terms added to the matching loss.
         terms = _as_terms(
             call_hook(
