@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import distillkit
 from distillkit import api
 from distillkit.errors import StoreError
+from distillkit.experts.store import TrajectoryStore
 
 #: Experts that train in about a second on a busy CPU (small net, no augmentation or evaluation).
 TINY = {
@@ -76,3 +78,73 @@ def test_store_lacking_needed_epochs_is_a_clear_error(tmp_path: Path, data: api.
     config_longer, host_longer = resolve(**{"experts.store_epochs": "needed", "distill.max_start_epoch": 2})
     with pytest.raises(StoreError, match=r"stored_epochs is .* there but missing now"):
         api.train_experts(config_longer, host_longer, data, tmp_path / "s")
+
+
+# -- per-epoch resume ------------------------------------------------------------------------
+
+#: Every piece of state matters here: momentum buffers, a decayed lr, augmentation drawing from
+#: run.generator, and per-epoch test accuracies.
+RESUME = {
+    "experts.epochs": 3,
+    "experts.momentum": 0.9,
+    "experts.lr_decay_epoch": 1,
+    "experts.evaluate_each_epoch": True,
+    "data.augment": "color_crop_cutout_scale_rotate",
+}
+
+
+class Interrupted(Exception):
+    """Stands in for Ctrl-C or a crash between two epochs."""
+
+
+class Recorder(api.Reporter):
+    """Keeps the notes; raises from the per-epoch progress call after ``stop_after`` epochs."""
+
+    def __init__(self, stop_after: int = 0) -> None:
+        self.stop_after, self.epochs, self.notes = stop_after, 0, []
+
+    def advance(self, n: int = 1, **info: object) -> None:
+        if "expert" in info:
+            self.epochs += 1
+            if self.epochs == self.stop_after:
+                raise Interrupted
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_interrupted_expert_resumes_bit_identically(
+    tmp_path: Path, data: api.PreparedData, optimizer: str
+) -> None:
+    config, host = resolve(**RESUME, **{"experts.optimizer": optimizer})
+    whole = api.train_experts(config, host, data, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        api.train_experts(config, host, data, tmp_path / "cut", Recorder(stop_after=2))
+    partial = tmp_path / "cut" / "expert_000.partial.json"
+    assert json.loads(partial.read_text())["epoch"] == 2
+    assert TrajectoryStore.open(tmp_path / "cut").finished() == []
+    recorder = Recorder()
+    resumed = api.train_experts(config, host, data, tmp_path / "cut", recorder)
+    assert recorder.notes == ["resuming expert 0 after epoch 2"] and recorder.epochs == 1
+    assert torch.equal(resumed.load(0), whole.load(0))
+    assert resumed.manifest.experts[0]["test_acc"] == whole.manifest.experts[0]["test_acc"]
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["expert_000.safetensors", "manifest.json"]
+
+
+def test_corrupt_partial_checkpoint_starts_the_expert_over(tmp_path: Path, data: api.PreparedData) -> None:
+    config, host = resolve(**RESUME)
+    with pytest.raises(Interrupted):
+        api.train_experts(config, host, data, tmp_path / "cut", Recorder(stop_after=2))
+    path = tmp_path / "cut" / "expert_000.partial.safetensors"
+    corrupt = bytearray(path.read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0x01
+    path.write_bytes(bytes(corrupt))
+    recorder = Recorder()
+    store = api.train_experts(config, host, data, tmp_path / "cut", recorder)
+    assert recorder.notes == [
+        f"{path}: checksum mismatch (partial checkpoint corrupt or truncated). Starting expert 0 over."
+    ]
+    assert recorder.epochs == 3
+    whole = api.train_experts(config, host, data, tmp_path / "whole")
+    assert torch.equal(store.load(0), whole.load(0))

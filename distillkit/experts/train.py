@@ -19,6 +19,8 @@ from distillkit.config import ExpertsConfig
 from distillkit.context import ExpertStepContext, LossScale, LossTerm, RunContext
 from distillkit.engine.loop import call_hook
 from distillkit.engine.student import flatten_params
+from distillkit.errors import StoreError
+from distillkit.experts.partial import TrainingState, capture, restore
 
 
 @dataclass
@@ -89,11 +91,16 @@ def train_expert(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     on_epoch: Callable[[int, float | None], None] = lambda epoch, acc: None,
     keep: Sequence[int] | None = None,
+    resume: TrainingState | None = None,
+    on_checkpoint: Callable[[TrainingState], None] | None = None,
 ) -> ExpertResult:
     """Train one expert for ``cfg.epochs`` epochs, keeping the snapshots of epochs ``keep`` (default all).
 
     Snapshots are clones (never aliases); dropping unneeded ones here keeps
-    memory at what the store will hold.
+    memory at what the store will hold. After each epoch, before ``on_epoch``,
+    ``on_checkpoint`` gets the whole training state; passing such a state back
+    as ``resume`` (with a freshly built ``model`` and ``run``) continues from it
+    and gives the same expert, bit for bit, as an uninterrupted run.
     """
     began = time.perf_counter()
     device, generator = run.device, run.generator
@@ -101,10 +108,18 @@ def train_expert(
     images, labels = (t.to(device) for t in train)
     model = model.to(device).train()
     optimizer = make_optimizer(model, cfg)
-    snapshots = [flatten_params(model)] if 0 in kept else []
+    if resume is None:
+        snapshots = [flatten_params(model)] if 0 in kept else []
+        test_acc: list[float] = []
+        start, earlier_seconds = 0, 0.0
+    else:
+        if not 0 <= resume.epoch <= cfg.epochs:
+            raise StoreError(f"a partial checkpoint at epoch {resume.epoch} does not fit {cfg.epochs} epochs")
+        restore(resume, model, optimizer, run)
+        snapshots = list(resume.trajectory.to(device).unbind(0))
+        test_acc, start, earlier_seconds = list(resume.test_acc), resume.epoch, resume.seconds
     steps_per_epoch = (len(images) + cfg.batch_size - 1) // cfg.batch_size
-    test_acc: list[float] = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         if cfg.lr_decay_epoch and epoch == cfg.lr_decay_epoch:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_decay_factor
@@ -142,7 +157,11 @@ def train_expert(
         if test is not None and cfg.evaluate_each_epoch:
             acc = accuracy(model, test[0].to(device), test[1].to(device))
             test_acc.append(acc)
+        if on_checkpoint is not None:
+            seconds = earlier_seconds + time.perf_counter() - began
+            on_checkpoint(capture(epoch + 1, model, optimizer, run, snapshots, test_acc, seconds))
         on_epoch(epoch, acc)
     if test is not None and not cfg.evaluate_each_epoch:
         test_acc.append(accuracy(model, test[0].to(device), test[1].to(device)))
-    return ExpertResult(torch.stack(snapshots).cpu(), test_acc, time.perf_counter() - began)
+    seconds = earlier_seconds + time.perf_counter() - began
+    return ExpertResult(torch.stack(snapshots).cpu(), test_acc, seconds)
