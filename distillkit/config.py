@@ -410,7 +410,7 @@ def check_names(config: RunConfig) -> None:
 
     spec = config.data.dataset.strip()
     if spec.lower().startswith(IMAGEFOLDER_PREFIX):
-        folder = Path(spec[len(IMAGEFOLDER_PREFIX) :]).expanduser()
+        folder = _user_path(spec[len(IMAGEFOLDER_PREFIX) :], "data.dataset")
         if not folder.is_dir():
             raise ConfigError(
                 f"data.dataset: image folder {folder} does not exist",
@@ -422,7 +422,7 @@ def check_names(config: RunConfig) -> None:
             f"Unknown dataset '{spec}'",
             hint=_suggest(spec.lower(), known) or f"known datasets: {', '.join(dataset_names())}",
         )
-    data_path = Path(config.data.data_path).expanduser()
+    data_path = _user_path(config.data.data_path, "data.data_path")
     if config.data.data_path and not config.data.download and not data_path.is_dir():
         raise ConfigError(
             f"data.data_path {data_path} is not a directory",
@@ -431,6 +431,13 @@ def check_names(config: RunConfig) -> None:
     for name in (config.model.name, *config.evaluate.models):
         parse_model_name(name)
     DSA(config.data.augment)
+
+
+def _user_path(text: str, key: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~name of an unknown user
+        raise ConfigError(f"{key}: cannot expand the path '{text}'") from None
 
 
 def to_dict(config: Any) -> Any:

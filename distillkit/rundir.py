@@ -32,8 +32,9 @@ except ImportError:  # Windows
 LOCK_FILE = ".lock"
 #: Files a run writes before any result; a directory holding only these has lost nothing.
 SETUP_FILES = frozenset({LOCK_FILE, "config.json", "invocation.json"})
-#: Files whose presence means the directory holds a (possibly partial) run's results.
+#: Entries meaning the directory holds a finished run, or one that got far enough to resume.
 RESULT_FILES = ("results.json", "synthetic.safetensors")
+PROGRESS_FILES = ("checkpoints", "metrics.jsonl")
 #: errno values meaning "the file system cannot lock", as opposed to "someone holds the lock".
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
@@ -78,12 +79,19 @@ def lock_run_dir(run_dir: Path) -> Path:
 
 
 def _refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
-    if not overwrite and any((out_dir / name).exists() for name in RESULT_FILES):
+    if overwrite:
+        return
+    if any((out_dir / name).exists() for name in RESULT_FILES):
         raise ConfigError(f"{out_dir} already holds a run", hint="choose another --out or pass --overwrite")
+    if any((out_dir / name).exists() for name in PROGRESS_FILES):
+        raise ConfigError(
+            f"{out_dir} holds an unfinished run",
+            hint=f"continue it with --resume {out_dir}, choose another --out, or pass --overwrite",
+        )
 
 
 def prepare_run_dir(out_dir: Path, overwrite: bool = False) -> Path:
-    """Create and lock the run directory; refuse one that already holds a run unless ``overwrite``.
+    """Create and lock a run directory; refuse one holding another run, finished or not, unless overwrite.
 
     The existing-run check runs before anything is written (so a refused directory
     is left exactly as it was) and again once the lock is held (a run that finished

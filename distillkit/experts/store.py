@@ -189,6 +189,7 @@ class StoreManifest:
                 and isinstance(entry.get("index"), int)
                 and isinstance(entry.get("file"), str)
                 and Path(entry["file"]).name == entry["file"]
+                and entry["file"] not in ("", "..")  # a plain file inside the store, never the store itself
                 and isinstance(entry.get("sha256"), str)
                 and isinstance(entry.get("epochs"), int)
                 and _is_epoch_list(entry.get("stored_epochs", []))
@@ -357,7 +358,11 @@ class TrajectoryStore:
         token = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
         if token in _VERIFIED:
             return
-        if file_sha256(path) != expected:
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:  # a directory, no permission...
+            raise StoreError(f"{path} cannot be read ({exc.strerror}).") from None
+        if actual != expected:
             raise StoreError(
                 f"{path}: checksum mismatch (file corrupt or truncated).",
                 hint=f"Delete {path} and run `distillkit experts` on this store to retrain it.",
@@ -394,7 +399,10 @@ class TrajectoryStore:
         try:
             with safe_open(path, framework="pt", device="cpu") as handle:
                 rows = handle.get_slice(quantise.CODES if int8 else TENSOR_NAME)
-                total, width = rows.get_shape()
+                shape = rows.get_shape()
+                if len(shape) != 2:
+                    raise StoreError(f"{path} holds a tensor of shape {shape}, not [epochs, params].")
+                total, width = shape
                 if total != len(held):
                     raise StoreError(
                         f"{path} has {total} rows but {MANIFEST} lists {len(held)} stored epochs.",
