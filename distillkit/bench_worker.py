@@ -20,6 +20,7 @@ re-raise the same ``DistillkitError`` with its exit code.
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import statistics
@@ -62,6 +63,14 @@ def process_peak_rss_mb() -> float:
     return kb / 2**20 if sys.platform == "darwin" else kb / 1024
 
 
+def _load_average() -> float | None:
+    """The 1-minute system load average: on a shared machine, how crowded the timing was."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -87,6 +96,7 @@ def measure_distiller(distiller: Distiller, warmup: int, window: int) -> dict[st
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         setup_cuda = torch.cuda.memory_allocated(device) / 2**20
+    load_before = _load_average()
     seconds = []
     for _ in range(warmup + window):
         _sync(device)
@@ -100,6 +110,7 @@ def measure_distiller(distiller: Distiller, warmup: int, window: int) -> dict[st
         "s_per_iter_min": min(timed),
         "s_per_iter_max": max(timed),
         "iteration_seconds": seconds,
+        "load_average": [load_before, _load_average()],
         "setup_rss_mb": setup_rss,
         "distill_peak_rss_mb": _status_mb("VmHWM") if window_rss else None,
         "peak_rss_mb": process_peak_rss_mb(),

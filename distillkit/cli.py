@@ -541,9 +541,12 @@ def _print_bench(result: dict[str, Any]) -> None:
         table.add_row(*cells)
     out.print(table)
     settings, peak, store = result["settings"], result["matmul_peak"], result["storage"]
+    loads = [x for row in result["distillation"] for x in row.get("load_average") or [] if x is not None]
+    load = f" · system load {min(loads):.1f}–{max(loads):.1f}" if loads else ""
     out.print(
         f"timing: median of {settings['window']} iterations after {settings['warmup']} warm-up, "
-        f"each setting in a fresh process · fp32 matmul peak {peak['gflops']:.1f} GFLOP/s (n={peak['n']})"
+        f"each setting in a fresh process{load} · fp32 matmul peak {peak['gflops']:.1f} GFLOP/s "
+        f"(n={peak['n']})"
     )
     out.print(
         f"storage: {store['bytes_per_expert'] / 1e3:.1f} KB per expert ({store['snapshots_stored']} "

@@ -54,7 +54,7 @@ def test_bench_writes_json_with_every_figure(store, tmp_path):
     assert result.exit_code == 0, result.output
     figures = json.loads(path.read_text())
     (row,) = figures["distillation"]
-    assert len(row["iteration_seconds"]) == 1
+    assert len(row["iteration_seconds"]) == 1 and len(row["load_average"]) == 2
     assert row["s_per_iter"] > 0 and row["peak_rss_mb"] > 0 and row["flops_per_iter"] > 0
     assert row["distill_peak_rss_mb"] >= row["setup_rss_mb"] > 0
     assert row["gflops_per_s"] > 0 and row["fraction_of_matmul_peak"] > 0
