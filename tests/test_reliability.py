@@ -7,6 +7,7 @@ was changed (or, for a new run, that no half-made run directory is left behind).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -248,7 +249,11 @@ def _edit_key(store: Path, **changes: object) -> None:
 @pytest.mark.parametrize(
     ("key_changes", "args", "message"),
     [
-        ({}, ["--model", "convnet-w32"], "does not fit the run: param_layout"),
+        (
+            {},
+            ["--model", "convnet-w32"],
+            'holds experts of model "convnet-w32-d2" but the run uses "convnet-w32"',
+        ),
         ({"dataset": "mnist"}, [], 'was trained on "mnist" but the run uses "digits"'),
         ({"image_shape": [1, 16, 16]}, [], "image_shape[1] is 16 in the store but 8 in the run"),
         ({"num_classes": 3}, [], "num_classes is 3 in the store but 10 in the run"),
@@ -352,3 +357,24 @@ def test_a_long_error_stays_one_line_in_a_real_process(store_copy, tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and len(lines[0]) > 80, proc.stderr
     assert lines[0].startswith("Error: ") and str(path) in lines[0] and lines[1].startswith("Hint: ")
+
+
+# -- no pickles ---------------------------------------------------------------------------------
+
+
+def test_no_pickle_is_loaded_except_the_mtt_import_with_weights_only():
+    """Every loader reads safetensors/JSON/IDX/binary formats; only the MTT import calls torch.load."""
+    root = Path(__file__).resolve().parents[1]
+    calls = []
+    for path in [*(root / "distillkit").rglob("*.py"), *(root / "plugins").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if (
+                name in ("torch.load", "pickle.load", "pickle.loads")
+                or keywords.get("allow_pickle") == "True"
+            ):
+                calls.append((path.relative_to(root).as_posix(), name, keywords.get("weights_only")))
+    assert calls == [("distillkit/experts/store.py", "torch.load", "True")]

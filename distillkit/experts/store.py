@@ -443,8 +443,15 @@ class TrajectoryStore:
             if diff is None:
                 continue
             where, old, new = diff
+            models = self.key.get("model"), expected.get("model")
             if field == "dataset":
                 message = f"store {self.root} was trained on {_show(have)} but the run uses {_show(new)}."
+            elif field in ("param_layout", "num_params") and None not in models and models[0] != models[1]:
+                # Layouts of two different networks differ everywhere; the names say it in one line.
+                message = (
+                    f"store {self.root} holds experts of model {_show(models[0])} but the run uses "
+                    f"{_show(models[1])}: their {field} differ."
+                )
             else:
                 message = (
                     f"store {self.root} does not fit the run: {where} is {_show(old)} in the "

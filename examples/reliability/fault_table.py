@@ -1,0 +1,540 @@
+"""Try every fault and bad input on the real ``distillkit`` command; print (or write) the table.
+
+    python examples/reliability/fault_table.py            # print the markdown table
+    python examples/reliability/fault_table.py --write    # ... and put it into docs/reliability.md
+
+Each fault runs ``python -m distillkit ...`` as a subprocess in a fresh temporary
+workspace (its own expert cache, so nothing outside is touched). Per row the
+script records the exit code and what the user sees on stderr, and checks that
+the error is one line with no traceback, that every file written before the
+command is byte-identical afterwards (sha256), and that no half-made run
+directory is left behind. It exits 1 if any row misses its expected exit code
+or a check fails, so it doubles as an end-to-end test.
+
+A row is one :class:`Fault` in :data:`FAULTS`; add one there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+BEGIN, END = "<!-- fault-table:begin -->", "<!-- fault-table:end -->"
+
+#: A digits run small enough to make each row take seconds.
+TINY = {
+    "experts.count": "1",
+    "experts.epochs": "4",
+    "distill.max_start_epoch": "2",
+    "distill.syn_steps": "5",
+    "distill.iterations": "4",
+    "evaluate.runs": "1",
+    "evaluate.epochs": "5",
+}
+EXPERTS_ONLY = ("experts.count", "experts.epochs", "distill.max_start_epoch")
+
+
+def tiny(**changes: object) -> list[str]:
+    """``--set`` options for TINY with some keys changed (a key may be given only once)."""
+    values = TINY | {k.replace("__", "."): str(v) for k, v in changes.items()}
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def shown(argv: list[str]) -> str:
+    """The command as the table shows it: ``--set`` options with TINY's values become one ``$TINY``."""
+    words: list[str] = []
+    i = 0
+    while i < len(argv):
+        key, _, value = argv[i + 1].partition("=") if argv[i] == "--set" else ("", "", "")
+        if TINY.get(key) == value:
+            words += [] if "$TINY" in words else ["$TINY"]
+            i += 2
+        else:
+            words.append(argv[i])
+            i += 1
+    return "distillkit " + " ".join(words)
+
+
+@dataclass
+class Fault:
+    """One row: set the scene, run ``distillkit ARGV`` in the workspace, check what happened."""
+
+    title: str
+    argv: list[str]
+    expect: int = 2
+    #: Damage files or start processes first (gets the workspace; may return a process to stop after).
+    setup: Callable[[Path], subprocess.Popen | None] | None = None
+    #: Paths whose files must be byte-identical after the command.
+    protect: tuple[str, ...] = ()
+    #: Paths that must not exist after the command (no half-made run directory).
+    absent: tuple[str, ...] = ()
+    #: (path that appears, signal): interrupt the command once that path exists.
+    interrupt: tuple[str, int] | None = None
+    #: Extra verdict for the last column, from the workspace (raise AssertionError when wrong).
+    check: Callable[[Path], str] | None = None
+
+
+@dataclass
+class Row:
+    fault: Fault
+    code: int
+    seen: str
+    verdicts: list[str] = field(default_factory=list)
+    ok: bool = True
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def distillkit(workspace: Path, argv: list[str], **popen: object) -> subprocess.Popen:
+    env = os.environ | {"DISTILLKIT_CACHE": str(workspace / "cache"), "NO_COLOR": "1", "COLUMNS": "80"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "distillkit", *argv],
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def run_ok(workspace: Path, argv: list[str]) -> None:
+    proc = distillkit(workspace, argv)
+    _out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"setup failed: {shown(argv)}\n{err}")
+
+
+def wait_for(workspace: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Poll until a file matching ``pattern`` exists in the workspace (while ``proc`` runs)."""
+    deadline = time.monotonic() + timeout
+    while not any(workspace.glob(pattern)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{pattern} never appeared: {proc.communicate()[1][-500:]}")
+        time.sleep(0.05)
+
+
+def hashes(workspace: Path, paths: tuple[str, ...]) -> dict[str, str]:
+    files = []
+    for name in paths:
+        path = workspace / name
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.relative_to(workspace)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def what_the_user_sees(stdout: str, stderr: str) -> str:
+    """The ``Error:`` line and its hint; for click's boxed usage errors the box text; else stdout's end."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if line.startswith("Error:")]
+    if errors:
+        first = errors[0]
+        hint = lines[first + 1] if first + 1 < len(lines) and lines[first + 1].startswith("Hint:") else ""
+        return lines[first] + (f"<br>{hint}" if hint else "")
+    boxed = [line.strip("│ ") for line in lines if line.startswith("│")]
+    if boxed:
+        return "Error (usage): " + " ".join(boxed)
+    out = [line.strip() for line in stdout.splitlines() if line.strip()]
+    return out[-1] if out else (lines[0] if lines else "")
+
+
+def try_fault(workspace: Path, fault: Fault) -> Row:
+    background = fault.setup(workspace) if fault.setup else None
+    before = hashes(workspace, fault.protect)
+    try:
+        proc = distillkit(workspace, fault.argv)
+        if fault.interrupt:
+            marker, signum = fault.interrupt
+            wait_for(workspace, marker, proc)
+            proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=600)
+        holder_alive = background is not None and background.poll() is None
+    finally:
+        if background is not None:
+            background.kill()
+            background.communicate()
+    row = Row(fault, proc.returncode, what_the_user_sees(stdout, stderr).replace("|", "\\|"))
+    if proc.returncode != fault.expect:
+        row.verdicts.append(f"✗ exit {proc.returncode}, expected {fault.expect}")
+        row.ok = False
+    if "Traceback" in stderr:
+        row.verdicts.append("✗ traceback")
+        row.ok = False
+    elif proc.returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        one_line = lines[0].startswith("Error:") and len(lines) <= 2
+        row.verdicts.append("one line" if one_line else "usage box (click)")
+    if background is not None:
+        row.verdicts.append("other run still running" if holder_alive else "✗ other run stopped")
+        row.ok &= holder_alive
+    if fault.protect:
+        after = hashes(workspace, fault.protect)
+        changed = sorted(k for k in before if after.get(k) != before[k])
+        row.verdicts.append(
+            f"✗ changed: {', '.join(changed)}" if changed else f"{len(before)} files unchanged"
+        )
+        row.ok &= not changed
+    for name in fault.absent:
+        left = (workspace / name).exists()
+        row.verdicts.append(f"✗ {name}/ left behind" if left else "no run dir left")
+        row.ok &= not left
+    if fault.check:
+        try:
+            row.verdicts.append(fault.check(workspace))
+        except AssertionError as exc:
+            row.verdicts.append(f"✗ {exc}")
+            row.ok = False
+    return row
+
+
+# -- the scenes --------------------------------------------------------------------------------
+
+
+def prepare(workspace: Path) -> None:
+    """A small expert store and one finished run, the "previous work" the faults must not damage."""
+    run_ok(workspace, ["experts", "--out", "store", "--quiet", *tiny()[: 2 * len(EXPERTS_ONLY)]])
+    run_ok(workspace, ["run", "--experts", "store", "--out", "done", "--quiet", *tiny()])
+    (workspace / "empty").mkdir()
+
+
+def copy_tree(workspace: Path, source: str, target: str) -> Path:
+    destination = workspace / target
+    for path in (workspace / source).rglob("*"):
+        if path.is_file() and path.name != ".lock":
+            (destination / path.relative_to(workspace / source)).parent.mkdir(parents=True, exist_ok=True)
+            (destination / path.relative_to(workspace / source)).write_bytes(path.read_bytes())
+    return destination
+
+
+def damaged_store(how: str) -> Callable[[Path], None]:
+    def setup(workspace: Path) -> None:
+        path = copy_tree(workspace, "store", f"store-{how}") / "expert_000.safetensors"
+        data = path.read_bytes()
+        middle = len(data) // 2
+        if how == "flip":
+            data = data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :]
+        path.write_bytes(data if how == "flip" else data[:middle])
+
+    return setup
+
+
+def store_key(name: str, **changes: object) -> Callable[[Path], None]:
+    def setup(workspace: Path) -> None:
+        manifest = copy_tree(workspace, "store", name) / "manifest.json"
+        data = json.loads(manifest.read_text())
+        data["key"].update(changes)
+        manifest.write_text(json.dumps(data, indent=2))
+
+    return setup
+
+
+def damaged_run(name: str, file: str, how: str) -> Callable[[Path], None]:
+    def setup(workspace: Path) -> None:
+        path = copy_tree(workspace, "done", name) / file
+        data = path.read_bytes()
+        path.write_bytes(
+            data[: len(data) // 2] if how == "truncate" else data[:-1] + bytes([data[-1] ^ 0xFF])
+        )
+
+    return setup
+
+
+def unfinished_run(workspace: Path) -> None:
+    folder = copy_tree(workspace, "done", "unfinished")
+    for name in ("results.json", "run.json", "synthetic.safetensors", "synthetic.json", "grid.png"):
+        (folder / name).unlink()
+
+
+def write_file(name: str, content: bytes) -> Callable[[Path], None]:
+    def setup(workspace: Path) -> None:
+        (workspace / name).write_bytes(content)
+
+    return setup
+
+
+def busy_run(name: str) -> Callable[[Path], subprocess.Popen]:
+    """A real run that keeps writing ``name/`` (a long distillation) while the row's command runs."""
+
+    def setup(workspace: Path) -> subprocess.Popen:
+        argv = ["run", "--experts", "store", "--out", name, "--quiet"]
+        proc = distillkit(workspace, argv + tiny(distill__iterations=1_000_000, distill__checkpoint_every=0))
+        wait_for(workspace, f"{name}/metrics.jsonl", proc)
+        return proc
+
+    return setup
+
+
+def killed_run(workspace: Path) -> None:
+    """A run SIGKILLed mid-distillation, right after its first checkpoint."""
+    argv = ["run", "--experts", "store", "--out", "killed", "--quiet"]
+    proc = distillkit(workspace, argv + tiny(distill__iterations=40, distill__checkpoint_every=2))
+    wait_for(workspace, "killed/checkpoints/ckpt-*.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def metrics_complete(run: str, iterations: int) -> Callable[[Path], str]:
+    def check(workspace: Path) -> str:
+        rows = [json.loads(line) for line in (workspace / run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iteration"] for r in rows] == list(range(iterations)), "metrics.jsonl has gaps"
+        assert (workspace / run / "results.json").exists(), "no results.json"
+        return f"all {iterations} iterations in metrics.jsonl once, results.json written"
+
+    return check
+
+
+def last_good_set_saved(workspace: Path) -> str:
+    meta = json.loads((workspace / "diverged" / "synthetic.json").read_text())
+    assert meta.get("status", "").startswith("stopped"), "no saved set"
+    return f"last good set saved (iteration {meta['iteration']})"
+
+
+def interrupted_state_saved(workspace: Path) -> str:
+    saved = sorted((workspace / "interrupted" / "checkpoints").glob("ckpt-*.json"))
+    assert saved, "no checkpoint"
+    return f"checkpoint {saved[-1].stem} kept"
+
+
+def finished_with(run: str) -> Callable[[Path], str]:
+    """How a run the guard let through ended: rollbacks, the largest pixel, the accuracy."""
+
+    def check(workspace: Path) -> str:
+        from distillkit.artifacts import load_synthetic
+
+        rolled = sum(
+            len(json.loads(line)["rollbacks"]) for line in (workspace / run / "metrics.jsonl").open()
+        )
+        largest = float(load_synthetic(workspace / run)[0].abs().max())
+        accuracy = json.loads((workspace / run / "results.json").read_text())["distilled"]["mean"]
+        return f"finished: {rolled} rollbacks, largest pixel {largest:.2g}, accuracy {accuracy:.0%}"
+
+    return check
+
+
+FAULTS: list[Fault] = [
+    # -- bad input: refused before anything is written ------------------------------------------
+    Fault("unknown dataset", ["run", "--dataset", "cifar11"], absent=("runs",)),
+    Fault("unknown model", ["run", "--model", "convnet-q7"], absent=("runs",)),
+    Fault("unknown plugin", ["run", "--plugins", "kmeans-int"], absent=("runs",)),
+    Fault("unknown preset", ["run", "--preset", "fmnist"], absent=("runs",)),
+    Fault("unknown evaluation model", ["run", "--eval-models", "convnet,vgg13"], absent=("runs",)),
+    Fault(
+        "missing --data-path", ["run", "--dataset", "cifar10", "--data-path", "data/cifar"], absent=("runs",)
+    ),
+    Fault(
+        "dataset files missing (found only when loading)",
+        ["run", "--dataset", "cifar10", "--data-path", "empty", "--out", "r", *tiny()],
+        absent=("r",),
+    ),
+    Fault(
+        "ipc larger than a class (found only when loading)",
+        ["run", "--experts", "store", "--ipc", "99999", "--out", "r", *tiny()],
+        protect=("store",),
+        absent=("r",),
+    ),
+    Fault("syn_steps ≤ 0", ["run", "--set", "distill.syn_steps=0"], absent=("runs",)),
+    Fault("epochs ≤ 0", ["run", "--set", "experts.epochs=0"], absent=("runs",)),
+    Fault("NaN learning rate", ["run", "--set", "distill.lr_img=nan"], absent=("runs",)),
+    Fault("wrong type in --set", ["run", "--set", "distill.ipc=two"], absent=("runs",)),
+    Fault("unknown key in --set", ["run", "--set", "distill.ipcc=2"], absent=("runs",)),
+    Fault("option of a plugin not selected", ["run", "--set", "wp.alpha=0.1"], absent=("runs",)),
+    Fault("wrong type for an option", ["run", "--ipc", "abc"], absent=("runs",)),
+    Fault(
+        "wrong type in TOML",
+        ["run", "--config", "types.toml"],
+        setup=write_file("types.toml", b'[distill]\nipc = "two"\n'),
+        absent=("runs",),
+    ),
+    Fault(
+        "unknown key in TOML",
+        ["run", "--config", "keys.toml"],
+        setup=write_file("keys.toml", b"[distill]\nipcc = 2\n"),
+        absent=("runs",),
+    ),
+    Fault(
+        "`plugins` of the wrong type in TOML",
+        ["run", "--config", "plugins.toml"],
+        setup=write_file("plugins.toml", b"plugins = 3\n"),
+        absent=("runs",),
+    ),
+    Fault(
+        "malformed TOML",
+        ["run", "--config", "broken.toml"],
+        setup=write_file("broken.toml", b"[distill\nipc = 2\n"),
+        absent=("runs",),
+    ),
+    Fault(
+        "two plugins claim one exclusive hook",
+        ["run", "--plugins", "kmeans-init,herding-init"],
+        expect=3,
+        absent=("runs",),
+    ),
+    # -- output directories that belong to another run ----------------------------------------
+    Fault("--out holds a finished run", ["run", "--out", "done", *tiny()], protect=("done",)),
+    Fault(
+        "--out holds an unfinished run",
+        ["run", "--out", "unfinished", *tiny()],
+        setup=unfinished_run,
+        protect=("unfinished",),
+    ),
+    Fault(
+        "a second process writes the same run dir (`--overwrite`)",
+        ["run", "--experts", "store", "--out", "busy", "--overwrite", *tiny()],
+        setup=busy_run("busy"),
+        protect=("busy/config.json", "busy/invocation.json", "store"),
+    ),
+    Fault(
+        "a second process writes the same run dir (`--resume` of a live run)",
+        ["run", "--resume", "busy-too"],
+        setup=busy_run("busy-too"),
+        protect=("busy-too/config.json", "busy-too/invocation.json", "store"),
+    ),
+    # -- damaged or mismatched files -------------------------------------------------------------
+    Fault(
+        "one byte of a trajectory file flipped",
+        ["distill", "--experts", "store-flip", "--out", "d", *tiny()],
+        setup=damaged_store("flip"),
+        protect=("store-flip",),
+        absent=("d",),
+    ),
+    Fault(
+        "truncated trajectory file",
+        ["distill", "--experts", "store-truncate", "--out", "d", *tiny()],
+        setup=damaged_store("truncate"),
+        protect=("store-truncate",),
+        absent=("d",),
+    ),
+    Fault(
+        "store of another model (parameter layout)",
+        ["distill", "--experts", "store", "--model", "convnet-w32", "--out", "d", *tiny()],
+        protect=("store",),
+        absent=("d",),
+    ),
+    Fault(
+        "store of another dataset",
+        ["distill", "--experts", "store-mnist", "--out", "d", *tiny()],
+        setup=store_key("store-mnist", dataset="mnist"),
+        protect=("store-mnist",),
+        absent=("d",),
+    ),
+    Fault(
+        "store for other image shape",
+        ["distill", "--experts", "store-16px", "--out", "d", *tiny()],
+        setup=store_key("store-16px", image_shape=[1, 16, 16]),
+        protect=("store-16px",),
+        absent=("d",),
+    ),
+    Fault(
+        "store with other classes",
+        ["distill", "--experts", "store-3cls", "--out", "d", *tiny()],
+        setup=store_key("store-3cls", num_classes=3),
+        protect=("store-3cls",),
+        absent=("d",),
+    ),
+    Fault(
+        "experts too short for max_start_epoch + expert_epochs",
+        ["distill", "--experts", "store", "--out", "d", *tiny(experts__epochs=9, distill__max_start_epoch=6)],
+        protect=("store",),
+        absent=("d",),
+    ),
+    Fault(
+        "not a trajectory store",
+        ["distill", "--experts", "done", *tiny()],
+        protect=("done",),
+        absent=("runs",),
+    ),
+    Fault(
+        "`evaluate` on a truncated synthetic.safetensors",
+        ["evaluate", "eval-truncated"],
+        setup=damaged_run("eval-truncated", "synthetic.safetensors", "truncate"),
+        protect=("eval-truncated",),
+    ),
+    Fault(
+        "`evaluate` on a corrupted synthetic.safetensors",
+        ["evaluate", "eval-flipped"],
+        setup=damaged_run("eval-flipped", "synthetic.safetensors", "flip"),
+        protect=("eval-flipped",),
+    ),
+    Fault(
+        "`evaluate` on a truncated config.json",
+        ["evaluate", "eval-config"],
+        setup=damaged_run("eval-config", "config.json", "truncate"),
+        protect=("eval-config",),
+    ),
+    # -- processes that stop or diverge -----------------------------------------------------------
+    Fault(
+        "SIGINT mid-distill",
+        ["run", "--experts", "store", "--out", "interrupted", *tiny(distill__iterations=100_000)],
+        expect=130,
+        interrupt=("interrupted/metrics.jsonl", signal.SIGINT),
+        check=interrupted_state_saved,
+    ),
+    Fault(
+        "SIGKILL mid-distill, then `--resume`",
+        ["run", "--resume", "killed", "--quiet"],
+        expect=0,
+        setup=killed_run,
+        check=metrics_complete("killed", 40),
+    ),
+    Fault(
+        "divergence the guard cannot fix (`distill.lr_lr=1e4`)",
+        ["run", "--experts", "store", "--out", "diverged", *tiny(distill__lr_lr="1e4")],
+        expect=1,
+        check=last_good_set_saved,
+    ),
+    Fault(
+        "huge image learning rate (`distill.lr_img=1e12`)",
+        ["run", "--experts", "store", "--out", "lr-img", "--quiet", *tiny(distill__lr_img="1e12")],
+        expect=0,
+        check=finished_with("lr-img"),
+    ),
+]
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| # | fault or bad input | command | exit | what the user sees | checked |",
+        "|---|---|---|---|---|---|",
+    ]
+    for number, row in enumerate(rows, 1):
+        command = shown(row.fault.argv).replace("|", "\\|")
+        checks = " · ".join(row.verdicts)
+        lines.append(f"| {number} | {row.fault.title} | `{command}` | {row.code} | {row.seen} | {checks} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help=f"replace the table in {DOC}")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="distillkit-faults-") as folder:
+        workspace = Path(folder)
+        prepare(workspace)
+        rows = []
+        for fault in FAULTS:
+            row = try_fault(workspace, fault)
+            print(f"{'ok ' if row.ok else 'BAD'} {row.code:>3}  {fault.title}", file=sys.stderr)
+            rows.append(row)
+    markdown = table(rows)
+    print(markdown)
+    if args.write:
+        text = DOC.read_text()
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        DOC.write_text(f"{head}{BEGIN}\n{markdown}\n{END}{tail}")
+    sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
