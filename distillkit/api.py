@@ -42,6 +42,7 @@ from distillkit.experts.train import epochs_to_store, train_expert
 from distillkit.host import PluginHost
 from distillkit.models import build_model
 from distillkit.rundir import default_run_dir as default_run_dir  # re-exported library API
+from distillkit.rundir import exclusive
 from distillkit.rundir import prepare_run_dir as prepare_run_dir
 
 
@@ -203,6 +204,17 @@ def train_experts(
     reporter = reporter or Reporter()
     key = expert_key(config, data, host)
     store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
+    # One trainer per store: a second process waits, then reuses what the first finished.
+    with exclusive(store.root):
+        store = TrajectoryStore.open(store.root)
+        _train_missing_experts(config, host, data, store, reporter)
+    return store
+
+
+def _train_missing_experts(
+    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, reporter: Reporter
+) -> None:
+    """Train every expert the store lacks, resuming a partially trained one from its last epoch."""
     device = resolve_device(config.device)
     make = model_factory(config, data)
     augment = DSA(config.data.augment)
@@ -234,7 +246,6 @@ def train_experts(
         store.write_expert(index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds})
         checkpoint.discard()
     reporter.finish()
-    return store
 
 
 def load_expert_slices(store: TrajectoryStore, config: RunConfig) -> list[torch.Tensor]:
@@ -287,12 +298,8 @@ class DistillResult:
         return statistics.median(times) if times else float("nan")
 
 
-def initial_set(
-    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, run: RunContext
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Ask ``init_synthetic`` (first non-None answer; the core default is last) for the start set."""
-    first = store.finished()[0]
-    make = model_factory(config, data)
+def check_ipc(config: RunConfig, data: PreparedData) -> None:
+    """ipc must not exceed the smallest class (checked before any expert is trained)."""
     counts = torch.bincount(data.dataset.train_labels, minlength=data.dataset.num_classes)
     smallest = int(counts.min())
     if config.distill.ipc > smallest:
@@ -300,6 +307,15 @@ def initial_set(
             f"ipc={config.distill.ipc} is larger than the smallest class ({smallest} images)",
             hint=f"use --ipc {smallest} or less",
         )
+
+
+def initial_set(
+    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, run: RunContext
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Ask ``init_synthetic`` (first non-None answer; the core default is last) for the start set."""
+    first = store.finished()[0]
+    make = model_factory(config, data)
+    check_ipc(config, data)
     ctx = InitContext(
         train_images=data.train_images,
         train_labels=data.dataset.train_labels,
@@ -625,6 +641,7 @@ def run(
     if not resume:
         record_invocation(out_dir, config, "run", store_dir)
     data = prepare_data(config)
+    check_ipc(config, data)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     if store_dir is not None and (store_dir / "manifest.json").exists():

@@ -92,6 +92,8 @@ class DistillConfig:
     backoff: float = 0.5
     #: A loss above this × the median of recent good losses counts as exploding (0: off).
     max_loss_ratio: float = 100.0
+    #: Synthetic pixels (normalised units, so real data lies within a few units) beyond this diverged.
+    max_abs_pixel: float = 1000.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -78,6 +78,28 @@ def lock_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` for the body, waiting for any other holder first.
+
+    For expert stores: a second process training into the same store waits, then
+    reuses every expert the first one finished, instead of racing on the same files.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKING:
+                raise ConfigError(f"cannot lock {folder}: {exc.strerror}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
     if overwrite:
         return

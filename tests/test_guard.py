@@ -129,3 +129,12 @@ def test_match_denominator_uses_the_perturbed_start_when_asked():
     ratio = (start - target).pow(2).sum() / (start + 0.05 - target).pow(2).sum()
     assert b.match_loss == pytest.approx(a.match_loss * float(ratio), rel=1e-5)
     assert b.match_loss != a.match_loss
+
+
+def test_exploding_pixels_are_divergence():
+    guard = DivergenceGuard(max_loss_ratio=0.0, max_abs_pixel=1e3)
+    guard.check_images(torch.full((2, 3), 999.0))
+    with pytest.raises(Diverged, match="pixels"):
+        guard.check_images(torch.tensor([1.0, -1e4]))
+    with pytest.raises(Diverged, match="pixels"):
+        guard.check_images(torch.tensor([1.0, math.nan]))

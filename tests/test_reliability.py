@@ -378,3 +378,26 @@ def test_no_pickle_is_loaded_except_the_mtt_import_with_weights_only():
             ):
                 calls.append((path.relative_to(root).as_posix(), name, keywords.get("weights_only")))
     assert calls == [("distillkit/experts/store.py", "torch.load", "True")]
+
+
+def test_a_second_store_trainer_waits_for_the_first(tmp_path):
+    import threading
+
+    from distillkit.rundir import exclusive
+
+    order: list[str] = []
+    inside = threading.Event()
+
+    def second() -> None:
+        inside.wait()
+        with exclusive(tmp_path):
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with exclusive(tmp_path):
+        inside.set()
+        thread.join(timeout=0.3)  # the second holder must still be waiting
+        order.append("first")
+    thread.join(timeout=10)
+    assert order == ["first", "second"]

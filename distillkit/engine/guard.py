@@ -1,9 +1,10 @@
 """Divergence checks for one outer iteration, run before anything is updated.
 
-Trajectory matching diverges in three known ways (algorithms.md §7): the matching
-loss becomes NaN/inf or explodes, a gradient becomes non-finite, or the learned
-step size α leaves (0, ∞). ``DivergenceGuard`` names the symptom; the engine
-rolls back to its last good state and lowers the learning rates.
+Trajectory matching diverges in known ways (algorithms.md §7): the matching loss
+becomes NaN/inf or explodes, a gradient becomes non-finite, the pixels blow up
+(too large ``lr_img``), or the learned step size α leaves (0, ∞).
+``DivergenceGuard`` names the symptom; the engine rolls back to its last good
+state and lowers the learning rates.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ class Diverged(Exception):
 
 @dataclass
 class DivergenceGuard:
-    """``max_loss_ratio``: a loss above this × the median of recent good losses counts as exploding."""
+    """``max_loss_ratio``: a loss above this × the median of recent good losses counts as exploding.
+
+    ``max_abs_pixel``: synthetic pixels (normalised units) beyond this count as diverged (0: off).
+    """
 
     max_loss_ratio: float
+    max_abs_pixel: float = 0.0
     recent: list[float] = field(default_factory=list)
 
     def check_loss(self, loss: torch.Tensor) -> float:
@@ -49,6 +54,11 @@ class DivergenceGuard:
         for name, grad in tensors.items():
             if grad is not None and not bool(torch.isfinite(grad).all()):
                 raise Diverged(f"gradient of {name} is not finite")
+
+    def check_images(self, images: torch.Tensor) -> None:
+        largest = float(images.detach().abs().max())
+        if largest != largest or (self.max_abs_pixel > 0 and largest > self.max_abs_pixel):
+            raise Diverged(f"synthetic pixels diverged (max |x| = {largest:.4g})")
 
     def check_alpha(self, alpha: torch.Tensor) -> None:
         value = float(alpha.detach())

@@ -143,7 +143,7 @@ class Distiller:
                 momentum=config.student_momentum,
             )
         )
-        self.guard = DivergenceGuard(config.max_loss_ratio)
+        self.guard = DivergenceGuard(config.max_loss_ratio, config.max_abs_pixel)
         self.iteration = 0
         self.failures = 0
         self._logged: dict[str, Any] = {}
@@ -227,6 +227,7 @@ class Distiller:
         self.guard.check_grads(images=self.images.grad, alpha=self.alpha.grad)
         self.opt_img.step()
         self.opt_lr.step()
+        self.guard.check_images(self.images)
         self.guard.check_alpha(self.alpha)
         with torch.no_grad():
             self.alpha.clamp_(min=self.alpha_floor)

@@ -294,10 +294,13 @@ def metrics_complete(run: str, iterations: int) -> Callable[[Path], str]:
     return check
 
 
-def last_good_set_saved(workspace: Path) -> str:
-    meta = json.loads((workspace / "diverged" / "synthetic.json").read_text())
-    assert meta.get("status", "").startswith("stopped"), "no saved set"
-    return f"last good set saved (iteration {meta['iteration']})"
+def last_good_set_saved(run: str) -> Callable[[Path], str]:
+    def check(workspace: Path) -> str:
+        meta = json.loads((workspace / run / "synthetic.json").read_text())
+        assert meta.get("status", "").startswith("stopped"), "no saved set"
+        return f"last good set saved (iteration {meta['iteration']})"
+
+    return check
 
 
 def interrupted_state_saved(workspace: Path) -> str:
@@ -491,13 +494,19 @@ FAULTS: list[Fault] = [
         "divergence the guard cannot fix (`distill.lr_lr=1e4`)",
         ["run", "--experts", "store", "--out", "diverged", *tiny(distill__lr_lr="1e4")],
         expect=1,
-        check=last_good_set_saved,
+        check=last_good_set_saved("diverged"),
     ),
     Fault(
-        "huge image learning rate (`distill.lr_img=1e12`)",
-        ["run", "--experts", "store", "--out", "lr-img", "--quiet", *tiny(distill__lr_img="1e12")],
+        "pixels blow up at a too large image learning rate (`distill.lr_img=1e6`)",
+        ["run", "--experts", "store", "--out", "lr-img", "--quiet", *tiny(distill__lr_img="1e6")],
         expect=0,
         check=finished_with("lr-img"),
+    ),
+    Fault(
+        "a hopeless image learning rate (`distill.lr_img=1e12`)",
+        ["run", "--experts", "store", "--out", "lr-img-hopeless", "--quiet", *tiny(distill__lr_img="1e12")],
+        expect=1,
+        check=last_good_set_saved("lr-img-hopeless"),
     ),
 ]
 
