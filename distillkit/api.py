@@ -122,6 +122,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def device_for(config: RunConfig) -> torch.device:
+    """The run's device, with deterministic kernels switched on when ``deterministic`` is set.
+
+    CPU kernels here are deterministic already; cuDNN and cuBLAS are not by default,
+    so a resumed CUDA run matches an uninterrupted one bit for bit only with this on.
+    """
+    device = resolve_device(config.device)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return device
+
+
 def stage_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed for one stage/item, derived from the run seed (independent streams)."""
     digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
@@ -215,7 +229,7 @@ def _train_missing_experts(
     config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, reporter: Reporter
 ) -> None:
     """Train every expert the store lacks, resuming a partially trained one from its last epoch."""
-    device = resolve_device(config.device)
+    device = device_for(config)
     make = model_factory(config, data)
     augment = DSA(config.data.augment)
     todo = [i for i in range(config.experts.count) if i not in store.finished()]
@@ -344,7 +358,7 @@ def make_distiller(
     ``initial`` skips the ``init_synthetic`` hook (a resumed run restores its images
     anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
     """
-    device = resolve_device(config.device)
+    device = device_for(config)
     store.check_compatible(expert_key(config, data, host))
     experts = load_expert_slices(store, config)
     run = make_run_context(config, host, device, stage_seed(config.seed, "distill"), out_dir)
@@ -535,7 +549,7 @@ def evaluate(
 ) -> dict[str, EvalResult]:
     """Evaluate one set on each model of ``models`` (default: ``evaluate.models`` or the run's model)."""
     reporter = reporter or Reporter()
-    device = resolve_device(config.device)
+    device = device_for(config)
     models = list(models or config.evaluate.models or (config.model.name,))
     make = model_factory(config, data)
     augment = DSA(config.data.augment)
@@ -637,7 +651,7 @@ def run(
     experts and epochs are reused from the store); the config must be the recorded one.
     """
     reporter = reporter or Reporter()
-    device = resolve_device(config.device)
+    device = device_for(config)
     if not resume:
         record_invocation(out_dir, config, "run", store_dir)
     data = prepare_data(config)

@@ -116,6 +116,8 @@ class RunConfig:
 
     seed: int = 0
     device: str = "auto"
+    #: Force deterministic kernels (needed for bit-identical resumes on CUDA; slower there).
+    deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
@@ -127,7 +129,7 @@ class RunConfig:
 
 MEMORY_MODES = ("standard", "constant")
 SECTIONS = ("data", "model", "experts", "distill", "evaluate")
-TOP_LEVEL = ("seed", "device", "plugins")
+TOP_LEVEL = ("seed", "device", "deterministic", "plugins")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
