@@ -1,17 +1,20 @@
 """The distillation half of ``distillkit bench``, run in a fresh child process.
 
-A process that has loaded data or trained experts keeps that peak in its
-``ru_maxrss`` for ever, so ``distillkit bench`` starts ``python -m
-distillkit.bench_worker SPEC RESULT`` once per measured setting. The child
-resolves the config, builds the engine with :func:`distillkit.api.make_distiller`
-(what ``distillkit distill`` runs), then times ``warmup + window`` calls of
-``Distiller.step()`` and counts the FLOPs of one more.
+A process that has loaded data or trained experts keeps that peak for ever, so
+``distillkit bench`` starts ``python -m distillkit.bench_worker SPEC RESULT``
+once per measured setting. The child resolves the config, builds the engine with
+:func:`distillkit.api.make_distiller` (what ``distillkit distill`` runs), then
+times ``warmup + window`` calls of ``Distiller.step()`` and counts the FLOPs of
+one more.
 
 Memory is reported three ways: the child's whole-life peak RSS (what a
 ``distillkit distill`` process needs, data loading included), the peak RSS
-during the distillation iterations alone (Linux: VmHWM reset through
+during the distillation iterations alone (VmHWM reset through
 ``/proc/self/clear_refs`` once setup is done), and the CUDA allocator's peak
-(reset after setup) on a GPU.
+(reset after setup) on a GPU. RSS figures come from ``/proc/self/status``
+(VmHWM belongs to this process's own address space), not ``ru_maxrss``: Linux
+carries the parent's peak into a child's ``ru_maxrss`` across fork/exec. Off
+Linux only ``ru_maxrss`` exists, and it is reported with that caveat.
 
 Errors are written to the result file as ``{"error": {...}}`` so the parent can
 re-raise the same ``DistillkitError`` with its exit code.
@@ -57,8 +60,8 @@ def reset_peak_rss() -> bool:
     return hwm is not None and rss is not None and hwm <= rss * 1.05 + 1
 
 
-def process_peak_rss_mb() -> float:
-    """Whole-life peak RSS of this process in MiB."""
+def rusage_peak_rss_mb() -> float:
+    """``ru_maxrss`` in MiB: the fallback off Linux (it may include the parent's peak)."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 2**20 if sys.platform == "darwin" else kb / 1024
 
@@ -90,7 +93,7 @@ def count_step_flops(distiller: Distiller) -> int:
 def measure_distiller(distiller: Distiller, warmup: int, window: int) -> dict[str, Any]:
     """Time ``warmup + window`` iterations (median of the window) and track their peak memory."""
     device = distiller.run.device
-    setup_rss = _status_mb("VmRSS")
+    setup_rss, setup_peak = _status_mb("VmRSS"), _status_mb("VmHWM")
     window_rss = reset_peak_rss()
     if device.type == "cuda":
         _sync(device)
@@ -105,6 +108,8 @@ def measure_distiller(distiller: Distiller, warmup: int, window: int) -> dict[st
         _sync(device)
         seconds.append(time.perf_counter() - tick)
     timed = seconds[warmup:]
+    end_peak = _status_mb("VmHWM")  # since the reset, or whole life where the reset failed
+    window_peak = end_peak if window_rss else None
     result: dict[str, Any] = {
         "s_per_iter": statistics.median(timed),
         "s_per_iter_min": min(timed),
@@ -112,8 +117,9 @@ def measure_distiller(distiller: Distiller, warmup: int, window: int) -> dict[st
         "iteration_seconds": seconds,
         "load_average": [load_before, _load_average()],
         "setup_rss_mb": setup_rss,
-        "distill_peak_rss_mb": _status_mb("VmHWM") if window_rss else None,
-        "peak_rss_mb": process_peak_rss_mb(),
+        "setup_peak_rss_mb": setup_peak,
+        "distill_peak_rss_mb": window_peak,
+        "peak_rss_mb": rusage_peak_rss_mb() if end_peak is None else max(setup_peak or 0.0, end_peak),
     }
     if device.type == "cuda":
         result["setup_cuda_mb"] = setup_cuda

@@ -30,6 +30,9 @@ SMALL = {
 }
 
 
+BALLAST_MB = 2048
+
+
 def _config(**extra):
     return resolve_config("digits", None, {**SMALL, **extra}, None)
 
@@ -50,13 +53,18 @@ def test_bench_writes_json_with_every_figure(store, tmp_path):
     sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
     path = tmp_path / "bench.json"
     args = ["bench", "--preset", "digits", *sets, "--experts", str(store.root)]
+    # A parent far larger than the tiny child: Linux would carry it into the child's ru_maxrss.
+    ballast = b"\x01" * (BALLAST_MB * 2**20)
     result = runner.invoke(app, [*args, "--warmup", "0", "--window", "1", "--json", str(path)], env=ENV)
+    del ballast
     assert result.exit_code == 0, result.output
     figures = json.loads(path.read_text())
     (row,) = figures["distillation"]
     assert len(row["iteration_seconds"]) == 1 and len(row["load_average"]) == 2
     assert row["s_per_iter"] > 0 and row["peak_rss_mb"] > 0 and row["flops_per_iter"] > 0
     assert row["distill_peak_rss_mb"] >= row["setup_rss_mb"] > 0
+    assert row["peak_rss_mb"] >= max(row["distill_peak_rss_mb"], row["setup_peak_rss_mb"])
+    assert row["peak_rss_mb"] < BALLAST_MB, "the parent's memory leaked into the child's peak"
     assert row["gflops_per_s"] > 0 and row["fraction_of_matmul_peak"] > 0
     assert figures["matmul_peak"]["gflops"] > 0
     assert figures["experts_throughput"]["images_per_s"] > 0
