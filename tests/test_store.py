@@ -16,6 +16,7 @@ from distillkit.experts import store as store_module
 from distillkit.experts.store import (
     MANIFEST,
     TrajectoryStore,
+    convert_store,
     expert_filename,
     import_mtt_buffer,
 )
@@ -443,3 +444,23 @@ def test_stored_epochs_are_checked(tmp_path: Path) -> None:
     for bad in ([0, 2, 1], [0, 5], []):
         with pytest.raises(StoreError, match=r"not an increasing list of epochs within 0\.\.4"):
             TrajectoryStore.create_or_open(tmp_path / f"bad{len(bad)}", make_key(stored_epochs=bad))
+
+
+def test_convert_store_to_int8_keeps_every_expert_within_the_bound(two_experts, tmp_path: Path) -> None:
+    root, trajectories = two_experts
+    source = TrajectoryStore.open(root)
+    converted = convert_store(source, tmp_path / "int8", "int8")
+    assert converted.finished() == [0, 1]
+    assert {k: v for k, v in converted.key.items() if k != "store_dtype"} == {
+        k: v for k, v in source.key.items() if k != "store_dtype"
+    }
+    assert converted.key["store_dtype"] == "int8"
+    for index, original in enumerate(trajectories):
+        error = (converted.load(index) - original).abs().max()
+        assert 0 < error <= original.abs().max() / 127
+    assert converted.manifest.experts[1]["test_acc"] == [0.1, 0.5]
+    size = lambda store: sum(p.stat().st_size for p in store.root.glob("expert_*"))  # noqa: E731
+    assert size(converted) < 0.3 * size(source)
+    with pytest.raises(StoreError, match="int4"):
+        convert_store(source, tmp_path / "bad", "int4")
+    assert not (tmp_path / "bad").exists()

@@ -486,6 +486,28 @@ def _flatten_mtt(trajectory: Any, layout: list | None, where: str) -> torch.Tens
     return torch.stack(rows)
 
 
+def convert_store(source: TrajectoryStore, root: Path, store_dtype: str) -> TrajectoryStore:
+    """Re-encode every finished expert of ``source`` into a new store with another ``store_dtype``.
+
+    Shrinks stores trained (or imported from MTT) as float32 without retraining;
+    the new key differs only in ``store_dtype``, so distillation accepts either store.
+    """
+    key = json.loads(json.dumps(source.key))
+    key["store_dtype"] = store_dtype
+    if isinstance(key.get("experts"), dict) and "store_dtype" in key["experts"]:
+        key["experts"]["store_dtype"] = store_dtype
+    _store_dtype(key)
+    target = TrajectoryStore.create_or_open(Path(root), key)
+    done = set(target.finished())
+    for entry in source.manifest.experts:
+        index = int(entry["index"])
+        if index in done:
+            continue
+        info = {k: entry[k] for k in ("test_acc", "seconds") if k in entry}
+        target.write_expert(index, source.load(index), info)
+    return target
+
+
 def import_mtt_buffer(pt_files: list[Path], root: Path, key: dict) -> TrajectoryStore:
     """Convert MTT ``replay_buffer_*.pt`` files into a store at ``root``.
 
