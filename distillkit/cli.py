@@ -91,6 +91,10 @@ Overwrite = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+Memory = Annotated[
+    str | None,
+    typer.Option(help="standard (keep the unrolled graph) or constant (exact recomputation, flat memory)."),
+]
 Resume = Annotated[
     Path | None,
     typer.Option("--resume", help="Continue this run directory from its newest checkpoint (its own config)."),
@@ -186,6 +190,7 @@ def _overrides(
     seed: int | None = None,
     device: str | None = None,
     eval_models: str | None = None,
+    memory: str | None = None,
 ) -> dict[str, Any]:
     from distillkit.config import ConfigError, split_set_option
 
@@ -204,6 +209,7 @@ def _overrides(
         "seed": seed,
         "device": device,
         "evaluate.models": eval_models,
+        "distill.memory": memory,
     }
     values.update({k: v for k, v in shortcuts.items() if v is not None})
     return values
@@ -281,13 +287,16 @@ def run_cmd(
     experts: ExpertsStore = None,
     eval_models: EvalModels = None,
     overwrite: Overwrite = False,
+    memory: Memory = None,
     resume: Resume = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
     with cli_errors(debug):
-        overrides = _overrides(sets, dataset, data_path, download, model, ipc, seed, None, eval_models)
+        overrides = _overrides(
+            sets, dataset, data_path, download, model, ipc, seed, None, eval_models, memory
+        )
         if resume is not None:
             _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
             cfg, host, invocation = _recorded(resume, "run", device)
@@ -417,13 +426,14 @@ def distill_cmd(
     device: Device = None,
     out_dir: OutDir = None,
     overwrite: Overwrite = False,
+    memory: Memory = None,
     resume: Resume = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Distill from an existing trajectory store; writes the synthetic set (no evaluation)."""
     with cli_errors(debug):
-        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, None)
+        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, None, memory=memory)
         if resume is not None:
             _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
             cfg, host, invocation = _recorded(resume, "distill", device)
@@ -605,6 +615,7 @@ def bench_cmd(
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write every figure here.")] = None,
     device: Device = None,
+    memory: Memory = None,
     skip_experts_throughput: Annotated[
         bool, typer.Option("--skip-experts-throughput", help="Do not time one fresh expert epoch.")
     ] = False,
@@ -621,7 +632,7 @@ def bench_cmd(
         from distillkit.bench import BenchSettings, parse_sweep
 
         key, values = parse_sweep(sweep) if sweep is not None else (None, ())
-        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, device)
+        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, device, memory=memory)
         default = "fmnist-cpu" if "data.dataset" not in overrides else None
         cfg, host = _resolve(preset, config, overrides, plugins, default_preset=default)
         import shlex

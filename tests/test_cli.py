@@ -126,3 +126,13 @@ def test_experts_then_distill_from_the_store(tmp_path):
     distilled = invoke("distill", "--experts", str(store), "--out", str(out), "--quiet", *TINY[:10])
     assert distilled.exit_code == 0, distilled.output
     assert (out / "synthetic.safetensors").exists() and (out / "grid.png").exists()
+
+
+def test_memory_option_selects_the_backprop_mode(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", "--memory", "constant", "--out", str(out), "--quiet", *TINY)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["distill"]["memory"] == "constant"
+    result = invoke("run", "--memory", "sideways", "--out", str(tmp_path / "bad"), *TINY)
+    assert result.exit_code == 2
+    assert "distill.memory must be one of standard, constant" in " ".join(result.output.split())
