@@ -1,0 +1,250 @@
+"""The distillation stage: the initial set, the engine, and the checkpointed, resumable loop around it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillkit.artifacts import save_synthetic
+from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
+from distillkit.config import RunConfig
+from distillkit.context import InitContext, RunContext
+from distillkit.data.augment import DSA
+from distillkit.engine.loop import Distiller, DivergenceError, IterationResult, call_hook
+from distillkit.engine.student import FlatStudent, load_flat
+from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
+from distillkit.experts.pipeline import expert_key, load_expert_slices
+from distillkit.experts.store import TrajectoryStore
+from distillkit.host import PluginHost
+from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
+
+
+@dataclass
+class DistillResult:
+    """A distilled set and what it took to make it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+    init_source: str
+    history: list[IterationResult] = field(default_factory=list)
+    iteration_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.iteration_seconds)
+
+    @property
+    def seconds_per_iteration(self) -> float:
+        """Median over iterations after the first 5 (warm-up), as benchmarks.md asks."""
+        times = self.iteration_seconds[5:] or self.iteration_seconds
+        return statistics.median(times) if times else float("nan")
+
+
+def check_ipc(config: RunConfig, data: PreparedData) -> None:
+    """ipc must not exceed the smallest class (checked before any expert is trained)."""
+    counts = torch.bincount(data.dataset.train_labels, minlength=data.dataset.num_classes)
+    smallest = int(counts.min())
+    if config.distill.ipc > smallest:
+        raise DataError(
+            f"ipc={config.distill.ipc} is larger than the smallest class ({smallest} images)",
+            hint=f"use --ipc {smallest} or less",
+        )
+
+
+def initial_set(
+    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, run: RunContext
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Ask ``init_synthetic`` (first non-None answer; the core default is last) for the start set."""
+    first = store.finished()[0]
+    make = model_factory(config, data)
+    check_ipc(config, data)
+    ctx = InitContext(
+        train_images=data.train_images,
+        train_labels=data.dataset.train_labels,
+        num_classes=data.dataset.num_classes,
+        ipc=config.distill.ipc,
+        class_names=data.dataset.class_names,
+        expert_params=lambda e: store.load(first, [e if e >= 0 else store.num_epochs(first)])[0],
+        expert_epochs_available=store.num_epochs(first),
+        make_model=lambda: make(config.model.name, stage_seed(config.seed, "init-model")),
+        load_flat=load_flat,
+    )
+    init = call_hook(host.hook, "init_synthetic", run=run, ctx=ctx)
+    return init.images, init.labels, init.source
+
+
+def make_distiller(
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store: TrajectoryStore,
+    out_dir: Path | None = None,
+    initial: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+) -> tuple[Distiller, str]:
+    """Check the store, load the expert slices, initialise the synthetic set; return the engine.
+
+    ``initial`` skips the ``init_synthetic`` hook (a resumed run restores its images
+    anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
+    """
+    device = device_for(config)
+    store.check_compatible(expert_key(config, data, host))
+    experts = load_expert_slices(store, config)
+    run = make_run_context(config, host, device, stage_seed(config.seed, "distill"), out_dir)
+    images, labels, source = initial or initial_set(config, host, data, store, run)
+    make = model_factory(config, data)
+    student = FlatStudent(make(config.model.name, 0).to(device))
+    augment = DSA(config.data.augment)
+    distiller = Distiller(run, host, student, images, labels, experts, config.distill, augment)
+    return distiller, source
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one interrupts."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _resume_state(out_dir: Path, reporter: Reporter) -> tuple[Checkpoint, list[dict[str, Any]]]:
+    """The newest intact checkpoint and the metrics lines written up to it (later ones are cut)."""
+    checkpoint, skipped = load_latest_checkpoint(out_dir)
+    for note in skipped:
+        reporter.note(f"skipped an unusable checkpoint: {note}")
+    if checkpoint is None:
+        raise StoreError(
+            f"{out_dir} has no usable checkpoint to resume from",
+            hint="start a new run (checkpoints are written every distill.checkpoint_every iterations)",
+        )
+    metrics = out_dir / "metrics.jsonl"
+    kept = int(checkpoint.progress["metrics_bytes"])
+    with open(metrics, "r+b") as handle:
+        handle.truncate(kept)
+        handle.seek(0)
+        lines = [json.loads(line) for line in handle.read().decode().splitlines() if line]
+    return checkpoint, lines
+
+
+def distill(
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store: TrajectoryStore,
+    out_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    resume: bool = False,
+) -> DistillResult:
+    """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set.
+
+    With ``out_dir``, metrics go to ``metrics.jsonl`` and the full engine state to
+    ``checkpoints/`` every ``distill.checkpoint_every`` iterations and on SIGINT/SIGTERM;
+    ``resume=True`` continues from the newest checkpoint there, bit for bit. If the
+    divergence guard gives up, the last good set is saved before the error propagates.
+    """
+    reporter = reporter or Reporter()
+    lines: list[dict[str, Any]] = []
+    checkpoint = None
+    if resume and out_dir is None:
+        raise ConfigError("resuming needs the run directory")
+    if resume and not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
+        reporter.note(f"{out_dir} has no checkpoint yet: distilling from the start")
+        resume = False
+    if resume:
+        checkpoint, lines = _resume_state(out_dir, reporter)
+        saved = checkpoint.current.tensors
+        initial = (saved["images"], saved["labels"], checkpoint.progress["init_source"])
+        distiller, source = make_distiller(config, host, data, store, out_dir, initial)
+        distiller.load_state(checkpoint.current)
+        distiller.last_good = checkpoint.last_good
+        reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}")
+    else:
+        distiller, source = make_distiller(config, host, data, store, out_dir)
+    history = [IterationResult(**{k: v for k, v in line.items() if k != "seconds"}) for line in lines]
+    times = [float(line["seconds"]) for line in lines]
+    every = config.distill.checkpoint_every
+    reporter.start("distill", config.distill.iterations)
+    reporter.advance(distiller.iteration)
+    metrics_file = open(out_dir / "metrics.jsonl", "a" if resume else "w") if out_dir else None  # noqa: SIM115
+
+    def save_state() -> None:
+        if out_dir is not None and metrics_file is not None:
+            metrics_file.flush()
+            progress = {"init_source": source, "metrics_bytes": metrics_file.tell()}
+            save_checkpoint(out_dir, Checkpoint(distiller.state(), distiller.last_good, progress))
+
+    try:
+        with stop_requests() as stop:
+            while distiller.iteration < config.distill.iterations:
+                tick = time.perf_counter()
+                try:
+                    result = distiller.step()
+                except DivergenceError:
+                    if out_dir is not None:
+                        save_distilled_set(out_dir, distiller, source)
+                    raise
+                times.append(time.perf_counter() - tick)
+                history.append(result)
+                for note in result.rollbacks:
+                    reporter.note(f"divergence guard: {note}")
+                if metrics_file:
+                    metrics_file.write(json.dumps({**result.__dict__, "seconds": times[-1]}) + "\n")
+                if every and distiller.iteration % every == 0:
+                    save_state()
+                if stop:
+                    save_state()
+                    raise Interrupted(
+                        f"stopped at iteration {distiller.iteration}; state saved in {out_dir}/checkpoints",
+                        hint=f"continue with: distillkit run --resume {out_dir}",
+                    )
+                reporter.advance(loss=result.loss, alpha=result.alpha)
+            if not (every and distiller.iteration % every == 0):
+                save_state()  # the final state, so a run stopped during evaluation resumes from here
+    finally:
+        if metrics_file:
+            metrics_file.close()
+        reporter.finish()
+    return DistillResult(
+        distiller.images.detach().cpu(),
+        distiller.labels.cpu(),
+        float(distiller.alpha.detach()),
+        source,
+        history,
+        times,
+    )
+
+
+def save_distilled_set(out_dir: Path, distiller: Distiller, source: str) -> None:
+    """Write the engine's current (last good) set so a stopped run still leaves usable images."""
+    meta = {"init": source, "iteration": distiller.iteration, "status": "stopped by the divergence guard"}
+    save_synthetic(
+        out_dir,
+        distiller.images.detach().cpu(),
+        distiller.labels.cpu(),
+        float(distiller.alpha.detach()),
+        meta,
+        {},
+    )

@@ -1,0 +1,152 @@
+"""The expert stage: the store key, the cache location, training missing experts, loading slices."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillkit.config import RunConfig, last_needed_epoch, to_dict
+from distillkit.data.augment import DSA
+from distillkit.engine.student import param_layout
+from distillkit.errors import StoreError
+from distillkit.experts.partial import PartialCheckpoint
+from distillkit.experts.store import TrajectoryStore, describe_epochs
+from distillkit.experts.train import epochs_to_store, train_expert
+from distillkit.host import PluginHost
+from distillkit.rundir import exclusive
+from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
+
+
+def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[str, Any]:
+    """Everything that determines the trajectories; equal keys ⇒ a store can be reused."""
+    model = model_factory(config, data)(config.model.name, 0)
+    layout = param_layout(model)
+    expert_plugins = {
+        name: to_dict(host.configs.get(name))
+        for name, record in host.records.items()
+        if "expert_loss" in record.hooks
+    }
+    experts = to_dict(config.experts)
+    experts.pop("count")
+    experts.pop("store_epochs")  # what it selects is the key's "stored_epochs"
+    kept = epochs_to_store(config.experts, last_needed_epoch(config.distill))
+    # Listed only when some epochs are left out, so an all-epochs store keeps its key (and
+    # cache folder); a store of fewer epochs is never reused for a longer distillation.
+    stored = {"stored_epochs": kept} if len(kept) < config.experts.epochs + 1 else {}
+    return {
+        "dataset": data.dataset.name,
+        "image_shape": list(data.dataset.image_shape),
+        "num_classes": data.dataset.num_classes,
+        "class_names": list(data.dataset.class_names),
+        "preprocessing": {
+            "mean": list(data.dataset.mean),
+            "std": list(data.dataset.std),
+            "zca": config.data.zca,
+            "augment": config.data.augment,
+        },
+        "model": config.model.name,
+        "param_layout": [[s.name, list(s.shape)] for s in layout],
+        "epochs": config.experts.epochs,
+        "num_params": sum(s.numel for s in layout),
+        "experts": experts,
+        "store_dtype": config.experts.store_dtype,
+        "seed": config.seed,
+        "expert_plugins": expert_plugins,
+        **stored,
+    }
+
+
+def default_store_dir(key: dict[str, Any]) -> Path:
+    """Cache folder for a key: ``$DISTILLKIT_CACHE`` or ``~/.cache/distillkit``, then ``experts/<hash>``."""
+    root = Path(os.environ.get("DISTILLKIT_CACHE", Path.home() / ".cache" / "distillkit"))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return root / "experts" / f"{key['dataset'].replace('/', '_').replace(':', '_')}-{digest}"
+
+
+def train_experts(
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> TrajectoryStore:
+    """Train ``experts.count`` experts into a store, reusing every expert already finished there.
+
+    Each epoch also leaves a partial checkpoint in the store, so an interrupted
+    expert resumes from its last complete epoch (see :mod:`distillkit.experts.partial`).
+    """
+    reporter = reporter or Reporter()
+    key = expert_key(config, data, host)
+    store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
+    # One trainer per store: a second process waits, then reuses what the first finished.
+    with exclusive(store.root):
+        store = TrajectoryStore.open(store.root)
+        _train_missing_experts(config, host, data, store, reporter)
+    return store
+
+
+def _train_missing_experts(
+    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, reporter: Reporter
+) -> None:
+    """Train every expert the store lacks, resuming a partially trained one from its last epoch."""
+    device = device_for(config)
+    make = model_factory(config, data)
+    augment = DSA(config.data.augment)
+    todo = [i for i in range(config.experts.count) if i not in store.finished()]
+    if len(todo) < config.experts.count:
+        reporter.note(f"reusing {config.experts.count - len(todo)} finished experts in {store.root}")
+    for index in store.finished():  # a crash right after write_expert can leave one behind
+        PartialCheckpoint(store.root, index).discard()
+    reporter.start("experts", len(todo) * config.experts.epochs)
+    for index in todo:
+        run = make_run_context(config, host, device, stage_seed(config.seed, "expert", index), None)
+        checkpoint = PartialCheckpoint(store.root, index)
+        resume = checkpoint.resume(reporter.note)
+        if resume is not None:
+            reporter.advance(resume.epoch)
+        result = train_expert(
+            run,
+            host.hook,
+            make(config.model.name, stage_seed(config.seed, "expert-init", index)),
+            data.train,
+            data.test,
+            config.experts,
+            augment,
+            on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
+            keep=store.key.get("stored_epochs"),
+            resume=resume,
+            on_checkpoint=checkpoint.save,
+        )
+        store.write_expert(index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds})
+        checkpoint.discard()
+    reporter.finish()
+
+
+def load_expert_slices(store: TrajectoryStore, config: RunConfig) -> list[torch.Tensor]:
+    """Epochs 0..T⁺−1+M of every expert: the only part distillation can touch, kept in memory."""
+    needed = last_needed_epoch(config.distill)
+    experts = []
+    for index in store.finished():
+        if store.num_epochs(index) < needed:
+            raise StoreError(
+                f"expert {index} in {store.root} has {store.num_epochs(index)} epochs, but "
+                f"(max_start_epoch - 1) + expert_epochs = {needed}",
+                hint="train longer experts or lower distill.max_start_epoch",
+            )
+        held = store.stored_epochs(index)
+        if not set(range(needed + 1)) <= set(held):
+            raise StoreError(
+                f"expert {index} in {store.root} stores epochs {describe_epochs(held)}, but "
+                f"distillation needs 0..{needed} ((max_start_epoch - 1) + expert_epochs)",
+                hint="train the experts with experts.store_epochs=all (or these distill settings), "
+                "or lower distill.max_start_epoch",
+            )
+        experts.append(store.load(index, list(range(needed + 1))))
+    if not experts:
+        raise StoreError(f"the trajectory store {store.root} holds no finished expert")
+    return experts

@@ -1,0 +1,150 @@
+"""What every stage shares: the prepared data, fresh models, the device, seeds, the run context.
+
+Split out of :mod:`distillkit.api` so the expert, distillation and evaluation stages can
+use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillkit import __version__
+from distillkit.config import RunConfig
+from distillkit.context import RunContext
+from distillkit.data import ZCA, ImageDataset, load_dataset
+from distillkit.errors import ConfigError
+from distillkit.host import PluginHost
+from distillkit.models import build_model
+
+
+class Reporter:
+    """Progress sink; the default does nothing (the CLI passes a rich one)."""
+
+    def start(self, stage: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1, **info: Any) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+@dataclass
+class PreparedData:
+    """The dataset after preprocessing (normalisation, optional ZCA), ready for every stage."""
+
+    dataset: ImageDataset
+    train_images: torch.Tensor
+    test_images: torch.Tensor
+    zca: ZCA | None
+
+    @property
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_images, self.dataset.train_labels
+
+    @property
+    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.test_images, self.dataset.test_labels
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Synthetic images back to [0, 1] pixels for pictures (inverse ZCA, then de-normalise)."""
+        images = images.detach().cpu()
+        if self.zca is not None:
+            images = self.zca.inverse(images)
+        return self.dataset.to_pixels(images)
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Load the configured dataset and apply ZCA if asked (fitted on train, applied to test)."""
+    dataset = load_dataset(config.data.dataset, config.data.data_path or None, config.data.download)
+    if config.data.zca:
+        zca = ZCA.fit(dataset.train_images)
+        return PreparedData(
+            dataset, zca.transform(dataset.train_images), zca.transform(dataset.test_images), zca
+        )
+    return PreparedData(dataset, dataset.train_images, dataset.test_images, None)
+
+
+def model_factory(config: RunConfig, data: PreparedData):
+    """``make(name, seed)`` builds a freshly, reproducibly initialised network for this dataset."""
+    channels, height, width = data.dataset.image_shape
+
+    def make(name: str, seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(name, channels, data.dataset.num_classes, (height, width))
+
+    return make
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; an unavailable CUDA device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu")
+    return device
+
+
+def device_for(config: RunConfig) -> torch.device:
+    """The run's device, with deterministic kernels switched on when ``deterministic`` is set.
+
+    CPU kernels here are deterministic already; cuDNN and cuBLAS are not by default,
+    so a resumed CUDA run matches an uninterrupted one bit for bit only with this on.
+    """
+    device = resolve_device(config.device)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return device
+
+
+def stage_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed for one stage/item, derived from the run seed (independent streams)."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_run_context(
+    config: RunConfig, host: PluginHost, device: torch.device, seed: int, out_dir: Path | None
+) -> RunContext:
+    return RunContext(
+        config=config,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        out_dir=out_dir,
+        plugin_configs=dict(host.configs),
+    )
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak RSS of this process (and peak CUDA allocation when on a GPU), in MiB."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20}
+    if device.type == "cuda":
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "distillkit": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
