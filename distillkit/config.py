@@ -80,6 +80,8 @@ class DistillConfig:
     #: Denominator start of the final match: "expert" θ*_t (MTT, AST paper) or "perturbed" θ*_t + δ
     #: (official AST code, algorithms.md §9); differs only when a plugin perturbs the start.
     match_denominator: str = "expert"
+    #: Feed the student NHWC inputs (faster oneDNN convolutions on CPU; last-bit differences).
+    channels_last: bool = False
     #: "standard" keeps the unrolled graph (memory ∝ syn_steps); "constant" recomputes steps exactly.
     memory: str = "standard"
     #: Write RUN_DIR/checkpoints/ every this many iterations (0: only on SIGINT/SIGTERM).

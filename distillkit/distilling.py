@@ -103,7 +103,7 @@ def make_distiller(
     run = make_run_context(config, host, device, stage_seed(config.seed, "distill"), out_dir)
     images, labels, source = initial or initial_set(config, host, data, store, run)
     make = model_factory(config, data)
-    student = FlatStudent(make(config.model.name, 0).to(device))
+    student = FlatStudent(make(config.model.name, 0).to(device), config.distill.channels_last)
     augment = DSA(config.data.augment)
     distiller = Distiller(run, host, student, images, labels, experts, config.distill, augment)
     return distiller, source

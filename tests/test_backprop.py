@@ -71,3 +71,12 @@ def test_constant_memory_keeps_no_graph_between_steps():
     params = constant.backprop.forward(constant.experts[0][0], 1.0)
     assert all(p.is_leaf and p.grad_fn is None for p in params)
     assert len(params) == dataclasses.asdict(constant.config)["syn_steps"] + 1
+
+
+def test_channels_last_student_matches_the_default_layout():
+    torch.manual_seed(0)
+    model = build_model("convnet-w32-d2", 1, 3, (8, 8))
+    theta = flatten_params(model)
+    x = torch.randn(5, 1, 8, 8)
+    default, nhwc = FlatStudent(model), FlatStudent(model, channels_last=True)
+    torch.testing.assert_close(nhwc(theta, x), default(theta, x), rtol=1e-5, atol=1e-6)
