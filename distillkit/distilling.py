@@ -110,10 +110,13 @@ def make_distiller(
 
 
 @contextmanager
-def stop_requests() -> Iterator[list[int]]:
-    """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one interrupts."""
+def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
+    """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one interrupts.
+
+    Disabled (plain KeyboardInterrupt) when there is nowhere to checkpoint, and off the main thread.
+    """
     requested: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield requested
         return
 
@@ -167,7 +170,6 @@ def distill(
     """
     reporter = reporter or Reporter()
     lines: list[dict[str, Any]] = []
-    checkpoint = None
     if resume and out_dir is None:
         raise ConfigError("resuming needs the run directory")
     if resume and not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
@@ -197,7 +199,7 @@ def distill(
             save_checkpoint(out_dir, Checkpoint(distiller.state(), distiller.last_good, progress))
 
     try:
-        with stop_requests() as stop:
+        with stop_requests(enabled=out_dir is not None) as stop:
             while distiller.iteration < config.distill.iterations:
                 tick = time.perf_counter()
                 try:
@@ -218,7 +220,7 @@ def distill(
                     save_state()
                     raise Interrupted(
                         f"stopped at iteration {distiller.iteration}; state saved in {out_dir}/checkpoints",
-                        hint=f"continue with: distillkit run --resume {out_dir}",
+                        hint=f"continue with --resume {out_dir} on the command that started it",
                     )
                 reporter.advance(loss=result.loss, alpha=result.alpha)
             if not (every and distiller.iteration % every == 0):
