@@ -15,14 +15,18 @@ from distillkit.engine.student import FlatStudent, flatten_params
 from distillkit.host import PluginHost
 from distillkit.models import build_model
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-def _distiller(memory: str, plugins: list[str], momentum: float, batch_syn: int = 0) -> Distiller:
+
+def _distiller(
+    memory: str, plugins: list[str], momentum: float, batch_syn: int = 0, device: str = "cpu"
+) -> Distiller:
     torch.manual_seed(0)
-    model = build_model("convnet-w32-d2", 1, 3, (8, 8))
+    model = build_model("convnet-w32-d2", 1, 3, (8, 8)).to(device)
     student = FlatStudent(model)
     start = flatten_params(model)
     steps = torch.randn(5, start.numel(), generator=torch.Generator().manual_seed(1))
-    experts = [torch.cumsum(torch.cat([start[None], 0.02 * steps]), dim=0)]
+    experts = [torch.cumsum(torch.cat([start[None].cpu(), 0.02 * steps]), dim=0)]
     config = DistillConfig(
         ipc=2,
         syn_steps=6,
@@ -37,8 +41,8 @@ def _distiller(memory: str, plugins: list[str], momentum: float, batch_syn: int 
     host.select(plugins, {"itm": {"beta": "equal"}})
     run = RunContext(
         config=RunConfig(distill=config),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
+        device=torch.device(device),
+        generator=torch.Generator(device=device).manual_seed(0),
         out_dir=None,
         plugin_configs=dict(host.configs),
     )
@@ -48,13 +52,14 @@ def _distiller(memory: str, plugins: list[str], momentum: float, batch_syn: int 
     return Distiller(run, host, student, images, labels, experts, config, augment)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("plugins", "momentum", "batch_syn"),
     [([], 0.0, 0), ([], 0.9, 3), (["itm", "wp"], 0.9, 0), (["itm", "bil"], 0.0, 2)],
 )
-def test_constant_memory_gradients_equal_the_standard_unroll(plugins, momentum, batch_syn):
-    standard = _distiller("standard", plugins, momentum, batch_syn)
-    constant = _distiller("constant", plugins, momentum, batch_syn)
+def test_constant_memory_gradients_equal_the_standard_unroll(plugins, momentum, batch_syn, device):
+    standard = _distiller("standard", plugins, momentum, batch_syn, device)
+    constant = _distiller("constant", plugins, momentum, batch_syn, device)
     for _ in range(2):  # the second iteration starts from updated images, α and momentum buffers
         a, b = standard.step(), constant.step()
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
