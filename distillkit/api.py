@@ -16,7 +16,7 @@ import torch
 
 from distillkit.artifacts import atomic_write_json, save_grid, save_synthetic
 from distillkit.config import RunConfig, to_dict
-from distillkit.context import InitContext, RunContext
+from distillkit.context import RunContext
 from distillkit.data.augment import DSA
 from distillkit.distilling import (
     DistillResult,
@@ -85,12 +85,8 @@ def random_real_set(
     from distillkit.engine import defaults
 
     generator = torch.Generator(device=device).manual_seed(stage_seed(config.seed, "random-real"))
-    ctx = InitContext(
-        train_images=data.train_images,
-        train_labels=data.dataset.train_labels,
-        num_classes=data.dataset.num_classes,
-        ipc=config.distill.ipc,
-        class_names=data.dataset.class_names,
+    ctx = data.init_context(
+        config.distill.ipc,
         expert_params=lambda e: torch.empty(0),
         expert_epochs_available=0,
         make_model=lambda: torch.nn.Identity(),

@@ -18,7 +18,7 @@ import torch
 from distillkit.artifacts import save_synthetic
 from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from distillkit.config import RunConfig
-from distillkit.context import InitContext, RunContext
+from distillkit.context import RunContext
 from distillkit.data.augment import DSA
 from distillkit.engine.loop import Distiller, DivergenceError, IterationResult, call_hook
 from distillkit.engine.student import FlatStudent, load_flat
@@ -69,12 +69,8 @@ def initial_set(
     first = store.finished()[0]
     make = model_factory(config, data)
     check_ipc(config, data)
-    ctx = InitContext(
-        train_images=data.train_images,
-        train_labels=data.dataset.train_labels,
-        num_classes=data.dataset.num_classes,
-        ipc=config.distill.ipc,
-        class_names=data.dataset.class_names,
+    ctx = data.init_context(
+        config.distill.ipc,
         expert_params=lambda e: store.load(first, [e if e >= 0 else store.num_epochs(first)])[0],
         expert_epochs_available=store.num_epochs(first),
         make_model=lambda: make(config.model.name, stage_seed(config.seed, "init-model")),

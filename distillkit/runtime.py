@@ -19,7 +19,7 @@ import torch
 
 from distillkit import __version__
 from distillkit.config import RunConfig
-from distillkit.context import RunContext
+from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
@@ -54,6 +54,17 @@ class PreparedData:
     @property
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.test_images, self.dataset.test_labels
+
+    def init_context(self, ipc: int, **expert_side: Any) -> InitContext:
+        """The ``init_synthetic`` context for this data; ``expert_side`` fills the expert/model fields."""
+        return InitContext(
+            train_images=self.train_images,
+            train_labels=self.dataset.train_labels,
+            num_classes=self.dataset.num_classes,
+            ipc=ipc,
+            class_names=self.dataset.class_names,
+            **expert_side,
+        )
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Synthetic images back to [0, 1] pixels for pictures (inverse ZCA, then de-normalise)."""
