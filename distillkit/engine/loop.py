@@ -25,6 +25,7 @@ from distillkit.context import (
 )
 from distillkit.engine.backprop import BACKPROP, UnrollSetup
 from distillkit.engine.guard import Diverged, DivergenceGuard
+from distillkit.engine.optim import MomentumSGD
 from distillkit.engine.student import FlatStudent
 from distillkit.engine.unroll import BatchSampler, normalised_distance
 from distillkit.errors import PluginRuntimeError, RunFailed
@@ -127,8 +128,8 @@ class Distiller:
         self.labels = labels.to(device)
         self.alpha = torch.tensor(config.lr_init, device=device).requires_grad_(True)
         self.alpha_floor = config.lr_init * ALPHA_FLOOR
-        self.opt_img = torch.optim.SGD([self.images], lr=config.lr_img, momentum=config.img_momentum)
-        self.opt_lr = torch.optim.SGD([self.alpha], lr=config.lr_lr, momentum=0.5)
+        self.opt_img = MomentumSGD(self.images, lr=config.lr_img, momentum=config.img_momentum)
+        self.opt_lr = MomentumSGD(self.alpha, lr=config.lr_lr, momentum=0.5)
         self.sampler = BatchSampler(len(self.images), config.batch_syn, run.generator)
         self.backprop = BACKPROP[config.memory](
             UnrollSetup(
@@ -221,8 +222,8 @@ class Distiller:
         )
         loss = match + sum(term.value for term in terms) if terms else match
         loss_value = self.guard.check_loss(loss)
-        self.opt_img.zero_grad(set_to_none=True)
-        self.opt_lr.zero_grad(set_to_none=True)
+        self.opt_img.zero_grad()
+        self.opt_lr.zero_grad()
         self.backprop.backward(loss, params)
         self.guard.check_grads(images=self.images.grad, alpha=self.alpha.grad)
         self.opt_img.step()
@@ -270,15 +271,15 @@ class Distiller:
 
     @property
     def lr_img(self) -> float:
-        return float(self.opt_img.param_groups[0]["lr"])
+        return self.opt_img.lr
 
     @property
     def lr_lr(self) -> float:
-        return float(self.opt_lr.param_groups[0]["lr"])
+        return self.opt_lr.lr
 
     def _set_lrs(self, lr_img: float, lr_lr: float) -> None:
-        self.opt_img.param_groups[0]["lr"] = lr_img
-        self.opt_lr.param_groups[0]["lr"] = lr_lr
+        self.opt_img.lr = lr_img
+        self.opt_lr.lr = lr_lr
 
     # -- state ------------------------------------------------------------------------------
 
@@ -291,9 +292,8 @@ class Distiller:
             "rng": self.run.generator.get_state(),
         }
         for name, opt in (("opt_img", self.opt_img), ("opt_lr", self.opt_lr)):
-            buffer = next(iter(opt.state.values()), {}).get("momentum_buffer")
-            if buffer is not None:
-                tensors[f"{name}.momentum"] = buffer.detach().clone()
+            if opt.buffer is not None:
+                tensors[f"{name}.momentum"] = opt.buffer.clone()
         queue = self.sampler.queue
         if queue:
             tensors["sampler.queue"] = torch.cat(queue)
@@ -318,11 +318,9 @@ class Distiller:
         if not torch.equal(t["labels"].to(device), self.labels):
             raise RunFailed("the saved state's labels do not match this run's synthetic set")
         self.run.generator.set_state(t["rng"].cpu())
-        for name, opt, param in (("opt_img", self.opt_img, self.images), ("opt_lr", self.opt_lr, self.alpha)):
+        for name, opt in (("opt_img", self.opt_img), ("opt_lr", self.opt_lr)):
             buffer = t.get(f"{name}.momentum")
-            opt.state.clear()
-            if buffer is not None:
-                opt.state[param] = {"momentum_buffer": buffer.to(device).clone()}
+            opt.buffer = None if buffer is None else buffer.to(device).clone()
         sizes = meta["sampler_sizes"]
         queue = t["sampler.queue"].to(device).split(sizes) if sizes else []
         self.sampler.queue = [q.clone() for q in queue]
