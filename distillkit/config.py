@@ -84,6 +84,9 @@ class DistillConfig:
     channels_last: bool = False
     #: "standard" keeps the unrolled graph (memory ∝ syn_steps); "constant" recomputes steps exactly.
     memory: str = "standard"
+    #: Constant mode: keep the graph of the last this many inner steps instead of recomputing them
+    #: (memory grows with this, not with syn_steps; each kept step saves one recomputation).
+    graph_steps: int = 0
     #: Write RUN_DIR/checkpoints/ every this many iterations (0: only on SIGINT/SIGTERM).
     checkpoint_every: int = 25
     #: Divergence guard: keep a rollback point every ``guard_every`` good iterations.
@@ -332,6 +335,7 @@ def validate(config: RunConfig) -> None:
     non_negative = {
         "distill.iterations": config.distill.iterations,
         "distill.batch_syn": config.distill.batch_syn,
+        "distill.graph_steps": config.distill.graph_steps,
         "evaluate.runs": config.evaluate.runs,
         "experts.lr_decay_epoch": config.experts.lr_decay_epoch,
     }

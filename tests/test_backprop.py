@@ -19,7 +19,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _distiller(
-    memory: str, plugins: list[str], momentum: float, batch_syn: int = 0, device: str = "cpu"
+    memory: str,
+    plugins: list[str],
+    momentum: float,
+    batch_syn: int = 0,
+    device: str = "cpu",
+    graph_steps: int = 0,
 ) -> Distiller:
     torch.manual_seed(0)
     model = build_model("convnet-w32-d2", 1, 3, (8, 8)).to(device)
@@ -36,6 +41,7 @@ def _distiller(
         student_momentum=momentum,
         batch_syn=batch_syn,
         memory=memory,
+        graph_steps=graph_steps,
     )
     host = PluginHost()
     host.select(plugins, {"itm": {"beta": "equal"}})
@@ -54,12 +60,24 @@ def _distiller(
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    ("plugins", "momentum", "batch_syn"),
-    [([], 0.0, 0), ([], 0.9, 3), (["itm", "wp"], 0.9, 0), (["itm", "bil"], 0.0, 2)],
+    ("plugins", "momentum", "batch_syn", "graph_steps"),
+    [
+        ([], 0.0, 0, 0),
+        ([], 0.9, 3, 0),
+        (["itm", "wp"], 0.9, 0, 0),
+        (["itm", "bil"], 0.0, 2, 0),
+        # K of the N = 6 steps keep their graph: the sweep hands over at the split.
+        (["itm", "wp"], 0.9, 0, 2),
+        (["itm"], 0.9, 3, 5),
+        ([], 0.9, 0, 6),
+        (["itm", "bil"], 0.0, 2, 9),
+    ],
 )
-def test_constant_memory_gradients_equal_the_standard_unroll(plugins, momentum, batch_syn, device):
+def test_constant_memory_gradients_equal_the_standard_unroll(
+    plugins, momentum, batch_syn, graph_steps, device
+):
     standard = _distiller("standard", plugins, momentum, batch_syn, device)
-    constant = _distiller("constant", plugins, momentum, batch_syn, device)
+    constant = _distiller("constant", plugins, momentum, batch_syn, device, graph_steps)
     for _ in range(2):  # the second iteration starts from updated images, α and momentum buffers
         a, b = standard.step(), constant.step()
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
@@ -76,6 +94,12 @@ def test_constant_memory_keeps_no_graph_between_steps():
     params = constant.backprop.forward(constant.experts[0][0], 1.0)
     assert all(p.is_leaf and p.grad_fn is None for p in params)
     assert len(params) == dataclasses.asdict(constant.config)["syn_steps"] + 1
+
+
+def test_graph_steps_keep_the_graph_of_the_last_steps_only():
+    constant = _distiller("constant", ["itm"], 0.9, graph_steps=2)
+    params = constant.backprop.forward(constant.experts[0][0], 1.0)
+    assert [p.grad_fn is None for p in params] == [True] * 5 + [False] * 2
 
 
 def test_channels_last_student_matches_the_default_layout():

@@ -142,6 +142,7 @@ class Distiller:
                 augment=lambda x: augment(x, run.generator),
                 generator=run.generator,
                 momentum=config.student_momentum,
+                graph_steps=config.graph_steps,
             )
         )
         self.guard = DivergenceGuard(config.max_loss_ratio, config.max_abs_pixel)

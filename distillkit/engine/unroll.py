@@ -72,16 +72,17 @@ def unroll(
     augment: Callable[[torch.Tensor], torch.Tensor],
     loss_weight: float = 1.0,
     momentum: float = 0.0,
+    velocity: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Take ``steps`` differentiable SGD steps from ``theta0``; return θ̂_0..θ̂_N.
 
     Each step: a batch of synthetic images, DSA, cross-entropy scaled by
     ``loss_weight``, g = ∂ℓ/∂θ with ``create_graph`` (second-order terms stay in
-    the graph), optional heavy-ball momentum b = μb + g, θ ← θ − α·b.
+    the graph), optional heavy-ball momentum b = μb + g, θ ← θ − α·b, starting
+    from ``velocity`` (None: b = g on the first step).
     """
     params = [theta0]
     theta = theta0
-    velocity: torch.Tensor | None = None
     for _ in range(steps):
         idx = sampler.next()
         x = augment(images[idx])
