@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from distillkit.config import RunConfig
+    from distillkit.data.pixels import Images
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +103,18 @@ class InitContext:
     """Everything needed to choose the initial synthetic images (``init_synthetic``).
 
     ``train_images``/``train_labels`` are the whole (preprocessed) training set on
-    the CPU. ``expert_params(e)`` returns the flat parameters of the first expert
+    the CPU. The images are a float tensor or, without ZCA, 8-bit pixels normalised
+    per access (:class:`~distillkit.data.pixels.NormalisedPixels`, a quarter of the
+    memory): either way ``train_images[index]`` (int, slice, index tensor, boolean
+    mask) is a float tensor. Treat it as read-only (from a plain tensor an int or a
+    slice gives a view) and select per class rather than materialising the whole set.
+    ``expert_params(e)`` returns the flat parameters of the first expert
     after ``e`` epochs (``-1`` = last); ``make_model()`` builds a fresh network of
     the run's architecture and ``load_flat(model, theta)`` copies a flat vector
     into it.
     """
 
-    train_images: torch.Tensor
+    train_images: Images
     train_labels: torch.Tensor
     num_classes: int
     ipc: int

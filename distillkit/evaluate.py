@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillkit.config import EvaluateConfig
+from distillkit.data.pixels import Images
 from distillkit.experts.train import accuracy
 
 
@@ -84,7 +85,7 @@ def evaluate_set(
     images: torch.Tensor,
     labels: torch.Tensor,
     lr: float,
-    test: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[Images, torch.Tensor],
     cfg: EvaluateConfig,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     device: torch.device,

@@ -21,6 +21,7 @@ from distillkit import __version__
 from distillkit.config import RunConfig
 from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
+from distillkit.data.pixels import Images
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
 from distillkit.models import build_model
@@ -40,19 +41,23 @@ class Reporter:
 
 @dataclass
 class PreparedData:
-    """The dataset after preprocessing (normalisation, optional ZCA), ready for every stage."""
+    """The dataset after preprocessing (normalisation, optional ZCA), ready for every stage.
+
+    Without ZCA the images are the dataset's lazily normalised pixels; ``images[index]``
+    gives float tensors either way.
+    """
 
     dataset: ImageDataset
-    train_images: torch.Tensor
-    test_images: torch.Tensor
+    train_images: Images
+    test_images: Images
     zca: ZCA | None
 
     @property
-    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def train(self) -> tuple[Images, torch.Tensor]:
         return self.train_images, self.dataset.train_labels
 
     @property
-    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def test(self) -> tuple[Images, torch.Tensor]:
         return self.test_images, self.dataset.test_labels
 
     def init_context(self, ipc: int, **expert_side: Any) -> InitContext:
@@ -78,10 +83,10 @@ def prepare_data(config: RunConfig) -> PreparedData:
     """Load the configured dataset and apply ZCA if asked (fitted on train, applied to test)."""
     dataset = load_dataset(config.data.dataset, config.data.data_path or None, config.data.download)
     if config.data.zca:
-        zca = ZCA.fit(dataset.train_images)
-        return PreparedData(
-            dataset, zca.transform(dataset.train_images), zca.transform(dataset.test_images), zca
-        )
+        # ZCA works on whole float sets: materialise them (``[:]``) for the fit and the transform.
+        train, test = dataset.train_images[:], dataset.test_images[:]
+        zca = ZCA.fit(train)
+        return PreparedData(dataset, zca.transform(train), zca.transform(test), zca)
     return PreparedData(dataset, dataset.train_images, dataset.test_images, None)
 
 

@@ -130,6 +130,6 @@ class KMeansInit:
                 taken[picks] = True
                 chosen.append(index[picks])
 
-        images = ctx.train_images.index_select(0, torch.cat(chosen))  # a copy, not a view
+        images = ctx.train_images[torch.cat(chosen)]  # index tensor: a fresh copy, not a view
         labels = torch.arange(ctx.num_classes).repeat_interleave(ctx.ipc)
         return SyntheticInit(images=images, labels=labels, source="kmeans-init")

@@ -66,8 +66,10 @@ def test_digits_shapes_and_normalisation() -> None:
     assert len(data.train_images) + len(data.test_images) == 1797
     assert data.train_images.dtype == torch.float32
     assert data.train_labels.dtype == torch.int64
-    assert abs(data.train_images.mean().item()) < 1e-4
-    assert abs(data.train_images.std().item() - 1.0) < 1e-3
+    train = data.train_images[:]
+    assert train.dtype == torch.float32
+    assert abs(train.mean().item()) < 1e-4
+    assert abs(train.std().item() - 1.0) < 1e-3
     # Stratified: every class has about a quarter of its images in the test split.
     test_counts = torch.bincount(data.test_labels, minlength=10)
     all_counts = test_counts + torch.bincount(data.train_labels, minlength=10)
@@ -76,7 +78,7 @@ def test_digits_shapes_and_normalisation() -> None:
 
 def test_digits_split_is_deterministic() -> None:
     first, second = load_dataset("digits"), load_dataset("digits")
-    assert torch.equal(first.train_images, second.train_images)
+    assert torch.equal(first.train_images[:], second.train_images[:])
     assert torch.equal(first.train_labels, second.train_labels)
     assert torch.equal(first.test_labels, second.test_labels)
     assert first.mean == second.mean and first.std == second.std
@@ -86,7 +88,7 @@ def test_digits_to_pixels_recovers_raw_values() -> None:
     from sklearn.datasets import load_digits
 
     data = load_dataset("digits")
-    pixels = data.to_pixels(data.train_images) * 16
+    pixels = data.to_pixels(data.train_images[:]) * 16
     assert pixels.min() >= 0 and pixels.max() <= 16
     assert torch.allclose(pixels, pixels.round(), atol=1e-4)
     raw = {tuple(img.ravel()) for img in load_digits().images.astype(int)}
@@ -101,7 +103,7 @@ def test_idx_set_loads(tmp_path: Path, gz: bool) -> None:
     assert len(data.train_images) == 6 and len(data.test_images) == 4
     assert data.train_labels.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
     assert data.test_labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
-    pixels = (data.to_pixels(data.train_images) * 255).round().to(torch.uint8)
+    pixels = (data.to_pixels(data.train_images[:]) * 255).round().to(torch.uint8)
     assert np.array_equal(pixels[:, 0].numpy(), arrays["train-images-idx3-ubyte"])
     assert data.mean == (0.1307,) and data.std == (0.3081,)
 
@@ -181,7 +183,7 @@ def test_cifar10_binary_loads(tmp_path: Path) -> None:
     assert data.train_labels.tolist() == train_labels
     assert data.test_labels.tolist() == [7, 2, 9]
     assert data.class_names[0] == "airplane" and data.class_names[-1] == "truck"
-    pixels = (data.to_pixels(data.test_images) * 255).round().to(torch.uint8)
+    pixels = (data.to_pixels(data.test_images[:]) * 255).round().to(torch.uint8)
     assert np.array_equal(pixels.numpy(), test_pixels)
 
 
@@ -232,7 +234,7 @@ def test_svhn_mat_loads(tmp_path: Path) -> None:
     assert data.train_labels.tolist() == [0, 1, 5]
     assert data.test_labels.tolist() == [3, 0]
     assert data.image_shape == (3, 32, 32)
-    pixels = (data.to_pixels(data.test_images) * 255).round().to(torch.uint8).numpy()
+    pixels = (data.to_pixels(data.test_images[:]) * 255).round().to(torch.uint8).numpy()
     assert np.array_equal(pixels[1, :, 4, 7], test_images[4, 7, :, 1])
 
 
@@ -252,9 +254,9 @@ def test_imagefolder_loads(tmp_path: Path) -> None:
     assert data.image_shape == (3, 5, 6)
     assert data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert data.test_labels.tolist() == [1]
-    pixels = (data.to_pixels(data.test_images) * 255).round()
+    pixels = (data.to_pixels(data.test_images[:]) * 255).round()
     assert pixels[0, :, 0, 0].tolist() == [50, 205, 25]
-    assert abs(data.train_images.mean().item()) < 1e-4
+    assert abs(data.train_images[:].mean().item()) < 1e-4
 
 
 def test_imagefolder_grayscale_gives_one_channel(tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
 """Dataset registry and loaders: each dataset becomes one normalised, in-memory ``ImageDataset``.
 
+Images stay as their decoded 8-bit pixels and are normalised per access
+(:class:`~distillkit.data.pixels.NormalisedPixels`), a quarter of a float32 copy.
+
 All readers are our own (IDX, CIFAR binary records, SVHN ``.mat``, image folders), so nothing
 is ever unpickled; torchvision is used only to fetch files when ``download=True``.
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from distillkit.data.pixels import Images, NormalisedPixels
 from distillkit.errors import DataError
 
 if TYPE_CHECKING:
@@ -48,6 +52,7 @@ _FASHION_NAMES = (
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2023, 0.1994, 0.2010)
 _CHUNK = 4096
+_READ_CHUNK = 1 << 20
 _DOWNLOAD_HINT = "add --set data.download=true (with --data-path DIR) to fetch it"
 
 
@@ -55,13 +60,15 @@ _DOWNLOAD_HINT = "add --set data.download=true (with --data-path DIR) to fetch i
 class ImageDataset:
     """A whole labelled dataset in memory, normalised per channel with ``mean``/``std``.
 
+    The images are float tensors or :class:`NormalisedPixels` (what the loaders
+    make); either way ``images[index]`` is a normalised float tensor.
     ``eq=False`` because comparing tensor fields with ``==`` is ambiguous.
     """
 
     name: str
-    train_images: torch.Tensor
+    train_images: Images
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    test_images: Images
     test_labels: torch.Tensor
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
@@ -70,9 +77,9 @@ class ImageDataset:
     def __post_init__(self) -> None:
         """Catch inconsistent tensors here rather than deep inside training."""
         for split in ("train", "test"):
-            images: torch.Tensor = getattr(self, f"{split}_images")
+            images: Images = getattr(self, f"{split}_images")
             labels: torch.Tensor = getattr(self, f"{split}_labels")
-            if images.ndim != 4 or not images.is_floating_point():
+            if len(images.shape) != 4 or not images.dtype.is_floating_point:
                 raise DataError(
                     f"{self.name}: {split} images must be a float [N, C, H, W] tensor, "
                     f"got {images.dtype} {tuple(images.shape)}."
@@ -160,18 +167,11 @@ def _build(
                 f"but there are {len(class_names)} classes.",
                 hint="The files are corrupt or belong to another dataset; re-download them.",
             )
-        tensors += [_normalise(pixels, scale, mean, std), torch.from_numpy(labels.astype(np.int64))]
+        # No copy when the pixels are already C-ordered in native byte order (torch needs both).
+        array = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("="))
+        images = NormalisedPixels(torch.from_numpy(array), scale, mean, std)
+        tensors += [images, torch.from_numpy(labels.astype(np.int64))]
     return ImageDataset(name, *tensors, class_names=class_names, mean=mean, std=std)
-
-
-def _normalise(
-    pixels: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
-    """Scale to [0, 1] and standardise in place, so only one float copy is ever made."""
-    images = torch.from_numpy(np.array(pixels, dtype=np.float32, order="C"))
-    shape = (1, -1, 1, 1)
-    images.div_(scale).sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
-    return images
 
 
 def _channel_stats(pixels: np.ndarray, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -287,11 +287,24 @@ _IDX_SETS = {
 }
 
 
+def _read_bytes(path: Path) -> bytearray:
+    """The (gunzipped) file in one writable buffer, grown chunk by chunk.
+
+    The image array is a view of this buffer, so the pixels are never held twice
+    (reading whole then copying would double the peak, and bytes are read-only).
+    """
+    buffer = bytearray()
+    with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as file:
+        while chunk := file.read(_READ_CHUNK):
+            buffer += chunk
+    return buffer
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Parse one (optionally gzipped) IDX file, checking magic number, dims and size."""
     hint = f"Replace {path.name} with an intact copy (re-download it)."
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = _read_bytes(path)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"Cannot read IDX file {path}: {exc}.", hint=hint) from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:

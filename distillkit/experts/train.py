@@ -1,7 +1,9 @@
 """Expert training: real data, one flat snapshot per epoch, hook ``expert_loss`` on every step.
 
-The dataset is kept as tensors on the device and batched by indexing (no
-per-sample DataLoader), which is what makes small datasets fast on CPU.
+The dataset is moved to the device once and batched by indexing (no
+per-sample DataLoader), which is what makes small datasets fast on CPU. Image
+sets held as 8-bit pixels (:class:`~distillkit.data.pixels.NormalisedPixels`)
+move as such and are normalised per batch on the device.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from distillkit.config import ExpertsConfig
 from distillkit.context import ExpertStepContext, LossScale, LossTerm, RunContext
+from distillkit.data.pixels import Images
 from distillkit.engine.loop import call_hook
 from distillkit.engine.student import flatten_params
 from distillkit.errors import StoreError
@@ -70,8 +73,8 @@ def reduce_expert_loss(base: torch.Tensor, results: list[Any]) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
-    """Top-1 accuracy in eval mode, batched."""
+def accuracy(model: nn.Module, images: Images, labels: torch.Tensor, batch: int = 1024) -> float:
+    """Top-1 accuracy in eval mode, batched (``images`` on the model's device)."""
     was_training = model.training
     model.eval()
     correct = 0
@@ -85,8 +88,8 @@ def train_expert(
     run: RunContext,
     hook: Any,
     model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor] | None,
+    train: tuple[Images, torch.Tensor],
+    test: tuple[Images, torch.Tensor] | None,
     cfg: ExpertsConfig,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     on_epoch: Callable[[int, float | None], None] = lambda epoch, acc: None,

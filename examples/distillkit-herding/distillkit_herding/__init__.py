@@ -98,6 +98,6 @@ class HerdingInit:
                 )
             feats = embed(model, ctx.train_images[index], self.config.features, run.device)
             chosen.append(index[herding(feats, ctx.ipc)])
-        images = ctx.train_images.index_select(0, torch.cat(chosen))  # a copy, not a view
+        images = ctx.train_images[torch.cat(chosen)]  # index tensor: a fresh copy, not a view
         labels = torch.arange(ctx.num_classes).repeat_interleave(ctx.ipc)
         return SyntheticInit(images=images, labels=labels, source="herding-init")
