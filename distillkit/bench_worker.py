@@ -138,6 +138,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     store = TrajectoryStore.open(Path(spec["store"]))
     data = api.prepare_data(config)
     distiller, _source = api.make_distiller(config, host, data, store)
+    data.release_images()  # as `distillkit distill` does once the start set is drawn
     result = measure_distiller(distiller, spec["warmup"], spec["window"])
     result["threads"] = torch.get_num_threads()
     return result

@@ -456,7 +456,9 @@ def distill_cmd(
         reporter = RichReporter(not quiet)
         try:
             with rundir.discard_on_bad_input(target):
-                result = api.distill(cfg, host, data, store, target, reporter, resume=resume is not None)
+                result = api.distill(
+                    cfg, host, data, store, target, reporter, resume=resume is not None, release_data=True
+                )
         finally:
             reporter.close()
         api.save_distilled(target, cfg, host, data, result, store)

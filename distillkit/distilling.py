@@ -156,6 +156,7 @@ def distill(
     out_dir: Path | None = None,
     reporter: Reporter | None = None,
     resume: bool = False,
+    release_data: bool = False,
 ) -> DistillResult:
     """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set.
 
@@ -163,6 +164,8 @@ def distill(
     ``checkpoints/`` every ``distill.checkpoint_every`` iterations and on SIGINT/SIGTERM;
     ``resume=True`` continues from the newest checkpoint there, bit for bit. If the
     divergence guard gives up, the last good set is saved before the error propagates.
+    ``release_data=True`` frees the real images once the start set is drawn (for callers
+    that do not need them afterwards, as ``distillkit distill``).
     """
     reporter = reporter or Reporter()
     lines: list[dict[str, Any]] = []
@@ -181,6 +184,8 @@ def distill(
         reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}")
     else:
         distiller, source = make_distiller(config, host, data, store, out_dir)
+    if release_data:
+        data.release_images()
     history = [IterationResult(**{k: v for k, v in line.items() if k != "seconds"}) for line in lines]
     times = [float(line["seconds"]) for line in lines]
     every = config.distill.checkpoint_every

@@ -21,7 +21,7 @@ from distillkit import __version__
 from distillkit.config import RunConfig
 from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
-from distillkit.data.pixels import Images
+from distillkit.data.pixels import Images, NormalisedPixels
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
 from distillkit.models import build_model
@@ -70,6 +70,17 @@ class PreparedData:
             class_names=self.dataset.class_names,
             **expert_side,
         )
+
+    def release_images(self) -> None:
+        """Free the real images held as pixels (float tensors, e.g. after ZCA, are kept).
+
+        For processes that are done with the real data, such as ``distillkit distill``
+        once the start set is drawn: metadata (shape, classes, normalisation) stays.
+        """
+        dataset = self.dataset
+        for images in (self.train_images, self.test_images, dataset.train_images, dataset.test_images):
+            if isinstance(images, NormalisedPixels):
+                images.release()
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Synthetic images back to [0, 1] pixels for pictures (inverse ZCA, then de-normalise)."""

@@ -241,3 +241,26 @@ def test_prepare_data_peak_memory_stays_near_the_pixel_size() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     growth_mib = float(out.stdout.split()[-1])
     assert growth_mib < 120, f"prepare_data raised the peak RSS by {growth_mib:.0f} MiB"
+
+
+def test_release_frees_the_pixels_but_keeps_the_metadata() -> None:
+    config, _ = distillkit.resolve_config(preset="digits")
+    data = api.prepare_data(config)
+    shape, count = data.dataset.image_shape, len(data.train_images)
+    data.release_images()
+    assert data.train_images.pixels.numel() == 0 and data.test_images.pixels.numel() == 0
+    assert data.dataset.image_shape == shape and len(data.train_images) == count
+    assert data.to_pixels(torch.zeros(1, *shape)).shape == (1, *shape)
+    with pytest.raises(RuntimeError, match="released"):
+        data.train_images[0]
+
+
+def test_distill_with_released_data_gives_the_same_set(tmp_path: Path) -> None:
+    """``distillkit distill`` frees the real images after init; the loop never reads them."""
+    config, host = distillkit.resolve_config(preset="digits", overrides=TINY)
+    data = api.prepare_data(config)
+    store = api.train_experts(config, host, data, tmp_path / "store")
+    kept = api.distill(config, host, data, store)
+    released = api.distill(config, host, data, store, release_data=True)
+    assert data.train_images.released
+    assert torch.equal(kept.images, released.images) and kept.lr == released.lr

@@ -39,6 +39,8 @@ class NormalisedPixels:
                 f"mean/std need {pixels.shape[1]} values (one per channel), got {len(mean)} and {len(std)}."
             )
         self.pixels = pixels
+        self._shape = pixels.shape
+        self.released = False
         self.scale = float(scale)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -51,18 +53,20 @@ class NormalisedPixels:
     def __getitem__(self, index: Any) -> torch.Tensor:
         if isinstance(index, tuple):
             raise TypeError("NormalisedPixels is indexed along the first (image) dimension only")
+        if self.released:
+            raise RuntimeError("these real images were released (see NormalisedPixels.release)")
         images = self.pixels[index].to(torch.float32)
         return images.div_(self._scale).sub_(self._mean).div_(self._std)
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return self._shape[0]
 
     def __repr__(self) -> str:
         return f"NormalisedPixels({self.pixels.dtype} {tuple(self.shape)}, device={self.device})"
 
     @property
     def shape(self) -> torch.Size:
-        return self.pixels.shape
+        return self._shape
 
     @property
     def dtype(self) -> torch.dtype:
@@ -75,7 +79,18 @@ class NormalisedPixels:
 
     def to(self, device: torch.device | str) -> NormalisedPixels:
         """The same images with the pixels on ``device`` (a quarter of the bytes a float copy moves)."""
+        if self.released:
+            raise RuntimeError("these real images were released (see NormalisedPixels.release)")
         return NormalisedPixels(self.pixels.to(device), self.scale, self.mean, self.std)
+
+    def release(self) -> None:
+        """Free the pixels for good; shape and length stay readable, indexing raises.
+
+        A distillation reads real images only to draw its start set; releasing them
+        afterwards keeps a long run's memory to what the loop itself needs.
+        """
+        self.pixels = self.pixels.new_empty((0, *self._shape[1:]))
+        self.released = True
 
 
 #: What holds a dataset's images: a float tensor (e.g. after ZCA) or lazily normalised pixels.
