@@ -541,9 +541,13 @@ def _print_bench(result: dict[str, Any]) -> None:
     """The bench figures as a table plus one line per other part (the JSON holds every number)."""
     env, cfg = result["environment"], result["config"]
     cuda = any("peak_cuda_mb" in row for row in result["distillation"])
+    distill = cfg["distill"]
+    memory = distill["memory"]
+    if memory == "constant":
+        memory += f" (graph_steps {distill['graph_steps']})"
     table = Table(
-        title=f"distillation · {cfg['data']['dataset']} · ipc {cfg['distill']['ipc']} · "
-        f"N {cfg['distill']['syn_steps']} · plugins: {','.join(cfg['plugins']) or 'none'}",
+        title=f"distillation · {cfg['data']['dataset']} · ipc {distill['ipc']} · N {distill['syn_steps']} · "
+        f"memory {memory} · plugins: {','.join(cfg['plugins']) or 'none'}",
         caption="memory in MiB: whole-process peak RSS, peak RSS during the iterations, "
         "and that minus the RSS before them",
     )
