@@ -542,12 +542,13 @@ def _print_bench(result: dict[str, Any]) -> None:
     env, cfg = result["environment"], result["config"]
     cuda = any("peak_cuda_mb" in row for row in result["distillation"])
     distill = cfg["distill"]
-    memory = distill["memory"]
-    if memory == "constant":
-        memory += f" (graph_steps {distill['graph_steps']})"
+    swept = {key for row in result["distillation"] for key in row["overrides"]}
+    memory = "" if "distill.memory" in swept else f"memory {distill['memory']} · "
+    if memory and distill["memory"] == "constant" and "distill.graph_steps" not in swept:
+        memory = f"memory constant (graph_steps {distill['graph_steps']}) · "
     table = Table(
         title=f"distillation · {cfg['data']['dataset']} · ipc {distill['ipc']} · N {distill['syn_steps']} · "
-        f"memory {memory} · plugins: {','.join(cfg['plugins']) or 'none'}",
+        f"{memory}plugins: {','.join(cfg['plugins']) or 'none'}",
         caption="memory in MiB: whole-process peak RSS, peak RSS during the iterations, "
         "and that minus the RSS before them",
     )
