@@ -57,6 +57,7 @@ __all__ = [
     "distill",
     "environment",
     "evaluate",
+    "evaluate_random_real",
     "expert_key",
     "initial_set",
     "load_expert_slices",
@@ -69,6 +70,7 @@ __all__ = [
     "random_real_set",
     "record_invocation",
     "resolve_device",
+    "result_summary",
     "run",
     "save_distilled",
     "save_distilled_set",
@@ -95,6 +97,16 @@ def random_real_set(
     run = RunContext(config=config, device=device, generator=generator, out_dir=None)
     init = defaults.init_synthetic(run=run, ctx=ctx)
     return init.images, init.labels
+
+
+def evaluate_random_real(
+    config: RunConfig, data: PreparedData, reporter: Reporter | None = None
+) -> dict[str, EvalResult]:
+    """The random-real baseline under the run's protocol, at lr α₀ (``distill.lr_init``)."""
+    real_x, real_y = random_real_set(config, data, device_for(config))
+    return evaluate(
+        config, data, real_x, real_y, config.distill.lr_init, reporter=reporter, label="random-real"
+    )
 
 
 def evaluate(
@@ -133,14 +145,27 @@ def evaluate(
     return results
 
 
-def record_invocation(out_dir: Path, config: RunConfig, command: str, store_dir: Path | None) -> None:
-    """``config.json`` and ``invocation.json``: what ``--resume`` needs to continue this run."""
-    atomic_write_json(out_dir / "config.json", to_dict(config))
+def record_invocation(
+    out_dir: Path,
+    config: RunConfig,
+    command: str,
+    store_dir: Path | None,
+    sources: dict[str, str] | None = None,
+) -> None:
+    """``config.json`` and ``invocation.json``: what ``--resume`` needs to continue this run.
+
+    ``sources`` (from :func:`distillkit.resolve.resolve_layers`) names the layer that set each
+    key; it is kept in ``config.json`` under ``"sources"`` so a user can see why a value is what it is.
+    """
+    recorded = to_dict(config)
+    if sources:
+        recorded["sources"] = sources
+    atomic_write_json(out_dir / "config.json", recorded)
     experts = str(store_dir.resolve()) if store_dir is not None else None
     atomic_write_json(out_dir / "invocation.json", {"command": command, "experts": experts})
 
 
-def _summary(results: dict[str, EvalResult]) -> dict[str, Any]:
+def result_summary(results: dict[str, EvalResult]) -> dict[str, Any]:
     first = next(iter(results.values()))
     return {**first.as_dict(), "models": {k: v.as_dict() for k, v in results.items()}}
 
@@ -185,16 +210,20 @@ def run(
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
     resume: bool = False,
+    sources: dict[str, str] | None = None,
+    baseline: bool = True,
 ) -> dict[str, Any]:
     """experts (reused when cached) → distill → evaluate (+ random-real baseline) → ``results.json``.
 
     ``resume=True`` continues a run directory from its newest checkpoint (finished
     experts and epochs are reused from the store); the config must be the recorded one.
+    ``baseline=False`` leaves out the random-real evaluation (``distillkit ablate``
+    evaluates it once per seed instead of once per arm).
     """
     reporter = reporter or Reporter()
     device = device_for(config)
     if not resume:
-        record_invocation(out_dir, config, "run", store_dir)
+        record_invocation(out_dir, config, "run", store_dir, sources)
     data = prepare_data(config)
     check_ipc(config, data)
     timings: dict[str, float] = {}
@@ -219,18 +248,9 @@ def run(
     }
     if config.evaluate.runs > 0:
         distilled = evaluate(config, data, result.images, result.labels, result.lr, reporter=reporter)
-        real_x, real_y = random_real_set(config, data, device)
-        baseline = evaluate(
-            config,
-            data,
-            real_x,
-            real_y,
-            config.distill.lr_init,
-            reporter=reporter,
-            label="random-real",
-        )
-        summary["distilled"] = _summary(distilled)
-        summary["random_real"] = _summary(baseline)
+        summary["distilled"] = result_summary(distilled)
+        if baseline:
+            summary["random_real"] = result_summary(evaluate_random_real(config, data, reporter))
         summary["protocol"] = {
             "distilled_lr": result.lr,
             "random_real_lr": config.distill.lr_init,

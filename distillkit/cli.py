@@ -23,6 +23,7 @@ from distillkit.errors import DistillkitError, ExitCode
 if TYPE_CHECKING:
     from distillkit.config import RunConfig
     from distillkit.host import PluginHost
+    from distillkit.resolve import Resolved
 
 app = typer.Typer(
     name="distillkit",
@@ -57,8 +58,12 @@ Plugins = Annotated[
     ),
 ]
 Preset = Annotated[
-    str | None,
-    typer.Option(help="Named settings: digits (default of `run`), fmnist-cpu, ast-code, ..."),
+    list[str] | None,
+    typer.Option(
+        help="Named settings, comma-separated or repeated; later ones win. Dataset presets (digits, "
+        "fmnist-cpu, fmnist-ref) set data/model/budget, method presets (ast-code) method choices. "
+        "Default: the dataset's own preset. `distillkit config` shows what each layer set.",
+    ),
 ]
 ConfigFile = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML file with config keys (docs/config.md).")
@@ -216,19 +221,20 @@ def _overrides(
 
 
 def _resolve(
-    preset: str | None,
+    preset: list[str] | None,
     config_file: Path | None,
     overrides: dict[str, Any],
     plugins: str | None,
-    default_preset: str | None = None,
-) -> tuple[RunConfig, PluginHost]:
-    from distillkit.resolve import resolve_config
+    default_dataset: str = "digits",
+) -> Resolved:
+    from distillkit.resolve import resolve_layers
 
-    on_digits = overrides.get("data.dataset", "digits") == "digits"
-    if preset is None and config_file is None and default_preset and on_digits:
-        preset = default_preset
     names = None if plugins is None else [p for p in plugins.split(",") if p.strip()]
-    return resolve_config(preset, config_file, overrides, names)
+    return resolve_layers(preset, config_file, overrides, names, default_dataset=default_dataset)
+
+
+def _astuple(resolved: Resolved) -> tuple[RunConfig, PluginHost, dict[str, str]]:
+    return resolved.config, resolved.host, resolved.sources
 
 
 def _results_table(title: str, rows: list[tuple[str, str, dict]]) -> Table:
@@ -301,16 +307,19 @@ def run_cmd(
             _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
             cfg, host, invocation = _recorded(resume, "run", device)
             experts = Path(invocation["experts"]) if invocation.get("experts") else None
+            sources = None
         else:
             overrides.update({"device": device} if device else {})
-            cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+            cfg, host, sources = _astuple(_resolve(preset, config, overrides, plugins))
         from distillkit import api, rundir
 
         target = _claim_run_dir(cfg, out_dir, overwrite, resume)
         reporter = RichReporter(not quiet)
         try:
             with rundir.discard_on_bad_input(target):
-                summary = api.run(cfg, host, target, experts, reporter, resume=resume is not None)
+                summary = api.run(
+                    cfg, host, target, experts, reporter, resume=resume is not None, sources=sources
+                )
         finally:
             reporter.close()
         _print_summary(summary, target)
@@ -368,7 +377,7 @@ def experts_cmd(
     """Train expert trajectories into a store (finished experts with the same manifest are kept)."""
     with cli_errors(debug):
         overrides = _overrides(sets, dataset, data_path, download, model, None, seed, device)
-        cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+        cfg, host, _sources = _astuple(_resolve(preset, config, overrides, plugins))
         from distillkit import api
 
         data = api.prepare_data(cfg)
@@ -438,13 +447,14 @@ def distill_cmd(
             _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
             cfg, host, invocation = _recorded(resume, "distill", device)
             experts = Path(invocation["experts"])
+            sources = None
         elif experts is None:
             from distillkit.errors import ConfigError
 
             raise ConfigError("distill needs --experts STORE (or --resume RUN_DIR)")
         else:
             overrides.update({"device": device} if device else {})
-            cfg, host = _resolve(preset, config, overrides, plugins, default_preset="digits")
+            cfg, host, sources = _astuple(_resolve(preset, config, overrides, plugins))
         from distillkit import api, rundir
         from distillkit.experts.store import TrajectoryStore
 
@@ -452,7 +462,7 @@ def distill_cmd(
         data = api.prepare_data(cfg)
         target = _claim_run_dir(cfg, out_dir, overwrite, resume)
         if resume is None:
-            api.record_invocation(target, cfg, "distill", experts)
+            api.record_invocation(target, cfg, "distill", experts, sources)
         reporter = RichReporter(not quiet)
         try:
             with rundir.discard_on_bad_input(target):
@@ -509,6 +519,119 @@ def evaluate_cmd(
         else:
             rows = [("distilled", name, res) for name, res in payload.items()]
             out.print(_results_table(f"{run_dir}", rows))
+
+
+@app.command("config")
+def config_cmd(
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    model: Model = None,
+    ipc: Ipc = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    memory: Memory = None,
+    json_out: JsonOut = False,
+    debug: Debug = False,
+) -> None:
+    """Print the resolved config and the layer that set each key; runs nothing, writes nothing."""
+    with cli_errors(debug):
+        from distillkit.config import to_dict
+        from distillkit.resolve import flat_values
+
+        overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, device, memory=memory)
+        resolved = _resolve(preset, config, overrides, plugins)
+        values = flat_values(resolved.config)
+        if json_out:
+            payload = {"config": to_dict(resolved.config), "sources": resolved.sources}
+            out.print_json(json.dumps(payload))
+            return
+        table = Table(
+            title="resolved config (lowest layer first: default, dataset preset, plugin, "
+            "method preset, config file, command line)"
+        )
+        for column in ("key", "value", "set by"):
+            table.add_column(column)
+        for key, value in values.items():
+            source = resolved.sources.get(key, "default")
+            style = "dim" if source == "default" else None
+            table.add_row(key, json.dumps(value, ensure_ascii=False), source, style=style)
+        out.print(table)
+
+
+@app.command("ablate")
+def ablate_cmd(
+    seeds: Annotated[str, typer.Option(help="Seeds, e.g. 0,1,2 or 0-4; arms are paired by seed.")] = "0,1,2",
+    jobs: Annotated[int, typer.Option(help="Cells run in parallel, each pinned to cores/jobs threads.")] = 1,
+    arms: Annotated[
+        str | None,
+        typer.Option(
+            help="Plugin sets separated by ';', e.g. 'plain;smooth;smooth,bil'; KEY=VALUE tokens set "
+            "options for that arm. Default: plain, each technique alone, and the cumulative order "
+            "of AST's Table 7 (smooth, +kmeans-init, +bil, +itm, +wp).",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Ablation folder (default runs/ablate-<time>).")
+    ] = None,
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    model: Model = None,
+    ipc: Ipc = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    device: Device = None,
+    memory: Memory = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Run a base config with several plugin sets over several seeds: table, JSON and chart."""
+    with cli_errors(debug):
+        import shlex
+        import time
+
+        from distillkit import ablate
+        from distillkit.artifacts import atomic_write_bytes, atomic_write_json
+        from distillkit.errors import ConfigError
+
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+        arm_list = ablate.parse_arms(arms)
+        seed_list = ablate.parse_seeds(seeds)
+        overrides = _overrides(sets, dataset, data_path, False, model, ipc, None, device, memory=memory)
+        if "seed" in overrides:
+            raise ConfigError("ablate takes its seeds from --seeds, not --set seed=...")
+        target = out_dir or Path("runs") / time.strftime("ablate-%Y%m%d-%H%M%S")
+        plan = ablate.plan_ablation(arm_list, seed_list, target, preset, config, overrides)
+        ablate.check_out(target, plan)
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(target / "ablation-plan.json", plan.identity())
+        reporter = RichReporter(not quiet)
+        reporter.start("ablate", len(plan.stores) + len(plan.cells))
+
+        def done(name: str, record: dict[str, Any]) -> None:
+            status = "failed: " + record["error"] if "error" in record else "done"
+            reporter.advance(cell=Path(name).name if "seed" in Path(name).name else "experts")
+            if not reporter.enabled:
+                err.print(f"ablate: {name}: {status}", highlight=False, markup=False)
+
+        try:
+            stores, cells = ablate.execute(plan, jobs, done)
+        finally:
+            reporter.close()
+        summary = ablate.summarise(plan, stores, cells)
+        command = shlex.join(["distillkit", *sys.argv[1:]])
+        atomic_write_json(target / "ablation.json", {"command": command, **summary})
+        atomic_write_bytes(target / "ablation.md", ablate.markdown(summary, plan, command).encode())
+        ablate.chart(summary, target / "ablation.png")
+        out.print(ablate.markdown(summary, plan, command), markup=False, highlight=False, soft_wrap=True)
+        out.print(f"ablation folder: {target}")
+        if any(row["errors"] for row in summary["arms"]):
+            raise typer.Exit(int(ExitCode.RUN_FAILED))
 
 
 @app.command("list-plugins")
@@ -640,8 +763,9 @@ def bench_cmd(
 
         key, values = parse_sweep(sweep) if sweep is not None else (None, ())
         overrides = _overrides(sets, dataset, data_path, False, model, ipc, seed, device, memory=memory)
-        default = "fmnist-cpu" if "data.dataset" not in overrides else None
-        cfg, host = _resolve(preset, config, overrides, plugins, default_preset=default)
+        cfg, host, _sources = _astuple(
+            _resolve(preset, config, overrides, plugins, default_dataset="fashion-mnist")
+        )
         import shlex
 
         from distillkit.artifacts import atomic_write_json

@@ -1,9 +1,7 @@
-"""Run configuration: frozen dataclasses, named presets, TOML files and ``--set`` overrides.
+"""Run configuration: frozen dataclasses, TOML files and ``--set`` overrides.
 
-Precedence, lowest first: dataclass defaults → defaults contributed by selected
-plugins (``config_defaults``) → ``--preset`` → ``--config FILE`` → CLI shortcuts
-and ``--set KEY=VALUE``. (A preset is a deliberate, complete recipe, so it wins
-over a plugin's generic wishes.) Unknown keys and wrong types are errors.
+How presets, plugin defaults, config files and ``--set`` combine is one rule,
+written down in :mod:`distillkit.resolve`. Unknown keys and wrong types are errors.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +50,10 @@ class ExpertsConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 256
-    lr_decay_epoch: int = 0
+    #: When the lr is multiplied by ``lr_decay_factor``, relative to ``epochs`` (see
+    #: :func:`first_decayed_epoch`): "none"; "half" = from epoch E//2 on (AST paper: the 25th of 50);
+    #: "ast-code" = from epoch E//2 + 2 on (official AST code: 27 of 50, 5 of 6).
+    lr_decay: str = "none"
     lr_decay_factor: float = 0.5
     evaluate_each_epoch: bool = True
     store_dtype: str = "float32"
@@ -133,6 +133,7 @@ class RunConfig:
 
 
 MEMORY_MODES = ("standard", "constant")
+LR_DECAYS = ("none", "half", "ast-code")
 SECTIONS = ("data", "model", "experts", "distill", "evaluate")
 TOP_LEVEL = ("seed", "device", "deterministic", "plugins")
 
@@ -285,22 +286,33 @@ def read_toml(path: Path) -> dict[str, Any]:
     return values
 
 
-def preset_names() -> list[str]:
-    """Names of the presets shipped in ``distillkit/presets``."""
-    folder = resources.files("distillkit") / "presets"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+#: Keys a dataset preset may set: what is distilled, with which network, at which budget and
+#: tuning. Every other key (expert optimiser, student momentum, evaluation protocol, plugins
+#: and their options) is a method choice, the business of method presets.
+DATASET_SECTIONS = ("data", "model")
+DATASET_KEYS = frozenset(
+    {
+        "seed",
+        "device",
+        "experts.count",
+        "experts.epochs",
+        "experts.batch_size",
+        "experts.evaluate_each_epoch",
+        "experts.store_dtype",
+        "experts.store_epochs",
+        "evaluate.runs",
+        "evaluate.epochs",
+        "evaluate.batch_size",
+        "evaluate.models",
+    }
+    | {f"distill.{f.name}" for f in fields(DistillConfig)}
+    - {"distill.student_momentum", "distill.match_denominator", "distill.img_momentum"}
+)
 
 
-def read_preset(name: str) -> dict[str, Any]:
-    """Dotted keys of the preset ``name``; unknown names are a ``ConfigError`` with a suggestion."""
-    names = preset_names()
-    if name not in names:
-        raise ConfigError(
-            f"unknown preset '{name}'",
-            hint=_suggest(name, names) or f"available presets: {', '.join(names)}",
-        )
-    text = (resources.files("distillkit") / "presets" / f"{name}.toml").read_text()
-    return flatten_table(tomllib.loads(text))
+def is_dataset_key(key: str) -> bool:
+    """Whether ``key`` belongs in a dataset preset (see ``DATASET_KEYS``)."""
+    return key.partition(".")[0] in DATASET_SECTIONS or key in DATASET_KEYS
 
 
 def split_set_option(item: str) -> tuple[str, str]:
@@ -309,6 +321,19 @@ def split_set_option(item: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE, got '{item}'", hint="e.g. --set distill.ipc=10")
     return key.strip(), value.strip()
+
+
+def first_decayed_epoch(experts: ExpertsConfig) -> int | None:
+    """The first expert epoch (0-based) trained at ``lr × lr_decay_factor``; ``None`` = never.
+
+    Relative to the epoch count, so a 6-epoch expert decays as a 50-epoch one does:
+    "half" → E//2 (50 → 25, 6 → 3); "ast-code" → E//2 + 2 (the official code multiplies
+    after epoch index E//2 + 1: 50 → 27, 6 → 5). An epoch ≥ E never comes.
+    """
+    if experts.lr_decay == "none":
+        return None
+    epoch = experts.epochs // 2 + (2 if experts.lr_decay == "ast-code" else 0)
+    return epoch if epoch < experts.epochs else None
 
 
 def last_needed_epoch(distill: DistillConfig) -> int:
@@ -337,7 +362,6 @@ def validate(config: RunConfig) -> None:
         "distill.batch_syn": config.distill.batch_syn,
         "distill.graph_steps": config.distill.graph_steps,
         "evaluate.runs": config.evaluate.runs,
-        "experts.lr_decay_epoch": config.experts.lr_decay_epoch,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -378,6 +402,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"distill.backoff must be in (0, 1), got {config.distill.backoff}")
     if config.experts.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'")
+    if config.experts.lr_decay not in LR_DECAYS:
+        raise ConfigError(
+            f"experts.lr_decay must be one of {', '.join(LR_DECAYS)}, got '{config.experts.lr_decay}'"
+        )
+    if not 0 < config.experts.lr_decay_factor <= 1:
+        raise ConfigError(f"experts.lr_decay_factor must be in (0, 1], got {config.experts.lr_decay_factor}")
     if config.experts.store_dtype not in ("float32", "float16", "bfloat16", "int8"):
         raise ConfigError(
             "experts.store_dtype must be float32, float16, bfloat16 or int8, "
@@ -464,6 +494,7 @@ def to_dict(config: Any) -> Any:
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Rebuild a ``RunConfig`` from :func:`to_dict` output (e.g. a run directory's ``config.json``)."""
     options = data.get("plugin_options", {}) if isinstance(data, dict) else None
+    data = {k: v for k, v in data.items() if k != "sources"} if isinstance(data, dict) else data
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise ConfigError("a recorded config must be a JSON object with a plugin_options object of objects")
     flat = flatten_table({k: v for k, v in data.items() if k != "plugin_options"})

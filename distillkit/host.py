@@ -245,17 +245,23 @@ class PluginHost:
 
     def config_defaults(self) -> dict[str, Any]:
         """Dotted core config defaults contributed by the selected plugins (conflicts are errors)."""
-        merged: dict[str, Any] = {}
-        owner: dict[str, str] = {}
+        return {key: value for key, (value, _owner) in self._defaults().items()}
+
+    def config_default_owner(self, key: str) -> str:
+        """The selected plugin whose ``config_defaults`` holds ``key``."""
+        return self._defaults()[key][1]
+
+    def _defaults(self) -> dict[str, tuple[Any, str]]:
+        merged: dict[str, tuple[Any, str]] = {}
         for name, plugin in self.selected.items():
             for key, value in (getattr(plugin, "config_defaults", None) or {}).items():
-                if key in merged and merged[key] != value:
+                if key in merged and merged[key][0] != value:
                     raise PluginConflictError(
-                        f"plugins '{owner[key]}' and '{name}' want different defaults for "
-                        f"{key} ({merged[key]!r} vs {value!r})",
+                        f"plugins '{merged[key][1]}' and '{name}' want different defaults for "
+                        f"{key} ({merged[key][0]!r} vs {value!r})",
                         hint=f"set {key} explicitly with --set",
                     )
-                merged[key], owner[key] = value, name
+                merged[key] = (value, name)
         return merged
 
     def plugin_state(self) -> dict[str, Any]:

@@ -1,9 +1,28 @@
-"""Resolve a run's configuration and its plugin host (torch-free, so the CLI stays fast)."""
+"""Resolve a run's configuration and its plugin host (torch-free, so the CLI stays fast).
+
+One rule decides every value, lowest layer first (a higher layer wins):
+
+1. ``default``        the dataclass defaults of :mod:`distillkit.config`
+2. dataset presets    ``--preset`` names of kind ``dataset`` (data, model, budget), in the
+                      order given; when none is named, the dataset's own default preset,
+                      chosen by its image size (:func:`distillkit.presets.default_for`)
+3. plugin defaults    what the selected plugins need (``config_defaults``, e.g. ``smooth``'s
+                      momentum-expert recipe), so a technique brings its recipe whatever
+                      dataset preset is in force
+4. method presets     ``--preset`` names of kind ``method`` (e.g. ``ast-code``), in order
+5. ``--config FILE``
+6. the command line   ``--set KEY=VALUE`` and shortcuts such as ``--ipc``
+
+Dataset and method presets may not set each other's keys, so the order in which
+they are named does not matter across kinds (``fmnist-cpu,ast-code`` equals
+``ast-code,fmnist-cpu``). :func:`resolve_layers` also returns, for every key,
+the layer that set it; a run records that beside its config.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,51 +31,85 @@ from distillkit.config import (
     RunConfig,
     apply_overrides,
     from_dict,
-    read_preset,
     read_toml,
     to_dict,
     validate,
 )
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
+from distillkit.presets import Preset, default_for, parse_preset_list, read_preset
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved run: its config, the loaded plugin host, and the layer that set each key."""
+
+    config: RunConfig
+    host: PluginHost
+    sources: dict[str, str]
 
 
 def resolve_config(
-    preset: str | None = None,
+    preset: str | Sequence[str] | None = None,
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
     plugins: Sequence[str] | None = None,
     host: PluginHost | None = None,
     extra_plugins: Sequence[Any] = (),
+    default_dataset: str = "digits",
 ) -> tuple[RunConfig, PluginHost]:
-    """Build the run's config and plugin host with the documented precedence.
+    """The run's config and plugin host by the layer rule above (see :func:`resolve_layers`)."""
+    resolved = resolve_layers(preset, config_file, overrides, plugins, host, extra_plugins, default_dataset)
+    return resolved.config, resolved.host
 
-    defaults → plugin ``config_defaults`` → preset → config file → ``overrides``.
-    ``plugins`` (e.g. from ``--plugins``) wins over a ``plugins`` list in the files.
-    ``extra_plugins`` are ready-made plugin objects (library use; no entry point needed).
+
+def resolve_layers(
+    preset: str | Sequence[str] | None = None,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    plugins: Sequence[str] | None = None,
+    host: PluginHost | None = None,
+    extra_plugins: Sequence[Any] = (),
+    default_dataset: str = "digits",
+) -> Resolved:
+    """Build config, host and per-key sources with the documented precedence.
+
+    ``preset`` is one name, a comma-separated list or a sequence of names.
+    ``plugins`` (e.g. from ``--plugins``) wins over a ``plugins`` list in the
+    files. ``extra_plugins`` are ready-made plugin objects (library use; no
+    entry point needed). ``default_dataset`` is the dataset when no layer names one.
     """
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if preset:
-        layers.append(("preset", read_preset(preset)))
+    presets = [read_preset(name) for name in parse_preset_list(preset)]
+    dataset_presets = [p for p in presets if p.kind == "dataset"]
+    method_presets = [p for p in presets if p.kind == "method"]
     file_values = read_toml(config_file) if config_file else {}
-    overrides = dict(overrides or {})
-    names: tuple[str, ...] = ()
-    for values in (layers[0][1] if layers else {}, file_values, overrides):
-        if "plugins" in values:
-            raw = values["plugins"]
-            names = tuple(raw.split(",") if isinstance(raw, str) else raw)
-    if plugins is not None:
-        names = tuple(plugins)
-    names = tuple(n.strip() for n in names if n.strip())
+    cli_values = dict(overrides or {})
+    upper: list[tuple[str, dict[str, Any]]] = [
+        *((f"preset {p.name}", p.values) for p in method_presets),
+        *([(f"config {config_file}", file_values)] if config_file else []),
+        ("command line", cli_values),
+    ]
+    if not dataset_presets:
+        dataset_presets = [_default_preset(upper, default_dataset)]
+    names = _plugin_names(plugins, upper)
     host = host or PluginHost()
+    host.select(names, _plugin_options(names, upper), extra_plugins)
+
     config = RunConfig()
-    for source, values in [("plugins", {}), *layers, ("config", file_values), ("set", overrides)]:
-        if source == "plugins":
-            sources = [v for _, v in layers] + [file_values, overrides]
-            values = _select(host, names, sources, extra_plugins)
+    sources = dict.fromkeys(flat_values(config), "default")
+    layers = [
+        *((p.label, p.values) for p in dataset_presets),
+        *(
+            (f"plugin {host.config_default_owner(key)}", {key: v})
+            for key, v in host.config_defaults().items()
+        ),
+        *upper,
+    ]
+    for label, values in layers:
         core = {k: v for k, v in values.items() if k != "plugins" and _is_core(k)}
         config = apply_overrides(config, core)
-        if source != "preset":
+        sources.update(dict.fromkeys(core, label))
+        if not label.startswith("preset "):  # a method preset carries tables for every plugin
             _reject_unselected(values, names)
     config = replace(
         config,
@@ -64,7 +117,69 @@ def resolve_config(
         plugin_options={n: to_dict(host.configs.get(n)) or {} for n in host.selected},
     )
     validate(config)
-    return config, host
+    sources.update(_plugin_option_sources(config, upper))
+    return Resolved(config, host, dict(sorted(sources.items())))
+
+
+def _default_preset(upper: list[tuple[str, dict[str, Any]]], default_dataset: str) -> Preset:
+    """The dataset's own preset: the dataset named by the highest layer (or the default)."""
+    dataset = default_dataset
+    for _label, values in upper:
+        if "data.dataset" in values:
+            dataset = str(values["data.dataset"])
+    return default_for(dataset)
+
+
+def _plugin_names(plugins: Sequence[str] | None, upper: list[tuple[str, dict[str, Any]]]) -> tuple[str, ...]:
+    names: tuple[str, ...] = ()
+    for _label, values in upper:
+        if "plugins" in values:
+            raw = values["plugins"]
+            names = tuple(raw.split(",") if isinstance(raw, str) else raw)
+    if plugins is not None:
+        names = tuple(plugins)
+    return tuple(n.strip() for n in names if n.strip())
+
+
+def _plugin_options(
+    names: tuple[str, ...], upper: list[tuple[str, dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """``<plugin>.<key>`` values of the selected plugins, later layers winning."""
+    options: dict[str, dict[str, Any]] = {}
+    for _label, values in upper:
+        for key, value in values.items():
+            head, _, rest = key.partition(".")
+            if rest and head in names:
+                options.setdefault(head, {})[rest] = value
+    return options
+
+
+def flat_values(config: RunConfig) -> dict[str, Any]:
+    """Every key of ``config`` dotted, plugin options as ``<plugin>.<key>``, for listings."""
+    data = to_dict(config)
+    options = data.pop("plugin_options")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            values.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            values[key] = value
+    for name, opts in options.items():
+        values.update({f"{name}.{sub}": v for sub, v in opts.items()})
+    return values
+
+
+def _plugin_option_sources(config: RunConfig, upper: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    sources = {
+        f"{name}.{key}": f"plugin {name} (its default)"
+        for name, options in config.plugin_options.items()
+        for key in options
+    }
+    for label, values in upper:
+        for key in values:
+            if key in sources:
+                sources[key] = label
+    return sources
 
 
 def _is_core(key: str) -> bool:
@@ -73,7 +188,7 @@ def _is_core(key: str) -> bool:
 
 
 def _reject_unselected(values: dict[str, Any], names: tuple[str, ...]) -> None:
-    """Options for a plugin that is not selected are a mistake (presets may carry them)."""
+    """Options for a plugin that is not selected are a mistake (method presets may carry them)."""
     for key in values:
         head, _, rest = key.partition(".")
         if rest and head not in SECTIONS and head not in names:
@@ -81,20 +196,6 @@ def _reject_unselected(values: dict[str, Any], names: tuple[str, ...]) -> None:
                 f"unknown config key '{key}': '{head}' is neither a config section nor a selected plugin",
                 hint=f"select it with --plugins {head}" if head else None,
             )
-
-
-def _select(
-    host: PluginHost, names: tuple[str, ...], sources: list[dict[str, Any]], extra: Sequence[Any]
-) -> dict:
-    """Load the selected plugins with their options (later sources win); return their defaults."""
-    options: dict[str, dict[str, Any]] = {}
-    for values in sources:
-        for key, value in values.items():
-            head, _, rest = key.partition(".")
-            if rest and head in names:
-                options.setdefault(head, {})[rest] = value
-    host.select(names, options, extra)
-    return host.config_defaults()
 
 
 def recorded_run(run_dir: Path, device: str | None = None) -> tuple[RunConfig, PluginHost, dict[str, Any]]:
@@ -121,3 +222,6 @@ def recorded_run(run_dir: Path, device: str | None = None) -> tuple[RunConfig, P
     host.select(config.plugins, config.plugin_options)
     validate(config)
     return config, host, invocation
+
+
+__all__ = ["Resolved", "flat_values", "recorded_run", "resolve_config", "resolve_layers"]

@@ -66,17 +66,22 @@ class WeightPerturbation:
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
-        """Options of Eq. 5; defaults are the paper's (official-code values in the comments)."""
+        """Options of Eq. 5; defaults are the official code's (the paper's in the comments).
 
-        #: α (paper: 0.1; code: 1, with the multiplicative form about 4–40× smaller).
-        alpha: float = 0.1
+        The paper's form at α = 0.1 moves the start by ‖δ‖² ≈ 6–12 × ‖θ*_t − θ*_{t+2}‖² on
+        the digits experts: the perturbation is larger than the segment being matched. The
+        code's form gives 1–2× and is the default.
+        """
+
+        #: α (paper: 0.1; code, the default: 1, with the multiplicative form about 4–40× smaller).
+        alpha: float = 1.0
         #: "filter" = per-filter Gaussian with the filter's norm (paper);
-        #: "multiplicative" = whole-tensor-normalised Gaussian ⊙ W (code).
-        mode: str = "filter"
+        #: "multiplicative" = whole-tensor-normalised Gaussian ⊙ W (code, the default).
+        mode: str = "multiplicative"
         #: tensors perturbed: "weights" = conv and linear weights, every ≥ 2-D tensor
-        #: (paper: "the j-th filter at the l-th layer"); "conv" = 4-D only (code);
+        #: (paper: "the j-th filter at the l-th layer"); "conv" = 4-D only (code, the default);
         #: "all" = also biases and norm parameters, each 1-D tensor as one filter.
-        scope: str = "weights"
+        scope: str = "conv"
 
         def __post_init__(self) -> None:
             if self.alpha < 0:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillkit.config import ExpertsConfig
+from distillkit.config import ExpertsConfig, first_decayed_epoch
 from distillkit.context import ExpertStepContext, LossScale, LossTerm, RunContext
 from distillkit.data.pixels import Images
 from distillkit.engine.loop import call_hook
@@ -121,9 +121,10 @@ def train_expert(
         restore(resume, model, optimizer, run)
         snapshots = list(resume.trajectory.to(device).unbind(0))
         test_acc, start, earlier_seconds = list(resume.test_acc), resume.epoch, resume.seconds
+    decay_epoch = first_decayed_epoch(cfg)
     steps_per_epoch = (len(images) + cfg.batch_size - 1) // cfg.batch_size
     for epoch in range(start, cfg.epochs):
-        if cfg.lr_decay_epoch and epoch == cfg.lr_decay_epoch:
+        if epoch == decay_epoch:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_decay_factor
         order = torch.randperm(len(images), generator=generator, device=generator.device).to(device)

@@ -1,0 +1,125 @@
+"""Named presets (``*.toml`` beside this file) and the default preset of each dataset.
+
+A preset declares its ``kind``: ``dataset`` presets hold data, model and budget
+keys only, ``method`` presets hold method choices only (see
+:func:`distillkit.config.is_dataset_key`), so presets of the two kinds compose
+in either order. Where each kind sits among the layers of a run's config is
+written in :mod:`distillkit.resolve`. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from distillkit.config import _suggest, flatten_table, is_dataset_key
+from distillkit.errors import ConfigError
+
+KINDS = ("dataset", "method")
+
+#: Image side and class count of the built-in datasets (an image folder is looked at instead).
+KNOWN_SHAPES: dict[str, tuple[int, int]] = {
+    "digits": (8, 10),
+    "mnist": (28, 10),
+    "fashion-mnist": (28, 10),
+    "cifar10": (32, 10),
+    "svhn": (32, 10),
+    "cifar100": (32, 100),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset's dotted keys, its kind, and how the config sources name it."""
+
+    name: str
+    kind: str
+    values: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"preset {self.name}" + (f" ({self.note})" if self.note else "")
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``distillkit/presets``."""
+    folder = resources.files("distillkit") / "presets"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def parse_preset_list(preset: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"``, ``["a", "b"]`` or ``["a,b", "c"]`` → ``["a", "b", "c"]`` (repeated ``--preset``)."""
+    if preset is None:
+        return []
+    items = [preset] if isinstance(preset, str) else list(preset)
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
+
+
+def read_preset(name: str) -> Preset:
+    """The preset ``name``; unknown names are a ``ConfigError`` with a suggestion."""
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(
+            f"unknown preset '{name}'",
+            hint=_suggest(name, names) or f"available presets: {', '.join(names)}",
+        )
+    text = (resources.files("distillkit") / "presets" / f"{name}.toml").read_text()
+    values = flatten_table(tomllib.loads(text))
+    kind = values.pop("kind", None)
+    if kind not in KINDS:
+        raise ConfigError(f'preset {name} must declare kind = "dataset" or "method", got {kind!r}')
+    misplaced = [k for k in values if is_dataset_key(k) != (kind == "dataset")]
+    if misplaced:
+        other = "method" if kind == "dataset" else "dataset"
+        raise ConfigError(f"{kind} preset {name} sets {other} keys: {', '.join(sorted(misplaced))}")
+    return Preset(name, kind, values)
+
+
+def default_for(dataset: str) -> Preset:
+    """The dataset preset a dataset gets when none is named, chosen by its image size.
+
+    Sides up to 16 pixels get ``digits`` (a depth-2 ConvNet for 8×8 inputs); larger
+    ones get ``fmnist-cpu`` (depth 3, as MTT uses up to 32×32) with one more
+    conv/pool block per doubling beyond 32 (64 → depth 4, 128 → depth 5, as MTT
+    uses for Tiny ImageNet and ImageNet subsets). The class count is reported in
+    the layer's name; the budget does not change with it.
+    """
+    side, classes = _shape_of(dataset)
+    name = "digits" if side <= 16 else "fmnist-cpu"
+    preset = read_preset(name)
+    values = dict(preset.values)
+    if side > 32:
+        values["model.name"] = f"convnet-w32-d{3 + math.ceil(math.log2(side / 32))}"
+    shape = f"{side}×{side}" if side else "unknown size"
+    note = f"default for {dataset}: {shape}, {classes or '?'} classes"
+    return Preset(name, "dataset", values, note)
+
+
+def _shape_of(dataset: str) -> tuple[int, int]:
+    """(image side, classes) of a built-in dataset or an ``imagefolder:PATH`` (0 = unknown)."""
+    spec = dataset.strip()
+    if spec.lower() in KNOWN_SHAPES:
+        return KNOWN_SHAPES[spec.lower()]
+    head, sep, rest = spec.partition(":")
+    if not sep or head.lower() != "imagefolder":
+        return (0, 0)
+    train = Path(rest).expanduser() / "train"
+    try:
+        classes = sorted(p for p in train.iterdir() if p.is_dir())
+        first = next(f for c in classes for f in sorted(c.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
+        from PIL import Image
+
+        with Image.open(first) as image:
+            return (max(image.size), len(classes))
+    except Exception:
+        return (0, 0)  # loading reports what is wrong with the folder
+
+
+__all__ = ["KINDS", "Preset", "default_for", "parse_preset_list", "preset_names", "read_preset"]
