@@ -18,7 +18,7 @@ import os
 import re
 import statistics
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ class Plan:
     seeds: list[int]
     out: Path
     base: RunConfig
+    experts_per_seed: bool = False
     stores: dict[str, dict[str, Any]] = field(default_factory=dict)  # store path → expert config
     cells: list[Cell] = field(default_factory=list)
 
@@ -138,6 +139,7 @@ class Plan:
         return {
             "arms": [a.label for a in self.arms],
             "seeds": self.seeds,
+            "experts_per_seed": self.experts_per_seed,
             "cells": {c.out_dir: c.config for c in self.cells},
         }
 
@@ -149,8 +151,14 @@ def plan_ablation(
     presets: Sequence[str] | None = None,
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    experts_per_seed: bool = False,
 ) -> Plan:
-    """Resolve every arm at every seed (bad input fails here) and group arms by expert store."""
+    """Resolve every arm at every seed (bad input fails here) and group arms by expert store.
+
+    By default experts are trained once per recipe with the base seed and shared by all
+    seeds; ``experts_per_seed`` trains each seed its own experts (as ``distillkit run
+    --seed S`` does), so seeds also vary the experts.
+    """
     from distillkit.experts.pipeline import default_store_dir, expert_key
     from distillkit.runtime import prepare_data
 
@@ -158,20 +166,22 @@ def plan_ablation(
     if "plugins" in overrides:
         raise ConfigError("ablate takes the plugin sets from --arms, not --set plugins=...")
     base = resolve_layers(presets, config_file, overrides, []).config
-    plan = Plan(list(arms), list(seeds), out, base)
+    plan = Plan(list(arms), list(seeds), out, base, experts_per_seed)
     data = None
     for arm in arms:
         arm_overrides = {**overrides, **dict(arm.overrides)}
-        resolved = resolve_layers(presets, config_file, arm_overrides, list(arm.plugins))
-        expert_config = resolved.config
-        if data is None:
-            data = prepare_data(expert_config)
-        store = str(default_store_dir(expert_key(expert_config, data, resolved.host)))
-        plan.stores.setdefault(store, to_dict(expert_config))
+        shared = resolve_layers(presets, config_file, arm_overrides, list(arm.plugins))
         for seed in seeds:
-            config = resolve_layers(presets, config_file, {**arm_overrides, "seed": seed}, list(arm.plugins))
+            resolved = resolve_layers(
+                presets, config_file, {**arm_overrides, "seed": seed}, list(arm.plugins)
+            )
+            expert_side = resolved if experts_per_seed else shared
+            if data is None:
+                data = prepare_data(expert_side.config)
+            store = str(default_store_dir(expert_key(expert_side.config, data, expert_side.host)))
+            plan.stores.setdefault(store, to_dict(expert_side.config))
             cell_dir = out / "cells" / arm.slug / f"seed{seed}"
-            plan.cells.append(Cell(arm, seed, to_dict(config.config), store, str(cell_dir)))
+            plan.cells.append(Cell(arm, seed, to_dict(resolved.config), store, str(cell_dir)))
     for seed in seeds:
         config = replace(base, seed=seed)
         plan.cells.append(
@@ -239,28 +249,45 @@ def execute(
     jobs: int,
     on_done: Callable[[str, dict[str, Any]], None] = lambda name, record: None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Train the stores, then run every cell, ``jobs`` at a time; returns (stores, cells) records."""
-    threads = threads_per_job(jobs)
+    """Train the stores and run every cell, ``jobs`` at a time; returns (stores, cells) records.
+
+    A cell starts as soon as its own store is ready, so cells on plain experts run while
+    the slower ``smooth`` experts are still training.
+    """
     stores: dict[str, dict[str, Any]] = {}
     cells: dict[str, dict[str, Any]] = {}
-    phases: list[tuple[dict[str, dict[str, Any]], list[tuple[str, Callable, Any]]]] = [
-        (stores, [(s, train_store, (s, c)) for s, c in plan.stores.items()]),
-        (cells, [(c.out_dir, run_cell, c) for c in plan.cells]),
-    ]
-    for records, work in phases:
-        if jobs <= 1:
-            for key, fn, arg in work:
-                records[key] = _call(fn, arg, 0)
-                on_done(key, records[key])
-            continue
-        import multiprocessing
+    waiting = {store: [c for c in plan.cells if c.store == store] for store in plan.stores}
+    ready = [c for c in plan.cells if not c.store]
+    if jobs <= 1:
+        for store, config in plan.stores.items():
+            stores[store] = _call(train_store, (store, config), 0)
+            on_done(store, stores[store])
+        for cell in [*ready, *(c for group in waiting.values() for c in group)]:
+            cells[cell.out_dir] = _call(run_cell, cell, 0)
+            on_done(cell.out_dir, cells[cell.out_dir])
+        return stores, cells
+    import multiprocessing
 
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(_call, fn, arg, threads): key for key, fn, arg in work}
-            for future in as_completed(futures):
-                records[futures[future]] = future.result()
-                on_done(futures[future], records[futures[future]])
+    threads = threads_per_job(jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        pending = {
+            pool.submit(_call, train_store, (s, c), threads): ("store", s) for s, c in plan.stores.items()
+        }
+        pending.update({pool.submit(_call, run_cell, c, threads): ("cell", c.out_dir) for c in ready})
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, key = pending.pop(future)
+                record = future.result()
+                (stores if kind == "store" else cells)[key] = record
+                on_done(key, record)
+                if kind == "store":
+                    for cell in waiting[key]:
+                        if "error" in record:
+                            cells[cell.out_dir] = {"error": f"experts failed: {record['error']}"}
+                            continue
+                        pending[pool.submit(_call, run_cell, cell, threads)] = ("cell", cell.out_dir)
     return stores, cells
 
 
@@ -315,7 +342,7 @@ def summarise(plan: Plan, stores: dict[str, dict[str, Any]], cells: dict[str, di
             "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else None,
             "s_per_iter": statistics.fmean([records[s]["distill_s_per_iter"] for s in ok]) if ok else None,
-            "store": plan.cells[[c.arm for c in plan.cells].index(arm)].store,
+            "stores": sorted({c.store for c in plan.cells if c.arm == arm}),
         }
         base = {s: _cell_accuracy(r) for s, r in by_arm[base_label].items()}
         pairs = [accs[s] - base[s] for s in ok if base.get(s) is not None]
@@ -365,9 +392,14 @@ def markdown(summary: dict[str, Any], plan: Plan, command: str) -> str:
         command,
         "```",
         "",
-        f"Budget: {budget_line(plan.base)}. Seeds {', '.join(map(str, seeds))} vary distillation and "
-        "evaluation; experts are shared (trained once per recipe with the base seed). "
-        f"Δ = paired difference to `{summary['base']}` per seed, mean and 95 % t interval over seeds; "
+        f"Budget: {budget_line(plan.base)}. Seeds {', '.join(map(str, seeds))} vary "
+        + (
+            "experts, distillation and evaluation (each seed trains its own experts). "
+            if plan.experts_per_seed
+            else "distillation and evaluation; experts are shared (trained once per recipe with the "
+            "base seed). "
+        )
+        + f"Δ = paired difference to `{summary['base']}` per seed, mean and 95 % t interval over seeds; "
         "wins = seeds where the arm is better.",
         "",
         "| arm | "
@@ -384,7 +416,9 @@ def markdown(summary: dict[str, Any], plan: Plan, command: str) -> str:
             per_seed.append("failed" if err else f"{_fmt(acc)} ± {_fmt(spread)}" if acc is not None else "–")
         delta = f"{row['delta']:+.2f} ± {_fmt(row['delta_ci95'])}" if "delta" in row else "— (base)"
         wins = f"{row['wins']}/{row['pairs']}" if "wins" in row else ""
-        expert = summary["stores"].get(row["store"], {}).get("expert_test_acc") or []
+        expert = [
+            a for store in row["stores"] for a in summary["stores"].get(store, {}).get("expert_test_acc", [])
+        ]
         expert_text = ", ".join(f"{100 * a:.1f}" for a in expert if a is not None) or "–"
         lines.append(
             f"| {row['arm']} | "

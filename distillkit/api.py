@@ -51,6 +51,7 @@ __all__ = [
     "PreparedData",
     "Reporter",
     "check_ipc",
+    "check_synthetic_set",
     "default_run_dir",
     "default_store_dir",
     "device_for",
@@ -63,6 +64,7 @@ __all__ = [
     "load_expert_slices",
     "make_distiller",
     "make_run_context",
+    "merge_evaluation",
     "model_factory",
     "peak_memory_mb",
     "prepare_data",
@@ -143,6 +145,49 @@ def evaluate(
         )
     reporter.finish()
     return results
+
+
+def check_synthetic_set(images: torch.Tensor, labels: torch.Tensor, lr: float, data: PreparedData) -> None:
+    """Refuse a set that cannot be evaluated on ``data`` (shape, labels, finiteness, lr) in one line."""
+    import math
+
+    from distillkit.errors import StoreError
+
+    shape, classes = tuple(data.dataset.image_shape), data.dataset.num_classes
+    if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0:
+        raise StoreError(
+            f"the set's images have shape {tuple(images.shape)}, but {data.dataset.name} needs "
+            f"[N, {shape[0]}, {shape[1]}, {shape[2]}] with N > 0",
+            hint="pass the dataset the set was distilled from (--dataset)",
+        )
+    if labels.shape != (len(images),) or labels.is_floating_point():
+        raise StoreError(
+            f"the set needs {len(images)} integer labels, got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise StoreError(
+            f"the set's labels span {int(labels.min())}..{int(labels.max())}, outside 0..{classes - 1}"
+        )
+    if not bool(torch.isfinite(images).all()):
+        raise StoreError("the set's images hold NaN or infinite values")
+    if not (math.isfinite(lr) and lr > 0):
+        raise StoreError(f"the set's learning rate must be a positive finite number, got {lr}")
+
+
+def merge_evaluation(out_dir: Path, results: dict[str, dict[str, Any]], config: RunConfig) -> None:
+    """Add ``results`` (one entry per model) to ``out_dir/evaluation.json``, keeping earlier models."""
+    import json
+
+    path = Path(out_dir) / "evaluation.json"
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    merged = {k: v for k, v in earlier.items() if isinstance(v, dict)} if isinstance(earlier, dict) else {}
+    for name, result in results.items():
+        merged[name] = {**result, "protocol": to_dict(config.evaluate)}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, merged)
 
 
 def record_invocation(

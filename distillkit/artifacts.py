@@ -261,3 +261,63 @@ def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, class_names
         index = counts.get(label, 0)
         counts[label] = index + 1
         _save_png(out_dir / _safe_dirname(class_names[label]) / f"{index}.png", _to_image(image))
+
+
+def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, float, str]:
+    """Read another tool's ``images_<tag>.pt``, ``labels_<tag>.pt`` and ``lr_<tag>.pt`` (MTT, AST, DATM).
+
+    Loaded with ``torch.load(weights_only=True)``, so only tensors are accepted and
+    nothing is unpickled. ``tag`` defaults to ``best`` when present, otherwise the
+    only (or highest numbered) tag in the folder. Returns ``(images, labels, lr, tag)``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StoreError(f"{folder} is not a folder", hint="--mtt takes the folder holding images_<tag>.pt")
+    tags = sorted(p.name[len("images_") : -len(".pt")] for p in folder.glob("images_*.pt"))
+    if tag is None:
+        if not tags:
+            raise StoreError(
+                f"{folder} holds no images_<tag>.pt", hint="MTT saves images_best.pt and friends"
+            )
+        numbered = sorted((int(t), t) for t in tags if t.isdigit())
+        tag = "best" if "best" in tags else numbered[-1][1] if numbered else tags[0] if len(tags) == 1 else ""
+        if not tag:
+            raise StoreError(f"{folder} holds several sets ({', '.join(tags)})", hint="pick one with --tag")
+    images, labels, lr = (_load_tensor(folder / f"{name}_{tag}.pt") for name in ("images", "labels", "lr"))
+    if images.dim() != 4 or not images.is_floating_point():
+        raise StoreError(
+            f"{folder / f'images_{tag}.pt'}: expected float images [N, C, H, W], got "
+            f"{images.dtype} {tuple(images.shape)}"
+        )
+    if labels.dim() != 1 or labels.is_floating_point() or len(labels) != len(images):
+        raise StoreError(
+            f"{folder / f'labels_{tag}.pt'}: expected {len(images)} integer labels, got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
+    if lr.numel() != 1:
+        raise StoreError(
+            f"{folder / f'lr_{tag}.pt'}: expected one learning rate, got shape {tuple(lr.shape)}"
+        )
+    return images.detach().float(), labels.long(), float(lr.detach().reshape(())), tag
+
+
+def _load_tensor(path: Path) -> Tensor:
+    """One tensor from a ``.pt`` file, refusing anything that is not a plain tensor."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user
+            warnings.simplefilter("ignore")
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"{path} is not a tensor-only file ({first[:160]})",
+            hint="only tensors are loaded (torch.load weights_only=True)",
+        ) from None
+    if not isinstance(value, Tensor):
+        raise StoreError(f"{path} holds a {type(value).__name__}, not a tensor")
+    return value

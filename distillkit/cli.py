@@ -480,45 +480,86 @@ def distill_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory holding synthetic.safetensors.")],
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run directory holding synthetic.safetensors.")
+    ] = None,
+    mtt: Annotated[
+        Path | None,
+        typer.Option(
+            "--mtt",
+            help="Instead of a run: a folder with another tool's images_<tag>.pt, labels_<tag>.pt and "
+            "lr_<tag>.pt (MTT, AST, DATM; tensors only), evaluated under this config's protocol.",
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="With --mtt: which <tag> (default best, or the only one).")
+    ] = None,
     eval_models: EvalModels = None,
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    model: Model = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
     sets: Sets = None,
+    seed: Seed = None,
     device: Device = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With --mtt: also write evaluation.json here.")
+    ] = None,
     json_out: JsonOut = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Evaluate a distilled set again (e.g. on other architectures with --eval-models)."""
+    """Evaluate a distilled set again (other architectures with --eval-models), or another tool's (--mtt)."""
     with cli_errors(debug):
         from distillkit import api
-        from distillkit.artifacts import atomic_write_json, load_synthetic
+        from distillkit.artifacts import load_mtt_set, load_synthetic
         from distillkit.config import ConfigError, apply_overrides, from_dict, validate
         from distillkit.rundir import lock_run_dir
 
-        if not (run_dir / "config.json").exists():
-            raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
-        lock_run_dir(run_dir)
-        try:
-            recorded = json.loads((run_dir / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{run_dir / 'config.json'} cannot be read as JSON ({exc})") from None
-        cfg = from_dict(recorded)
-        cfg = apply_overrides(cfg, _overrides(sets, device=device, eval_models=eval_models), set())
-        validate(cfg)
-        images, labels, lr, _meta, _extra = load_synthetic(run_dir)
+        if (run_dir is None) == (mtt is None):
+            raise ConfigError("evaluate takes a RUN_DIR or --mtt FOLDER (one of them)")
+        if mtt is not None:
+            overrides = _overrides(sets, dataset, data_path, False, model, None, seed, device, eval_models)
+            cfg = _resolve(preset, config, overrides, None).config
+            images, labels, lr, tag = load_mtt_set(mtt, tag)
+            label, target = f"{mtt} ({tag})", out_dir
+        else:
+            if any(v is not None for v in (dataset, data_path, model, preset, config, seed, tag, out_dir)):
+                raise ConfigError(
+                    "a run is evaluated with its recorded config",
+                    hint="only --eval-models, --set evaluate.*, --device and --json apply to RUN_DIR",
+                )
+            if not (run_dir / "config.json").exists():
+                raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
+            lock_run_dir(run_dir)
+            try:
+                recorded = json.loads((run_dir / "config.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{run_dir / 'config.json'} cannot be read as JSON ({exc})") from None
+            cfg = from_dict(recorded)
+            cfg = apply_overrides(cfg, _overrides(sets, device=device, eval_models=eval_models), set())
+            validate(cfg)
+            images, labels, lr, _meta, _extra = load_synthetic(run_dir)
+            label, target = str(run_dir), run_dir
         data = api.prepare_data(cfg)
+        api.check_synthetic_set(images, labels, lr, data)
         reporter = RichReporter(not quiet)
         try:
             results = api.evaluate(cfg, data, images, labels, lr, reporter=reporter)
         finally:
             reporter.close()
         payload = {name: res.as_dict() for name, res in results.items()}
-        atomic_write_json(run_dir / "evaluation.json", payload)
+        if target is not None:
+            api.merge_evaluation(target, payload, cfg)
         if json_out:
             out.print_json(json.dumps(payload))
         else:
+            from distillkit.evaluate import protocol_line
+
+            out.print(f"[dim]protocol: {protocol_line(cfg.evaluate, lr)}[/]")
             rows = [("distilled", name, res) for name, res in payload.items()]
-            out.print(_results_table(f"{run_dir}", rows))
+            out.print(_results_table(label, rows))
 
 
 @app.command("config")
@@ -577,6 +618,13 @@ def ablate_cmd(
     out_dir: Annotated[
         Path | None, typer.Option("--out", "-o", help="Ablation folder (default runs/ablate-<time>).")
     ] = None,
+    experts_per_seed: Annotated[
+        bool,
+        typer.Option(
+            "--experts-per-seed",
+            help="Each seed trains its own experts (default: one store per recipe, shared by all seeds).",
+        ),
+    ] = False,
     dataset: Dataset = None,
     data_path: DataPath = None,
     model: Model = None,
@@ -606,7 +654,9 @@ def ablate_cmd(
         if "seed" in overrides:
             raise ConfigError("ablate takes its seeds from --seeds, not --set seed=...")
         target = out_dir or Path("runs") / time.strftime("ablate-%Y%m%d-%H%M%S")
-        plan = ablate.plan_ablation(arm_list, seed_list, target, preset, config, overrides)
+        plan = ablate.plan_ablation(
+            arm_list, seed_list, target, preset, config, overrides, experts_per_seed=experts_per_seed
+        )
         ablate.check_out(target, plan)
         target.mkdir(parents=True, exist_ok=True)
         atomic_write_json(target / "ablation-plan.json", plan.identity())

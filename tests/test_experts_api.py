@@ -87,7 +87,7 @@ def test_store_lacking_needed_epochs_is_a_clear_error(tmp_path: Path, data: api.
 RESUME = {
     "experts.epochs": 3,
     "experts.momentum": 0.9,
-    "experts.lr_decay_epoch": 1,
+    "experts.lr_decay": "half",  # from epoch 3 // 2 = 1
     "experts.evaluate_each_epoch": True,
     "data.augment": "color_crop_cutout_scale_rotate",
 }

@@ -79,7 +79,8 @@ def test_gp_linear_model_sample_norm_closed_form_and_double_backprop() -> None:
     model = linear_model()
     a = model[1].weight.detach()
     x = torch.randn(5, 3, 2, 2)
-    plugin = SmoothExperts(SmoothExperts.Config(gp_weight=2.0, gp_target=1.0))
+    paper = {"lam_epochs": 5, "gp_input": "augmented", "gp_norm": "sample"}
+    plugin = SmoothExperts(SmoothExperts.Config(gp_weight=2.0, gp_target=1.0, **paper))
     scale, gp = plugin.expert_loss(run, step_ctx(model, x, x, epoch=2))
     assert isinstance(scale, LossScale) and scale.factor == pytest.approx(0.7)
     assert isinstance(gp, LossTerm) and gp.name == "gp"
@@ -117,7 +118,7 @@ class Square(nn.Module):
 def test_gp_input_selects_batch(gp_input: str) -> None:
     run, _ = make_run()
     aug, raw = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
-    plugin = SmoothExperts(SmoothExperts.Config(gp_input=gp_input))
+    plugin = SmoothExperts(SmoothExperts.Config(gp_input=gp_input, gp_norm="sample", gp_weight=1.0))
     _, gp = plugin.expert_loss(run, step_ctx(Square(), aug, raw))
     x = aug if gp_input == "augmented" else raw
     expected = ((2 * x.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
@@ -128,9 +129,20 @@ def test_gp_weight_zero_returns_only_scale() -> None:
     run, _ = make_run()
     x = torch.randn(2, 3, 2, 2)
     out = SmoothExperts(SmoothExperts.Config(gp_weight=0.0)).expert_loss(
-        run, step_ctx(linear_model(), x, x, epoch=7)
+        run, step_ctx(linear_model(), x, x, epoch=10)
     )
     assert out == [LossScale("clip", 1.0)]
+
+
+def test_smooth_defaults_are_the_official_code() -> None:
+    """λ over 10 epochs, μ 2, per-pixel norm on the raw batch, and the code's expert recipe."""
+    cfg = SmoothExperts.Config()
+    assert (cfg.lam_epochs, cfg.gp_weight, cfg.gp_input, cfg.gp_norm) == (10, 2.0, "raw", "pixel")
+    assert clip_factor(7, cfg.lam_start, cfg.lam_epochs) == pytest.approx(0.85)
+    recipe = SmoothExperts.config_defaults
+    assert recipe["experts.lr"] == 0.003 and recipe["experts.weight_decay"] == 1e-3
+    assert recipe["experts.momentum"] == 0.9 and recipe["experts.lr_decay"] == "ast-code"
+    assert recipe["distill.student_momentum"] == 0.9
 
 
 def test_smooth_rejects_unknown_choice() -> None:
@@ -168,7 +180,7 @@ def test_bil_hook_returns_and_logs_nu() -> None:
     run, logged = make_run()
     ctx = InnerLossContext(iteration=0, start_epoch=0, max_start_epoch=20, expert_epochs=2, syn_steps=20)
     nu = BalancedInnerLoss(BalancedInnerLoss.Config()).inner_loss_weight(run, ctx)
-    assert nu == pytest.approx(1 / math.log(18))
+    assert nu == pytest.approx(1 / math.log(18, 5))  # default: the code's log base 5, ⌊T⁺/2⌋
     assert logged["bil/nu"] == nu
 
 
@@ -262,7 +274,7 @@ def perturb(seed: int = 0, **options: Any) -> tuple[torch.Tensor, PerturbContext
 
 
 def test_wp_filter_norms_weights_scope() -> None:
-    delta, ctx, logged = perturb(alpha=0.1)
+    delta, ctx, logged = perturb(alpha=0.1, mode="filter", scope="weights")
     assert delta.shape == ctx.start.shape and delta.dtype == ctx.start.dtype
     d, w = split(delta, ctx), split(ctx.start, ctx)
     for name in ("conv.weight", "fc.weight"):
@@ -279,7 +291,7 @@ def test_wp_filter_norms_weights_scope() -> None:
 
 
 def test_wp_all_scope_perturbs_1d_as_one_filter() -> None:
-    delta, ctx, _ = perturb(alpha=0.1, scope="all")
+    delta, ctx, _ = perturb(alpha=0.1, mode="filter", scope="all")
     d, w = split(delta, ctx), split(ctx.start, ctx)
     for name in ("conv.bias", "norm.weight", "fc.bias"):
         torch.testing.assert_close(d[name].norm(), 0.1 * w[name].norm(), rtol=1e-5, atol=0)

@@ -363,7 +363,7 @@ def test_a_long_error_stays_one_line_in_a_real_process(store_copy, tmp_path):
 
 
 def test_no_pickle_is_loaded_except_the_mtt_import_with_weights_only():
-    """Every loader reads safetensors/JSON/IDX/binary formats; only the MTT import calls torch.load."""
+    """Every loader reads safetensors/JSON/IDX/binary formats; only the MTT imports call torch.load."""
     root = Path(__file__).resolve().parents[1]
     calls = []
     for path in [*(root / "distillkit").rglob("*.py"), *(root / "plugins").rglob("*.py")]:
@@ -377,7 +377,10 @@ def test_no_pickle_is_loaded_except_the_mtt_import_with_weights_only():
                 or keywords.get("allow_pickle") == "True"
             ):
                 calls.append((path.relative_to(root).as_posix(), name, keywords.get("weights_only")))
-    assert calls == [("distillkit/experts/store.py", "torch.load", "True")]
+    assert sorted(calls) == [
+        ("distillkit/artifacts.py", "torch.load", "True"),  # another tool's synthetic set
+        ("distillkit/experts/store.py", "torch.load", "True"),  # an MTT replay buffer
+    ]
 
 
 def test_a_second_store_trainer_waits_for_the_first(tmp_path):

@@ -70,7 +70,11 @@ def read_preset(name: str) -> Preset:
             f"unknown preset '{name}'",
             hint=_suggest(name, names) or f"available presets: {', '.join(names)}",
         )
-    text = (resources.files("distillkit") / "presets" / f"{name}.toml").read_text()
+    return parse_preset(name, (resources.files("distillkit") / "presets" / f"{name}.toml").read_text())
+
+
+def parse_preset(name: str, text: str) -> Preset:
+    """A preset from its TOML text; a missing kind or a key of the other kind is a ``ConfigError``."""
     values = flatten_table(tomllib.loads(text))
     kind = values.pop("kind", None)
     if kind not in KINDS:
@@ -122,4 +126,12 @@ def _shape_of(dataset: str) -> tuple[int, int]:
         return (0, 0)  # loading reports what is wrong with the folder
 
 
-__all__ = ["KINDS", "Preset", "default_for", "parse_preset_list", "preset_names", "read_preset"]
+__all__ = [
+    "KINDS",
+    "Preset",
+    "default_for",
+    "parse_preset",
+    "parse_preset_list",
+    "preset_names",
+    "read_preset",
+]
