@@ -267,10 +267,10 @@ def run(
     """
     reporter = reporter or Reporter()
     device = device_for(config)
+    data = prepare_data(config)  # bad data or ipc fail here, before an --overwrite touches a file
+    check_ipc(config, data)
     if not resume:
         record_invocation(out_dir, config, "run", store_dir, sources)
-    data = prepare_data(config)
-    check_ipc(config, data)
     timings: dict[str, float] = {}
     tick = time.perf_counter()
     if store_dir is not None and (store_dir / "manifest.json").exists():

@@ -341,6 +341,7 @@ def _claim_run_dir(cfg: RunConfig, out_dir: Path | None, overwrite: bool, resume
     from distillkit import rundir
 
     if resume is not None:
+        rundir.refuse_finished(resume)
         return rundir.lock_run_dir(resume)
     return rundir.prepare_run_dir(out_dir or rundir.default_run_dir(cfg), overwrite)
 
@@ -460,6 +461,7 @@ def distill_cmd(
 
         store = TrajectoryStore.open(experts)
         data = api.prepare_data(cfg)
+        api.check_ipc(cfg, data)
         target = _claim_run_dir(cfg, out_dir, overwrite, resume)
         if resume is None:
             api.record_invocation(target, cfg, "distill", experts, sources)

@@ -20,11 +20,12 @@ from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkp
 from distillkit.config import RunConfig
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
-from distillkit.engine.loop import Distiller, DivergenceError, IterationResult, call_hook
+from distillkit.engine.loop import Distiller, DivergenceError, IterationResult
 from distillkit.engine.student import FlatStudent, load_flat
 from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
 from distillkit.experts.pipeline import expert_key, load_expert_slices
 from distillkit.experts.store import TrajectoryStore
+from distillkit.hookcalls import call_each, first_init
 from distillkit.host import PluginHost
 from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
 
@@ -76,7 +77,13 @@ def initial_set(
         make_model=lambda: make(config.model.name, stage_seed(config.seed, "init-model")),
         load_flat=load_flat,
     )
-    init = call_hook(host.hook, "init_synthetic", run=run, ctx=ctx)
+    count = config.distill.ipc * data.dataset.num_classes
+    init = first_init(
+        call_each(host.hook, "init_synthetic", run=run, ctx=ctx),
+        count,
+        data.dataset.image_shape,
+        data.dataset.num_classes,
+    )
     return init.images, init.labels, init.source
 
 
@@ -141,10 +148,27 @@ def _resume_state(out_dir: Path, reporter: Reporter) -> tuple[Checkpoint, list[d
         )
     metrics = out_dir / "metrics.jsonl"
     kept = int(checkpoint.progress["metrics_bytes"])
+    try:
+        size = metrics.stat().st_size
+    except FileNotFoundError:
+        size = -1
+    if size < kept:  # truncating would pad it with NUL bytes; the log was cut or replaced
+        raise StoreError(
+            f"{metrics} holds {max(size, 0)} bytes but the checkpoint recorded {kept}: the run log was "
+            "shortened or removed after the checkpoint, so the run cannot continue consistently",
+            hint="restore metrics.jsonl, or start a new run (nothing was changed)",
+        )
     with open(metrics, "r+b") as handle:
-        handle.truncate(kept)
         handle.seek(0)
-        lines = [json.loads(line) for line in handle.read().decode().splitlines() if line]
+        text = handle.read(kept)
+        try:
+            lines = [json.loads(line) for line in text.decode().splitlines() if line]
+        except (UnicodeDecodeError, ValueError):
+            raise StoreError(
+                f"{metrics}: the first {kept} bytes are not the JSON lines the checkpoint recorded",
+                hint="restore metrics.jsonl, or start a new run (nothing was changed)",
+            ) from None
+        handle.truncate(kept)
     return checkpoint, lines
 
 

@@ -60,9 +60,7 @@ class PluginConflictError(PluginError):
 
 
 class PluginRuntimeError(PluginError):
-    """A hook implementation raised during a run."""
-
-    exit_code = ExitCode.RUN_FAILED
+    """A hook implementation raised, or returned something that cannot be combined (exit 3)."""
 
 
 class RunFailed(DistillkitError):

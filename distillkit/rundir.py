@@ -112,6 +112,22 @@ def _refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
         )
 
 
+def refuse_finished(run_dir: Path) -> None:
+    """``--resume`` on a finished run has nothing to do; it must not rewrite its results."""
+    import json
+
+    try:
+        command = json.loads((Path(run_dir) / "invocation.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return  # recorded_run reports a missing or unreadable record
+    done = "results.json" if command == "run" else "synthetic.json"
+    if (Path(run_dir) / done).exists():
+        raise ConfigError(
+            f"{run_dir} holds a finished run ({done}): there is nothing to resume",
+            hint=f"evaluate it again with: distillkit evaluate {run_dir}",
+        )
+
+
 def prepare_run_dir(out_dir: Path, overwrite: bool = False) -> Path:
     """Create and lock a run directory; refuse one holding another run, finished or not, unless overwrite.
 

@@ -8,7 +8,6 @@ unroll N student steps on the synthetic set, match θ̂_N to θ*_{t+M} (plus hoo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,7 +17,6 @@ import torch
 from distillkit.config import DistillConfig
 from distillkit.context import (
     InnerLossContext,
-    LossTerm,
     MatchContext,
     PerturbContext,
     RunContext,
@@ -28,7 +26,8 @@ from distillkit.engine.guard import Diverged, DivergenceGuard
 from distillkit.engine.optim import MomentumSGD
 from distillkit.engine.student import FlatStudent
 from distillkit.engine.unroll import BatchSampler, normalised_distance
-from distillkit.errors import PluginRuntimeError, RunFailed
+from distillkit.errors import RunFailed
+from distillkit.hookcalls import call_each, combine_deltas, combine_terms, combine_weights
 
 #: α is clamped to at least this fraction of its initial value, so it stays positive.
 ALPHA_FLOOR = 1e-3
@@ -69,32 +68,6 @@ class EngineState:
 
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
-
-
-def _as_terms(results: list[Any]) -> list[LossTerm]:
-    terms: list[LossTerm] = []
-    for r in results:
-        terms.extend(r if isinstance(r, list) else [r])
-    return terms
-
-
-def call_hook(hook: Any, name: str, **kwargs: Any) -> Any:
-    """Call a hook; an exception inside a plugin names that plugin."""
-    try:
-        return getattr(hook, name)(**kwargs)
-    except Exception as exc:
-        owner = _owner_of(getattr(hook, name), exc)
-        raise PluginRuntimeError(f"plugin '{owner}' failed in {name}: {type(exc).__name__}: {exc}") from exc
-
-
-def _owner_of(caller: Any, exc: BaseException) -> str:
-    codes = {impl.function.__code__: impl.plugin_name for impl in caller.get_hookimpls()}
-    tb = exc.__traceback__
-    owner = "unknown"
-    while tb is not None:
-        owner = codes.get(tb.tb_frame.f_code, owner)
-        tb = tb.tb_next
-    return owner
 
 
 class Distiller:
@@ -183,28 +156,28 @@ class Distiller:
         start, target = segment[t], segment[t + cfg.expert_epochs]
 
         # hook: perturb_expert — each delta from the unperturbed start; summed.
-        deltas = call_hook(
+        deltas = call_each(
             hook,
             "perturb_expert",
             run=run,
             ctx=PerturbContext(it, start, t, self.student.layout),
         )
-        perturbed = start + sum(deltas) if deltas else start
+        perturbed = combine_deltas(deltas, start)
         # hook: inner_loss_weight — product of all factors.
-        weights = call_hook(
+        weights = call_each(
             hook,
             "inner_loss_weight",
             run=run,
             ctx=InnerLossContext(it, t, cfg.max_start_epoch, cfg.expert_epochs, cfg.syn_steps),
         )
-        weight = math.prod(float(w) for w in weights)
+        weight = combine_weights(weights)
 
         params = self.backprop.forward(perturbed, weight)
         reference = perturbed if cfg.match_denominator == "perturbed" else start
         match = normalised_distance(params[-1], target, reference)
         # hook: intermediate_match — terms added to the matching loss.
-        terms = _as_terms(
-            call_hook(
+        terms = combine_terms(
+            call_each(
                 hook,
                 "intermediate_match",
                 run=run,
@@ -219,7 +192,8 @@ class Distiller:
                     unperturbed_start=start,
                     distance=normalised_distance,
                 ),
-            )
+            ),
+            match.device,
         )
         loss = match + sum(term.value for term in terms) if terms else match
         loss_value = self.guard.check_loss(loss)

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillkit.config import ExpertsConfig, first_decayed_epoch
-from distillkit.context import ExpertStepContext, LossScale, LossTerm, RunContext
+from distillkit.context import ExpertStepContext, RunContext
 from distillkit.data.pixels import Images
-from distillkit.engine.loop import call_hook
 from distillkit.engine.student import flatten_params
 from distillkit.errors import StoreError
 from distillkit.experts.partial import TrainingState, capture, restore
+from distillkit.hookcalls import call_each, combine_expert_loss
 
 
 @dataclass
@@ -49,27 +49,6 @@ def make_optimizer(model: nn.Module, cfg: ExpertsConfig) -> torch.optim.Optimize
     return torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-
-
-def reduce_expert_loss(base: torch.Tensor, results: list[Any]) -> tuple[torch.Tensor, dict]:
-    """``base · ∏ scales + Σ terms`` over every plugin's results (order-independent)."""
-    scale = 1.0
-    total_terms: list[torch.Tensor] = []
-    parts: dict[str, torch.Tensor | float] = {}
-    for result in results:
-        for item in result if isinstance(result, list) else [result]:
-            if isinstance(item, LossScale):
-                scale *= item.factor
-                parts[item.name] = item.factor
-            elif isinstance(item, LossTerm):
-                total_terms.append(item.value)
-                parts[item.name] = item.value
-            else:
-                raise TypeError(f"expert_loss returned {type(item).__name__}, not LossTerm/LossScale")
-    loss = base * scale
-    for term in total_terms:
-        loss = loss + term
-    return loss, parts
 
 
 @torch.no_grad()
@@ -134,7 +113,7 @@ def train_expert(
             logits = model(x)
             base = F.cross_entropy(logits, labels[idx])
             # hook: expert_loss — scales multiply the base loss, terms are added.
-            results = call_hook(
+            results = call_each(
                 hook,
                 "expert_loss",
                 run=run,
@@ -151,7 +130,7 @@ def train_expert(
                     total_epochs=cfg.epochs,
                 ),
             )
-            loss, _ = reduce_expert_loss(base, results)
+            loss, _ = combine_expert_loss(base, results)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

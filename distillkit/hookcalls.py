@@ -1,0 +1,168 @@
+"""Calling the hooks of ``hookspecs`` and combining their results: the one place for both rules.
+
+Every result is checked where it is combined (type, shape, dtype, device, value)
+and a bad one fails with the name of the plugin that returned it, so a wrong
+answer can never be broadcast or summed into a run that then "succeeds". The
+reductions are: ``expert_loss`` base · ∏ scales + Σ terms; ``init_synthetic``
+the first answer (exclusive, the core default last); ``inner_loss_weight`` the
+product; ``perturb_expert`` start + Σ deltas; ``intermediate_match`` Σ terms.
+Results are combined in pluggy's call order, so sums are the same bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from distillkit.context import LossScale, LossTerm, SyntheticInit
+from distillkit.errors import PluginRuntimeError
+
+Answers = list[tuple[str, Any]]
+
+
+def call_each(hook: Any, name: str, **kwargs: Any) -> Answers:
+    """Call every implementation of hook ``name`` as pluggy would; return (plugin name, result) pairs.
+
+    ``None`` answers are dropped and a ``firstresult`` hook stops at the first
+    answer, as in pluggy. Anything a plugin raises (``SystemExit`` too) becomes a
+    :class:`PluginRuntimeError` naming it; only Ctrl-C passes through.
+    """
+    caller = getattr(hook, name)
+    first_only = bool(caller.spec and caller.spec.opts.get("firstresult"))
+    answers: Answers = []
+    for impl in reversed(caller.get_hookimpls()):
+        try:
+            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit from a plugin must not end the run silently
+            raise PluginRuntimeError(
+                f"plugin '{impl.plugin_name}' failed in {name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if result is not None:
+            answers.append((impl.plugin_name, result))
+            if first_only:
+                break
+    return answers
+
+
+def _bad(plugin: str, hook: str, what: str) -> PluginRuntimeError:
+    return PluginRuntimeError(f"plugin '{plugin}' returned {what} from {hook}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)} on {value.device}"
+    return f"a {type(value).__name__}"
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` name one device when the current device is 0."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _items(answer: Any) -> list[Any]:
+    return list(answer) if isinstance(answer, (list, tuple)) else [answer]
+
+
+def _loss_term(plugin: str, hook: str, item: Any, device: torch.device) -> LossTerm:
+    if not isinstance(item, LossTerm):
+        raise _bad(plugin, hook, f"{_describe(item)}, not a LossTerm")
+    value = item.value
+    if not isinstance(value, torch.Tensor) or value.dim() != 0 or not value.is_floating_point():
+        raise _bad(plugin, hook, f"LossTerm '{item.name}' with {_describe(value)}, not a 0-dim float tensor")
+    if not _same_device(value.device, device):
+        raise _bad(plugin, hook, f"LossTerm '{item.name}' on {value.device}, not on the run's {device}")
+    return item
+
+
+def _positive_number(plugin: str, hook: str, value: Any, what: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = float(value.detach())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad(plugin, hook, f"{_describe(value)} as {what}, not a number")
+    if not (math.isfinite(value) and value > 0):
+        raise _bad(plugin, hook, f"{what} {value}, not a positive finite number")
+    return float(value)
+
+
+def combine_expert_loss(base: torch.Tensor, answers: Answers) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``base · ∏ scales + Σ terms`` over every plugin's ``expert_loss`` items, and the named parts."""
+    scale, terms, parts = 1.0, [], {}
+    for plugin, answer in answers:
+        for item in _items(answer):
+            if isinstance(item, LossScale):
+                factor = _positive_number(plugin, "expert_loss", item.factor, f"LossScale '{item.name}'")
+                scale *= factor
+                parts[item.name] = factor
+            else:
+                term = _loss_term(plugin, "expert_loss", item, base.device)
+                terms.append(term.value)
+                parts[term.name] = term.value
+    loss = base * scale
+    for term in terms:
+        loss = loss + term
+    return loss, parts
+
+
+def combine_weights(answers: Answers) -> float:
+    """The product of every ``inner_loss_weight`` answer (each a positive finite number)."""
+    return math.prod(_positive_number(p, "inner_loss_weight", w, "a weight") for p, w in answers)
+
+
+def combine_deltas(answers: Answers, start: torch.Tensor) -> torch.Tensor:
+    """``start + Σ deltas``; each delta must be a finite tensor exactly like ``start``."""
+    deltas = []
+    for plugin, delta in answers:
+        if (
+            not isinstance(delta, torch.Tensor)
+            or delta.shape != start.shape
+            or delta.dtype != start.dtype
+            or not _same_device(delta.device, start.device)
+        ):
+            raise _bad(
+                plugin,
+                "perturb_expert",
+                f"{_describe(delta)}; a delta must match ctx.start ({_describe(start)})",
+            )
+        if not bool(torch.isfinite(delta).all()):
+            raise _bad(plugin, "perturb_expert", "a delta holding NaN or infinite values")
+        deltas.append(delta)
+    return start + sum(deltas) if deltas else start
+
+
+def combine_terms(answers: Answers, device: torch.device) -> list[LossTerm]:
+    """Every ``intermediate_match`` term (a LossTerm or a list of them), checked."""
+    return [
+        _loss_term(plugin, "intermediate_match", item, device)
+        for plugin, answer in answers
+        for item in _items(answer)
+    ]
+
+
+def first_init(answers: Answers, count: int, shape: Sequence[int], classes: int) -> SyntheticInit:
+    """The ``init_synthetic`` answer: ``count`` finite images of ``shape`` with labels in range."""
+    if not answers:
+        raise PluginRuntimeError("no plugin answered init_synthetic (the core default should have)")
+    plugin, init = answers[0]
+    if not isinstance(init, SyntheticInit):
+        raise _bad(plugin, "init_synthetic", f"{_describe(init)}, not a SyntheticInit")
+    images, labels = init.images, init.labels
+    expected = [count, *shape]
+    if (
+        not isinstance(images, torch.Tensor)
+        or list(images.shape) != expected
+        or not images.is_floating_point()
+    ):
+        raise _bad(plugin, "init_synthetic", f"images as {_describe(images)}; expected float {expected}")
+    if not isinstance(labels, torch.Tensor) or list(labels.shape) != [count] or labels.is_floating_point():
+        raise _bad(plugin, "init_synthetic", f"labels as {_describe(labels)}; expected {count} integers")
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise _bad(plugin, "init_synthetic", f"labels outside 0..{classes - 1}")
+    if not bool(torch.isfinite(images).all()):
+        raise _bad(plugin, "init_synthetic", "images holding NaN or infinite values")
+    return init
