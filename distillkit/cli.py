@@ -542,9 +542,15 @@ def evaluate_cmd(
             cfg = from_dict(recorded)
             cfg = apply_overrides(cfg, _overrides(sets, device=device, eval_models=eval_models), set())
             validate(cfg)
-            images, labels, lr, _meta, _extra = load_synthetic(run_dir)
+            images, labels, lr, meta, _extra = load_synthetic(run_dir)
             label, target = str(run_dir), run_dir
         data = api.prepare_data(cfg)
+        if run_dir is not None and meta.get("dataset") not in (None, data.dataset.name):
+            raise ConfigError(
+                f"{run_dir}: the synthetic set was distilled from {meta.get('dataset')}, but the run's "
+                f"config names {data.dataset.name}",
+                hint="the run directory was altered; evaluate the set with the dataset it came from",
+            )
         api.check_synthetic_set(images, labels, lr, data)
         reporter = RichReporter(not quiet)
         try:

@@ -385,6 +385,23 @@ def validate(config: RunConfig) -> None:
     }.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    for key, value in {
+        "experts.momentum": config.experts.momentum,
+        "distill.student_momentum": config.distill.student_momentum,
+        "distill.img_momentum": config.distill.img_momentum,
+        "evaluate.momentum": config.evaluate.momentum,
+    }.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if not 0 < config.evaluate.lr_decay_factor <= 1:
+        raise ConfigError(
+            f"evaluate.lr_decay_factor must be in (0, 1], got {config.evaluate.lr_decay_factor}"
+        )
+    after = config.evaluate.momentum_after_decay
+    if not (after == -1 or 0 <= after < 1):
+        raise ConfigError(
+            f"evaluate.momentum_after_decay must be -1 (keep the momentum) or in [0, 1), got {after}"
+        )
     if config.distill.memory not in MEMORY_MODES:
         raise ConfigError(
             f"distill.memory must be one of {', '.join(MEMORY_MODES)}, got '{config.distill.memory}'"

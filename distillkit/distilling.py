@@ -27,6 +27,7 @@ from distillkit.experts.pipeline import expert_key, load_expert_slices
 from distillkit.experts.store import TrajectoryStore
 from distillkit.hookcalls import call_each, first_init
 from distillkit.host import PluginHost
+from distillkit.rundir import being_trained
 from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
 
 
@@ -101,6 +102,12 @@ def make_distiller(
     anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
     """
     device = device_for(config)
+    if being_trained(store.root):
+        raise StoreError(
+            f"the trajectory store {store.root} is still being trained by another process "
+            f"({len(store.finished())} experts finished so far)",
+            hint="wait for that training to finish (or run `distillkit run`, which waits for it)",
+        )
     store.check_compatible(expert_key(config, data, host))
     experts = load_expert_slices(store, config)
     run = make_run_context(config, host, device, stage_seed(config.seed, "distill"), out_dir)

@@ -78,6 +78,23 @@ def lock_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def being_trained(folder: Path) -> bool:
+    """Whether another process holds ``folder/.lock`` right now (an expert store still in training)."""
+    if fcntl is None or not (Path(folder) / LOCK_FILE).exists():
+        return False
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno not in _NO_LOCKING
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
     """Hold ``folder/.lock`` for the body, waiting for any other holder first.
