@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from distillkit.errors import DistillkitError, ExitCode
+from distillkit.errors import DistillkitError, ExitCode, os_error_exit_code
 
 if TYPE_CHECKING:
     from distillkit.config import RunConfig
@@ -125,6 +125,13 @@ def cli_errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     except typer.Exit:
         raise
+    except OSError as exc:  # the environment: a full disk, a read-only or missing location, a long name
+        if debug:
+            err.print_exception()
+        message, hint, code = describe_os_error(exc)
+        err.print(f"[bold red]Error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"Hint: {hint}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(int(code)) from None
     except Exception as exc:
         if debug:
             err.print_exception()
@@ -133,6 +140,27 @@ def cli_errors(debug: bool) -> Iterator[None]:
         )
         err.print("Hint: rerun with --debug for the traceback and report it", markup=False)
         raise typer.Exit(int(ExitCode.RUN_FAILED)) from None
+
+
+def describe_os_error(exc: OSError) -> tuple[str, str, ExitCode]:
+    """One line, a hint and an exit code for an operating-system error a user can fix."""
+    import errno
+
+    where = f": {exc.filename}" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    hints = {
+        errno.ENOSPC: (
+            "free some space (or point --out / DISTILLKIT_CACHE elsewhere) and run again; "
+            "files written before are kept, and an interrupted run resumes with --resume"
+        ),
+        errno.EROFS: "choose a writable location (--out, --experts, DISTILLKIT_CACHE)",
+        errno.EACCES: "choose a location you may write to (--out, --experts, DISTILLKIT_CACHE)",
+        errno.ENOTDIR: "a path component is a file, not a folder (check --out, --experts, DISTILLKIT_CACHE)",
+        errno.ENAMETOOLONG: "choose a shorter path or name",
+        errno.ENOENT: "check that the path exists",
+    }
+    hint = hints.get(exc.errno or -1, "check the path and the disk, then run again")
+    return f"{what}{where}", hint, os_error_exit_code(exc)
 
 
 class RichReporter:

@@ -270,11 +270,18 @@ def flatten_table(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+#: A config file larger than this is not a config file (``--config /dev/zero`` must not hang).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config file into dotted keys; a missing or malformed file is a ``ConfigError``."""
     try:
         with open(path, "rb") as fh:
-            values = flatten_table(tomllib.load(fh))
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+            if len(data) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+            values = flatten_table(tomllib.loads(data.decode("utf-8")))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -71,3 +71,11 @@ class Interrupted(DistillkitError):
     """SIGINT/SIGTERM stopped a run after its state was checkpointed."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+def os_error_exit_code(exc: OSError) -> ExitCode:
+    """A full disk or an I/O failure stops a run (1); a bad location is bad input (2)."""
+    import errno
+
+    failed = (errno.ENOSPC, errno.EIO, errno.EDQUOT)
+    return ExitCode.RUN_FAILED if exc.errno in failed else ExitCode.USAGE_ERROR

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distillkit.errors import ConfigError, DistillkitError, ExitCode
+from distillkit.errors import ConfigError, DistillkitError, ExitCode, os_error_exit_code
 
 if TYPE_CHECKING:
     from distillkit.config import RunConfig
@@ -118,6 +118,13 @@ def exclusive(folder: Path) -> Iterator[None]:
 
 
 def _refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
+    markers = (*SETUP_FILES, *RESULT_FILES, *PROGRESS_FILES)
+    foreign = out_dir.is_dir() and not any((out_dir / name).exists() for name in markers)
+    if foreign and any(out_dir.iterdir()):  # a folder of the user's (or /): never write a run into it
+        raise ConfigError(
+            f"{out_dir} is not empty and holds no distillkit run",
+            hint="choose a new or empty folder for --out",
+        )
     if overwrite:
         return
     if any((out_dir / name).exists() for name in RESULT_FILES):
@@ -183,10 +190,11 @@ def discard_on_bad_input(run_dir: Path) -> Iterator[None]:
     """
     try:
         yield
-    except DistillkitError as exc:
+    except (DistillkitError, OSError) as exc:
         run_dir = Path(run_dir)
         key = str(run_dir.resolve())
-        bad_input = exc.exit_code in (ExitCode.USAGE_ERROR, ExitCode.PLUGIN_ERROR)
+        code = os_error_exit_code(exc) if isinstance(exc, OSError) else exc.exit_code
+        bad_input = code in (ExitCode.USAGE_ERROR, ExitCode.PLUGIN_ERROR)
         if bad_input and key in _CREATED and run_dir.is_dir():
             entries = list(run_dir.iterdir())
             if all(p.is_file() and p.name in SETUP_FILES for p in entries):

@@ -121,8 +121,15 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta...: not supported (or tested) here
+        raise ConfigError(f"unsupported device '{name}'", hint="use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device '{name}' requested but only {torch.cuda.device_count()} CUDA devices exist",
+            hint=f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}",
+        )
     return device
 
 

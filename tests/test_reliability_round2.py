@@ -118,3 +118,49 @@ def test_distill_from_a_store_still_in_training_is_refused(finished, tmp_path):
     assert not (tmp_path / "d").exists()
     again = invoke("distill", "--experts", store, *TINY, "--out", tmp_path / "d", "--quiet")
     assert again.exit_code == 0, again.output
+
+
+def test_a_cache_that_is_a_file_is_one_line_and_leaves_no_run_dir(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    monkeypatch.setenv("DISTILLKIT_CACHE", str(cache))
+    result = invoke("run", *TINY, "--out", tmp_path / "r", "--quiet")
+    one_line_error(result, 2, "Not a directory")
+    assert not (tmp_path / "r").exists() and cache.read_text() == "not a folder"
+
+
+def test_a_read_only_output_location_is_one_line(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        result = invoke("run", *TINY, "--out", parent / "r", "--quiet")
+    finally:
+        parent.chmod(0o700)
+    one_line_error(result, 2, "ermission denied")
+
+
+@pytest.mark.parametrize("out", ["/", "user-folder"])
+def test_a_non_empty_folder_that_is_no_run_is_never_written_into(tmp_path, out):
+    target = Path(out) if out == "/" else tmp_path / out
+    if out != "/":
+        target.mkdir()
+        (target / "thesis.tex").write_text("mine")
+    before = sorted(p.name for p in target.iterdir())
+    result = invoke("run", *TINY, "--out", target, "--overwrite", "--quiet")
+    one_line_error(result, 2, "holds no distillkit run")
+    assert sorted(p.name for p in target.iterdir()) == before
+
+
+def test_a_config_that_never_ends_is_refused(tmp_path):
+    result = invoke("run", "--config", "/dev/zero", "--out", tmp_path / "r")
+    one_line_error(result, 2, "larger than 1 MiB")
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "tpu", "cuda:abc"])
+def test_unsupported_devices_are_one_line(tmp_path, device):
+    result = invoke("run", *TINY, "--device", device, "--out", tmp_path / "r", "--quiet")
+    assert result.exit_code == 2 and "device" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()

@@ -123,6 +123,8 @@ def test_resume_skips_a_corrupt_newest_checkpoint(store, reference, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     config["distill"]["iterations"] = ITERATIONS
     (run_dir / "config.json").write_text(json.dumps(config))
+    for name in ("synthetic.json", "synthetic.safetensors"):  # a run cut short has no set yet
+        (run_dir / name).unlink()
     newest = sorted(checkpoint_dir(run_dir).glob("*.safetensors"))[-1]
     data = bytearray(newest.read_bytes())
     data[-1] ^= 0xFF
