@@ -12,14 +12,13 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from distillkit.context import SyntheticInit
 from distillkit.errors import ConfigError, DataError
 from distillkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from torch import nn
 
     from distillkit.context import InitContext, RunContext
@@ -47,6 +46,8 @@ def cluster_sizes(ipc: int, clusters: int, max_clusters: int) -> list[int]:
 
 def embed_class(model: nn.Module, images: torch.Tensor, features: str, device: torch.device) -> np.ndarray:
     """Features of ``images`` as a float32 array [n, d]: pre-FC ``model.embed`` or the logits."""
+    import torch
+
     chunks = []
     with torch.no_grad():
         for batch in images.split(BATCH):
@@ -95,6 +96,7 @@ class KMeansInit:
     @hookimpl
     def init_synthetic(self, run: RunContext, ctx: InitContext) -> SyntheticInit:
         """Cluster each class's expert features and take the real images nearest each centroid."""
+        import torch
         from sklearn.cluster import KMeans
 
         cfg = self.config

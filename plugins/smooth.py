@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from distillkit.context import LossScale, LossTerm
 from distillkit.errors import ConfigError
 from distillkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from distillkit.context import ExpertStepContext, RunContext
@@ -52,6 +51,8 @@ def gradient_penalty(model: nn.Module, images: torch.Tensor, target: float, norm
     model stays in train mode, as in the official code (a BatchNorm network would
     update its running statistics on this extra pass).
     """
+    import torch
+
     x = images.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
     if norm == "sample":

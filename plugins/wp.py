@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from distillkit.errors import ConfigError
 from distillkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    import torch
+
     from distillkit.context import ParamSlot, PerturbContext, RunContext
 
 MODES = ("filter", "multiplicative")
@@ -27,6 +27,8 @@ SCOPES = ("weights", "conv", "all")
 
 def _normal(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """N(0, I) shaped like ``weight``, drawn on the generator's device, moved to ``weight``'s."""
+    import torch
+
     z = torch.randn(weight.shape, generator=generator, device=generator.device, dtype=weight.dtype)
     return z.to(weight.device)
 
@@ -36,6 +38,8 @@ def filter_delta(weight: torch.Tensor, alpha: float, generator: torch.Generator)
 
     The delta of filter j has norm exactly α·‖θ_j‖_F. A 1-D (or 0-D) tensor is one filter.
     """
+    import torch
+
     d = _normal(weight, generator)
     rows = weight.shape[0] if weight.dim() >= 2 else 1
     w_norm = torch.linalg.vector_norm(weight.reshape(rows, -1), dim=1, keepdim=True)
@@ -46,6 +50,8 @@ def filter_delta(weight: torch.Tensor, alpha: float, generator: torch.Generator)
 
 def multiplicative_delta(weight: torch.Tensor, alpha: float, generator: torch.Generator) -> torch.Tensor:
     """α·D⊙W with D = Z/‖Z‖_F over the whole tensor (official code); relative size ≈ α/√numel."""
+    import torch
+
     z = _normal(weight, generator)
     return alpha * z / torch.linalg.vector_norm(z) * weight
 
@@ -99,6 +105,8 @@ class WeightPerturbation:
     @hookimpl
     def perturb_expert(self, run: RunContext, ctx: PerturbContext) -> torch.Tensor:
         """The flat delta for ``ctx.start`` (zero outside the scope); logs ``wp/rel_norm``."""
+        import torch
+
         cfg = self.config
         make = filter_delta if cfg.mode == "filter" else multiplicative_delta
         with torch.no_grad():

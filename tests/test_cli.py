@@ -34,6 +34,20 @@ def test_help_does_not_import_torch():
     assert "run" in proc.stdout and "list-plugins" in proc.stdout
 
 
+def test_list_plugins_does_not_import_torch():
+    """Listing reads every installed plugin, so plugin modules import torch inside their hooks."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['distillkit', 'list-plugins', '--json']\n"
+        "from distillkit.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported by list-plugins'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert '"herding-init"' in proc.stdout and '"smooth"' in proc.stdout
+
+
 def test_list_plugins_json_shows_the_five_built_ins():
     result = invoke("list-plugins", "--json")
     assert result.exit_code == 0, result.output

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from distillkit.context import SyntheticInit
 from distillkit.errors import ConfigError, DataError
 from distillkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    import torch
     from distillkit.context import InitContext, RunContext
 
 __version__ = "0.1.0"
@@ -32,6 +32,8 @@ BATCH = 512
 
 def herding(features: torch.Tensor, count: int) -> list[int]:
     """Indices of ``count`` distinct rows of ``features`` [n, d] chosen by greedy herding."""
+    import torch
+
     mean = features.mean(0)
     total = torch.zeros_like(mean)
     available = torch.ones(len(features), dtype=torch.bool, device=features.device)
@@ -50,6 +52,8 @@ def embed(
     model: torch.nn.Module, images: torch.Tensor, features: str, device: torch.device
 ) -> torch.Tensor:
     """Float64 features [n, d] of ``images``, pre-classifier (``model.embed``) or logits."""
+    import torch
+
     chunks = []
     with torch.no_grad():
         for batch in images.split(BATCH):
@@ -85,6 +89,8 @@ class HerdingInit:
     @hookimpl
     def init_synthetic(self, run: RunContext, ctx: InitContext) -> SyntheticInit:
         """Embed each class with the first expert's final parameters and herd ``ipc`` images."""
+        import torch
+
         model = ctx.make_model()
         ctx.load_flat(model, ctx.expert_params(-1))
         model.to(run.device).eval()
