@@ -1,4 +1,4 @@
-"""``distillkit bench``: the figures of ``shared/benchmarks.md`` for one config, measured one way.
+"""``distillkit bench``: the figures of docs/performance.md for one config, measured one way.
 
 - distillation seconds per outer iteration (median of a window after warm-up), peak
   memory and FLOPs per iteration, each setting in a fresh child process

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import tomllib
 import types
 import typing
@@ -78,7 +77,8 @@ class DistillConfig:
     img_momentum: float = 0.5
     log_every: int = 10
     #: Denominator start of the final match: "expert" θ*_t (MTT, AST paper) or "perturbed" θ*_t + δ
-    #: (official AST code, algorithms.md §9); differs only when a plugin perturbs the start.
+    #: (official AST code, github.com/shenjiyuan123/AST-Alignment-with-Smooth-Expert); differs only
+    #: when a plugin perturbs the start.
     match_denominator: str = "expert"
     #: Feed the student NHWC inputs (faster oneDNN convolutions on CPU; last-bit differences).
     channels_last: bool = False
@@ -103,7 +103,7 @@ class DistillConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
-    """Training fresh networks on a synthetic set (design §7): final-epoch accuracy, mean ± std."""
+    """Training fresh networks on a synthetic set (docs/config.md): final-epoch accuracy, mean ± std."""
 
     runs: int = 5
     epochs: int = 300
@@ -205,7 +205,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation!r}")
 
 
-def _suggest(name: str, options: list[str]) -> str | None:
+def suggest(name: str, options: list[str]) -> str | None:
     close = difflib.get_close_matches(name, options, n=1)
     return f"did you mean '{close[0]}'?" if close else None
 
@@ -236,20 +236,20 @@ def apply_overrides(
         head, _, rest = key.partition(".")
         if not rest:
             if head not in TOP_LEVEL:
-                raise ConfigError(f"unknown config key '{key}'", hint=_suggest(key, config_keys()))
+                raise ConfigError(f"unknown config key '{key}'", hint=suggest(key, config_keys()))
             top_updates[head] = coerce(raw, hints[head], key)
             continue
         if head in SECTIONS:
             cls = hints[head]
             sub = _field_types(cls)
             if rest not in sub:
-                raise ConfigError(f"unknown config key '{key}'", hint=_suggest(key, config_keys()))
+                raise ConfigError(f"unknown config key '{key}'", hint=suggest(key, config_keys()))
             section_updates.setdefault(head, {})[rest] = coerce(raw, sub[rest], key)
             continue
         if plugin_names is not None and head not in plugin_names:
             raise ConfigError(
                 f"unknown config key '{key}': '{head}' is neither a config section nor a selected plugin",
-                hint=_suggest(key, config_keys()) or "select the plugin with --plugins first",
+                hint=suggest(key, config_keys()) or "select the plugin with --plugins first",
             )
         plugin_options.setdefault(head, {})[rest] = raw
     updated = replace(config, **top_updates, plugin_options=plugin_options)
@@ -346,162 +346,6 @@ def first_decayed_epoch(experts: ExpertsConfig) -> int | None:
 def last_needed_epoch(distill: DistillConfig) -> int:
     """The latest expert epoch a match can target: start t ≤ T⁺ − 1, target t + M."""
     return distill.max_start_epoch - 1 + distill.expert_epochs
-
-
-def validate(config: RunConfig) -> None:
-    """Reject values that cannot work (they would otherwise fail deep inside the run)."""
-    positive = {
-        "experts.count": config.experts.count,
-        "experts.epochs": config.experts.epochs,
-        "experts.batch_size": config.experts.batch_size,
-        "distill.ipc": config.distill.ipc,
-        "distill.syn_steps": config.distill.syn_steps,
-        "distill.expert_epochs": config.distill.expert_epochs,
-        "distill.max_start_epoch": config.distill.max_start_epoch,
-        "evaluate.epochs": config.evaluate.epochs,
-        "evaluate.batch_size": config.evaluate.batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    non_negative = {
-        "distill.iterations": config.distill.iterations,
-        "distill.batch_syn": config.distill.batch_syn,
-        "distill.graph_steps": config.distill.graph_steps,
-        "evaluate.runs": config.evaluate.runs,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
-    for key, value in {
-        "distill.lr_init": config.distill.lr_init,
-        "experts.lr": config.experts.lr,
-    }.items():
-        if not value > 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    _check_finite(config)
-    for key, value in {
-        "distill.lr_img": config.distill.lr_img,
-        "distill.lr_lr": config.distill.lr_lr,
-        "distill.img_momentum": config.distill.img_momentum,
-        "distill.student_momentum": config.distill.student_momentum,
-        "experts.momentum": config.experts.momentum,
-        "experts.weight_decay": config.experts.weight_decay,
-        "evaluate.momentum": config.evaluate.momentum,
-        "evaluate.weight_decay": config.evaluate.weight_decay,
-    }.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
-    for key, value in {
-        "experts.momentum": config.experts.momentum,
-        "distill.student_momentum": config.distill.student_momentum,
-        "distill.img_momentum": config.distill.img_momentum,
-        "evaluate.momentum": config.evaluate.momentum,
-    }.items():
-        if not 0 <= value < 1:
-            raise ConfigError(f"{key} must be in [0, 1), got {value}")
-    if not 0 < config.evaluate.lr_decay_factor <= 1:
-        raise ConfigError(
-            f"evaluate.lr_decay_factor must be in (0, 1], got {config.evaluate.lr_decay_factor}"
-        )
-    after = config.evaluate.momentum_after_decay
-    if not (after == -1 or 0 <= after < 1):
-        raise ConfigError(
-            f"evaluate.momentum_after_decay must be -1 (keep the momentum) or in [0, 1), got {after}"
-        )
-    if config.distill.memory not in MEMORY_MODES:
-        raise ConfigError(
-            f"distill.memory must be one of {', '.join(MEMORY_MODES)}, got '{config.distill.memory}'"
-        )
-    if config.distill.match_denominator not in ("expert", "perturbed"):
-        raise ConfigError(
-            "distill.match_denominator must be 'expert' or 'perturbed', "
-            f"got '{config.distill.match_denominator}'"
-        )
-    if config.distill.guard_every <= 0:
-        raise ConfigError(f"distill.guard_every must be > 0, got {config.distill.guard_every}")
-    if config.distill.checkpoint_every < 0 or config.distill.max_failures < 0:
-        raise ConfigError("distill.checkpoint_every and distill.max_failures must be >= 0")
-    if not 0 < config.distill.backoff < 1:
-        raise ConfigError(f"distill.backoff must be in (0, 1), got {config.distill.backoff}")
-    if config.experts.optimizer not in ("sgd", "adam"):
-        raise ConfigError(f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'")
-    if config.experts.lr_decay not in LR_DECAYS:
-        raise ConfigError(
-            f"experts.lr_decay must be one of {', '.join(LR_DECAYS)}, got '{config.experts.lr_decay}'"
-        )
-    if not 0 < config.experts.lr_decay_factor <= 1:
-        raise ConfigError(f"experts.lr_decay_factor must be in (0, 1], got {config.experts.lr_decay_factor}")
-    if config.experts.store_dtype not in ("float32", "float16", "bfloat16", "int8"):
-        raise ConfigError(
-            "experts.store_dtype must be float32, float16, bfloat16 or int8, "
-            f"got '{config.experts.store_dtype}'"
-        )
-    if config.experts.store_epochs not in ("all", "needed"):
-        raise ConfigError(
-            f"experts.store_epochs must be 'all' or 'needed', got '{config.experts.store_epochs}'"
-        )
-    needed = last_needed_epoch(config.distill)
-    if needed > config.experts.epochs:
-        raise ConfigError(
-            f"experts are trained for {config.experts.epochs} epochs but distillation needs "
-            f"epoch (max_start_epoch - 1) + expert_epochs = {needed}",
-            hint="raise experts.epochs or lower distill.max_start_epoch",
-        )
-    check_names(config)
-
-
-def _check_finite(config: RunConfig) -> None:
-    """NaN or inf (``--set distill.lr_img=nan`` parses as a float) can only poison a run."""
-    for section in SECTIONS:
-        values = getattr(config, section)
-        for item in fields(values):
-            value = getattr(values, item.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{section}.{item.name} must be a finite number, got {value}")
-
-
-def check_names(config: RunConfig) -> None:
-    """Check dataset, model and augmentation names and the data path before anything is written.
-
-    Otherwise a typo would surface only after the run directory exists, or (for
-    ``evaluate.models``) after experts and distillation have run. The registries
-    live in torch modules, hence the imports here rather than at the top.
-    """
-    from distillkit.data.augment import DSA
-    from distillkit.data.datasets import IMAGEFOLDER_PREFIX, dataset_names
-    from distillkit.models import parse_model_name
-
-    spec = config.data.dataset.strip()
-    if spec.lower().startswith(IMAGEFOLDER_PREFIX):
-        folder = _user_path(spec[len(IMAGEFOLDER_PREFIX) :], "data.dataset")
-        if not folder.is_dir():
-            raise ConfigError(
-                f"data.dataset: image folder {folder} does not exist",
-                hint="imagefolder:PATH takes a folder with train/<class>/ (and test/<class>/) images",
-            )
-    elif spec.lower() not in dataset_names():
-        known = [n for n in dataset_names() if not n.startswith(IMAGEFOLDER_PREFIX)]
-        raise ConfigError(
-            f"Unknown dataset '{spec}'",
-            hint=_suggest(spec.lower(), known) or f"known datasets: {', '.join(dataset_names())}",
-        )
-    data_path = _user_path(config.data.data_path, "data.data_path")
-    if config.data.data_path and not config.data.download and not data_path.is_dir():
-        raise ConfigError(
-            f"data.data_path {data_path} is not a directory",
-            hint="pass the folder holding the dataset files, or add --download to fetch them there",
-        )
-    for name in (config.model.name, *config.evaluate.models):
-        parse_model_name(name)
-    DSA(config.data.augment)
-
-
-def _user_path(text: str, key: str) -> Path:
-    try:
-        return Path(text).expanduser()
-    except RuntimeError:  # ~name of an unknown user
-        raise ConfigError(f"{key}: cannot expand the path '{text}'") from None
 
 
 def to_dict(config: Any) -> Any:

@@ -48,7 +48,7 @@ class DistillResult:
 
     @property
     def seconds_per_iteration(self) -> float:
-        """Median over iterations after the first 5 (warm-up), as benchmarks.md asks."""
+        """Median over iterations after the first 5 (warm-up), as docs/performance.md measures it."""
         times = self.iteration_seconds[5:] or self.iteration_seconds
         return statistics.median(times) if times else float("nan")
 

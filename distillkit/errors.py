@@ -1,4 +1,4 @@
-"""Typed errors shown to users; only ``cli.py`` turns them into exit codes."""
+"""Typed errors shown to users; only ``distillkit.cli`` turns them into exit codes."""
 
 from __future__ import annotations
 

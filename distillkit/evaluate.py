@@ -1,4 +1,4 @@
-"""Evaluation protocol (design §7): train fresh networks on a small set, report final-epoch accuracy.
+"""Evaluation protocol (docs/config.md): train fresh networks on a small set, report final-epoch accuracy.
 
 K seeded networks, SGD (momentum 0.9, weight decay 5e-4), learning rate = the
 learned α, lr × 0.1 after half the epochs, DSA on every batch, accuracy on the

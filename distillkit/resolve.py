@@ -33,11 +33,11 @@ from distillkit.config import (
     from_dict,
     read_toml,
     to_dict,
-    validate,
 )
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
 from distillkit.presets import Preset, default_for, parse_preset_list, read_preset
+from distillkit.validation import validate
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from distillkit import ablate
+from distillkit import ablate, ablate_report
 from distillkit.cli import app
 from distillkit.errors import ConfigError
 
@@ -52,9 +52,9 @@ def test_seeds_parse_lists_and_ranges():
 
 
 def test_paired_interval_is_the_t_interval_of_the_differences():
-    mean, half = ablate.paired_interval([1.0, 2.0, 3.0])
+    mean, half = ablate_report.paired_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert math.isnan(ablate.paired_interval([1.5])[1])
+    assert math.isnan(ablate_report.paired_interval([1.5])[1])
 
 
 def test_ablation_shares_stores_pairs_by_seed_and_reuses_finished_cells(tmp_path):

@@ -22,7 +22,7 @@ def _forward(model: nn.Module, channels: int, size: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("channels", "size", "params"),
-    [(1, 28, 317_706), (3, 32, 320_010)],  # algorithms.md §1.1 table
+    [(1, 28, 317_706), (3, 32, 320_010)],  # MTT's ConvNet on FashionMNIST and CIFAR-10
 )
 def test_convnet_matches_mtt_parameter_count(channels: int, size: int, params: int) -> None:
     model = build_model("convnet", channels, 10, (size, size))

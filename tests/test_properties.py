@@ -28,11 +28,11 @@ from distillkit.config import (
     read_toml,
     split_set_option,
     to_dict,
-    validate,
 )
 from distillkit.errors import ConfigError, DistillkitError, StoreError
 from distillkit.experts.store import MANIFEST, TrajectoryStore, expert_filename
 from distillkit.resolve import resolve_config
+from distillkit.validation import validate
 
 FUZZ = settings(
     derandomize=True,

@@ -13,13 +13,8 @@ from safetensors import safe_open
 from distillkit.errors import StoreError
 from distillkit.experts import quantise
 from distillkit.experts import store as store_module
-from distillkit.experts.store import (
-    MANIFEST,
-    TrajectoryStore,
-    convert_store,
-    expert_filename,
-    import_mtt_buffer,
-)
+from distillkit.experts.convert import convert_store, import_mtt_buffer
+from distillkit.experts.store import MANIFEST, TrajectoryStore, expert_filename
 
 LAYOUT = [["conv.weight", [4, 1, 3, 3]], ["conv.bias", [4]], ["fc.weight", [2, 100]]]
 P = 36 + 4 + 200
@@ -239,7 +234,7 @@ def test_write_checks_shape_against_key(tmp_path: Path) -> None:
 
 
 def test_stored_trajectory_does_not_alias_caller_tensor(tmp_path: Path) -> None:
-    """Regression for the CPU ``.cpu()`` aliasing bug (algorithms.md §7 row 3)."""
+    """Regression for the CPU ``.cpu()`` aliasing bug (MTT's buffer.py appends ``p.detach().cpu()``)."""
     store = TrajectoryStore.create_or_open(tmp_path / "s", make_key())
     trajectory = random_trajectory(5)
     expected = trajectory.clone()

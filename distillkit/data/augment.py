@@ -1,4 +1,4 @@
-"""Differentiable Siamese Augmentation (DSA) in MTT's single-op mode (algorithms.md §1.4).
+"""Differentiable Siamese Augmentation (DSA; Zhao & Bilen, ICML 2021) in MTT's single-op mode.
 
 Every op is differentiable with respect to the images, so gradients reach synthetic pixels
 through the augmentation. Every random number comes from the caller's generator on the

@@ -5,6 +5,10 @@ Images stay as their decoded 8-bit pixels and are normalised per access
 
 All readers are our own (IDX, CIFAR binary records, SVHN ``.mat``, image folders), so nothing
 is ever unpickled; torchvision is used only to fetch files when ``download=True``.
+
+Longer than 400 lines because it holds every built-in format's reader (IDX, CIFAR
+binary records, SVHN ``.mat``, image folders) beside the one validation path they
+share; each reader is short.
 """
 
 from __future__ import annotations

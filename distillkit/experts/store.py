@@ -27,7 +27,11 @@ read lazily: distillation needs only a few epochs per iteration, and
 ``safe_open(...).get_slice`` reads just those rows. Each file's sha256 is
 recorded in the manifest and checked once per process before first use.
 MTT's pickled ``replay_buffer_*.pt`` files are accepted only through
-:func:`import_mtt_buffer`.
+:func:`distillkit.experts.convert.import_mtt_buffer`.
+
+Longer than 400 lines because one class owns the on-disk format (write, verify,
+lazy partial loads, the compatibility check against a run); split, the format's
+rules would be spread over several modules.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +76,7 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A short printable form of a key value for error messages."""
     if value is _MISSING:
         return "missing"
@@ -81,18 +84,18 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
+def first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
     """The dotted path and both values of the first place where two JSON values differ."""
     if isinstance(old, dict) and isinstance(new, dict):
         for name in [*old, *(k for k in new if k not in old)]:
             where = f"{path}.{name}" if path else name
-            found = _first_difference(old.get(name, _MISSING), new.get(name, _MISSING), where)
+            found = first_difference(old.get(name, _MISSING), new.get(name, _MISSING), where)
             if found:
                 return found
         return None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            found = _first_difference(a, b, f"{path}[{i}]")
+            found = first_difference(a, b, f"{path}[{i}]")
             if found:
                 return found
         return None
@@ -101,7 +104,7 @@ def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | N
     return None
 
 
-def _store_dtype(key: dict[str, Any]) -> str:
+def store_dtype_of(key: dict[str, Any]) -> str:
     name = key.get("store_dtype", "float32")
     if name not in STORE_DTYPES:
         raise StoreError(
@@ -195,7 +198,7 @@ class StoreManifest:
                 and _is_epoch_list(entry.get("stored_epochs", []))
             )
             if not valid:
-                raise StoreError(f"{path} has a malformed expert entry: {_show(entry)}.")
+                raise StoreError(f"{path} has a malformed expert entry: {show_value(entry)}.")
         return cls(key=key, experts=experts)
 
 
@@ -223,23 +226,23 @@ class TrajectoryStore:
         """
         root = Path(root)
         key = _canonical(key)
-        _store_dtype(key)
+        store_dtype_of(key)
         stored, epochs = key.get("stored_epochs"), key.get("epochs")
         if stored is not None and (
             not _is_epoch_list(stored) or not stored or (epochs is not None and stored[-1] > epochs)
         ):
             raise StoreError(
-                f"the key for store {root} has stored_epochs {_show(stored)}, which is not an "
+                f"the key for store {root} has stored_epochs {show_value(stored)}, which is not an "
                 f"increasing list of epochs within 0..{epochs}."
             )
         if (root / MANIFEST).exists():
             store = cls.open(root)
-            diff = _first_difference(store.key, key, "")
+            diff = first_difference(store.key, key, "")
             if diff is not None:
                 where, old, new = diff
                 raise StoreError(
                     f"Trajectory store {root} holds experts for a different setup: "
-                    f"{where} is {_show(old)} there but {_show(new)} now.",
+                    f"{where} is {show_value(old)} there but {show_value(new)} now.",
                     hint="Use another store directory, or delete this one to train new experts.",
                 )
             return store
@@ -305,7 +308,7 @@ class TrajectoryStore:
                 f"{name}: the trajectory has {rows} snapshots but store {self.root} "
                 f"expects {len(stored)} (epochs {describe_epochs(stored)})."
             )
-        dtype_name = _store_dtype(self.key)
+        dtype_name = store_dtype_of(self.key)
         if dtype_name == "int8":
             flat = trajectory.detach().to("cpu", torch.float32, copy=True)
             if not torch.isfinite(flat).all():
@@ -439,104 +442,27 @@ class TrajectoryStore:
             if field not in expected:
                 continue
             have = self.key.get(field, _MISSING)
-            diff = _first_difference(have, expected[field], field)
+            diff = first_difference(have, expected[field], field)
             if diff is None:
                 continue
             where, old, new = diff
             models = self.key.get("model"), expected.get("model")
             if field == "dataset":
-                message = f"store {self.root} was trained on {_show(have)} but the run uses {_show(new)}."
+                message = (
+                    f"store {self.root} was trained on {show_value(have)} but the run uses {show_value(new)}."
+                )
             elif field in ("param_layout", "num_params") and None not in models and models[0] != models[1]:
                 # Layouts of two different networks differ everywhere; the names say it in one line.
                 message = (
-                    f"store {self.root} holds experts of model {_show(models[0])} but the run uses "
-                    f"{_show(models[1])}: their {field} differ."
+                    f"store {self.root} holds experts of model {show_value(models[0])} but the run uses "
+                    f"{show_value(models[1])}: their {field} differ."
                 )
             else:
                 message = (
-                    f"store {self.root} does not fit the run: {where} is {_show(old)} in the "
-                    f"store but {_show(new)} in the run."
+                    f"store {self.root} does not fit the run: {where} is {show_value(old)} in the "
+                    f"store but {show_value(new)} in the run."
                 )
             raise StoreError(
                 message,
                 hint="Use experts trained for this dataset and model, or train new ones.",
             )
-
-
-def _flatten_mtt(trajectory: Any, layout: list | None, where: str) -> torch.Tensor:
-    """One MTT trajectory (list of snapshots, each a list of tensors) → ``[epochs + 1, P]``."""
-    if not isinstance(trajectory, list | tuple) or not trajectory:
-        raise StoreError(f"{where} is not a trajectory (a non-empty list of snapshots).")
-    expected_shapes = None if layout is None else [list(shape) for _, shape in layout]
-    rows = []
-    for epoch, snapshot in enumerate(trajectory):
-        if not isinstance(snapshot, list | tuple) or not all(isinstance(t, torch.Tensor) for t in snapshot):
-            raise StoreError(f"{where}: snapshot {epoch} is not a list of tensors.")
-        shapes = [list(t.shape) for t in snapshot]
-        if expected_shapes is not None and (
-            found := _first_difference(expected_shapes, shapes, "param_layout")
-        ):
-            place, want, got = found
-            raise StoreError(
-                f"{where}: snapshot {epoch} does not fit the store layout: {place} is "
-                f"{_show(got)} in the file but {_show(want)} in the store key."
-            )
-        # torch.cat copies, so the stored rows never alias the loaded snapshots.
-        rows.append(torch.cat([t.detach().reshape(-1).to(torch.float32) for t in snapshot]))
-    return torch.stack(rows)
-
-
-def convert_store(source: TrajectoryStore, root: Path, store_dtype: str) -> TrajectoryStore:
-    """Re-encode every finished expert of ``source`` into a new store with another ``store_dtype``.
-
-    Shrinks stores trained (or imported from MTT) as float32 without retraining;
-    the new key differs only in ``store_dtype``, so distillation accepts either store.
-    """
-    key = json.loads(json.dumps(source.key))
-    key["store_dtype"] = store_dtype
-    if isinstance(key.get("experts"), dict) and "store_dtype" in key["experts"]:
-        key["experts"]["store_dtype"] = store_dtype
-    _store_dtype(key)
-    target = TrajectoryStore.create_or_open(Path(root), key)
-    done = set(target.finished())
-    for entry in source.manifest.experts:
-        index = int(entry["index"])
-        if index in done:
-            continue
-        info = {k: entry[k] for k in ("test_acc", "seconds") if k in entry}
-        target.write_expert(index, source.load(index), info)
-    return target
-
-
-def import_mtt_buffer(pt_files: list[Path], root: Path, key: dict) -> TrajectoryStore:
-    """Convert MTT ``replay_buffer_*.pt`` files into a store at ``root``.
-
-    Trajectories are numbered in file order; those already in the store are
-    skipped, so an interrupted import resumes. Files load with
-    ``weights_only=True``: plain nested lists of tensors pass, arbitrary
-    pickled objects are refused.
-    """
-    store = TrajectoryStore.create_or_open(root, key)
-    done = set(store.finished())
-    layout = store.key.get("param_layout")
-    index = 0
-    for pt_file in map(Path, pt_files):
-        try:
-            buffer = torch.load(pt_file, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise StoreError(
-                f"{pt_file} cannot be read as an MTT replay buffer ({exc}).",
-                hint="Only MTT replay_buffer_*.pt files (nested lists of tensors) can be imported.",
-            ) from exc
-        if not isinstance(buffer, list):
-            raise StoreError(
-                f"{pt_file} is not an MTT replay buffer: expected a list of trajectories, "
-                f"found {type(buffer).__name__}."
-            )
-        for position, trajectory in enumerate(buffer):
-            if index not in done:
-                flat = _flatten_mtt(trajectory, layout, f"{pt_file}[{position}]")
-                store.write_expert(index, flat, {"source": f"{pt_file.name}[{position}]"})
-            index += 1
-        del buffer  # free this file's tensors before the next one is loaded
-    return store

@@ -1,4 +1,4 @@
-"""MTT's AlexNet for cross-architecture evaluation (algorithms.md §1.2); no normalisation."""
+"""MTT's AlexNet for cross-architecture evaluation (MTT's ``networks.py``); no normalisation."""
 
 from __future__ import annotations
 

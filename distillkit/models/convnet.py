@@ -1,8 +1,9 @@
 """The MTT ConvNet family, plus the layer helpers the evaluation models share.
 
-Layout follows MTT (algorithms.md §1.1): blocks of Conv3×3 → norm → ReLU → pool and one
-Linear head on the flattened map. Parameters are registered in MTT's flattening order
-(conv1, norm1, conv2, norm2, …, classifier), so ``named_parameters()`` is the flat order.
+Layout follows MTT (``networks.py`` of github.com/GeorgeCazenavette/mtt-distillation): blocks
+of Conv3×3 → norm → ReLU → pool and one Linear head on the flattened map. Parameters are
+registered in MTT's flattening order (conv1, norm1, conv2, norm2, …, classifier), so
+``named_parameters()`` is the flat order.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MTT's ResNet18 and ResNet18_AP for cross-architecture evaluation (algorithms.md §1.2)."""
+"""MTT's ResNet18 and ResNet18_AP for cross-architecture evaluation (MTT's ``networks.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MTT's VGG11 for cross-architecture evaluation (algorithms.md §1.2)."""
+"""MTT's VGG11 for cross-architecture evaluation (MTT's ``networks.py``)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from distillkit.config import _suggest, flatten_table, is_dataset_key
+from distillkit.config import flatten_table, is_dataset_key, suggest
 from distillkit.errors import ConfigError
 
 KINDS = ("dataset", "method")
@@ -68,7 +68,7 @@ def read_preset(name: str) -> Preset:
     if name not in names:
         raise ConfigError(
             f"unknown preset '{name}'",
-            hint=_suggest(name, names) or f"available presets: {', '.join(names)}",
+            hint=suggest(name, names) or f"available presets: {', '.join(names)}",
         )
     return parse_preset(name, (resources.files("distillkit") / "presets" / f"{name}.toml").read_text())
 

@@ -1,0 +1,12 @@
+"""The ``distillkit`` command line (typer): the only package that prints or exits.
+
+torch is imported inside command bodies, never at module level, so ``--help``
+and ``list-plugins`` answer quickly. ``app`` holds the shared pieces, ``options``
+the option declarations, ``render`` what is printed, and each ``cmd_*`` module a
+group of commands.
+"""
+
+from distillkit.cli import cmd_ablate, cmd_bench, cmd_evaluate, cmd_info, cmd_run  # noqa: F401 (registers)
+from distillkit.cli.app import app, main
+
+__all__ = ["app", "main"]

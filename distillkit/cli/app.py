@@ -1,0 +1,93 @@
+"""The typer app, the two consoles, and how errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+from distillkit.errors import DistillkitError, ExitCode, os_error_exit_code
+
+if TYPE_CHECKING:
+    pass
+
+
+app = typer.Typer(
+    name="distillkit",
+    help="Dataset distillation by trajectory matching (MTT + AST techniques as plugins).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def cli_errors(debug: bool) -> Iterator[None]:
+    """Map errors to one stderr line (+ hint) and the documented exit codes."""
+    debug = debug or os.environ.get("DISTILLKIT_DEBUG") == "1"
+    try:
+        yield
+    except DistillkitError as exc:
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        if exc.hint:
+            err.print(f"Hint: {exc.hint}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except typer.Exit:
+        raise
+    except OSError as exc:  # the environment: a full disk, a read-only or missing location, a long name
+        if debug:
+            err.print_exception()
+        message, hint, code = describe_os_error(exc)
+        err.print(f"[bold red]Error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"Hint: {hint}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(int(code)) from None
+    except Exception as exc:
+        if debug:
+            err.print_exception()
+        err.print(
+            f"[bold red]Error:[/] internal error: {type(exc).__name__}: {exc}", markup=True, soft_wrap=True
+        )
+        err.print("Hint: rerun with --debug for the traceback and report it", markup=False)
+        raise typer.Exit(int(ExitCode.RUN_FAILED)) from None
+
+
+def describe_os_error(exc: OSError) -> tuple[str, str, ExitCode]:
+    """One line, a hint and an exit code for an operating-system error a user can fix."""
+    import errno
+
+    where = f": {exc.filename}" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    hints = {
+        errno.ENOSPC: (
+            "free some space (or point --out / DISTILLKIT_CACHE elsewhere) and run again; "
+            "files written before are kept, and an interrupted run resumes with --resume"
+        ),
+        errno.EROFS: "choose a writable location (--out, --experts, DISTILLKIT_CACHE)",
+        errno.EACCES: "choose a location you may write to (--out, --experts, DISTILLKIT_CACHE)",
+        errno.ENOTDIR: "a path component is a file, not a folder (check --out, --experts, DISTILLKIT_CACHE)",
+        errno.ENAMETOOLONG: "choose a shorter path or name",
+        errno.ENOENT: "check that the path exists",
+    }
+    hint = hints.get(exc.errno or -1, "check the path and the disk, then run again")
+    return f"{what}{where}", hint, os_error_exit_code(exc)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))

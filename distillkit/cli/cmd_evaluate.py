@@ -1,0 +1,125 @@
+"""``evaluate``: a run's set again, or another tool's (``--mtt``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from distillkit.cli.options import (
+    ConfigFile,
+    DataPath,
+    Dataset,
+    Debug,
+    Device,
+    EvalModels,
+    JsonOut,
+    Model,
+    Preset,
+    Quiet,
+    Seed,
+    Sets,
+    collect_overrides,
+    resolve,
+)
+from distillkit.cli.render import RichReporter, results_table
+
+if TYPE_CHECKING:
+    pass
+
+from distillkit.cli.app import app, cli_errors, out
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run directory holding synthetic.safetensors.")
+    ] = None,
+    mtt: Annotated[
+        Path | None,
+        typer.Option(
+            "--mtt",
+            help="Instead of a run: a folder with another tool's images_<tag>.pt, labels_<tag>.pt and "
+            "lr_<tag>.pt (MTT, AST, DATM; tensors only), evaluated under this config's protocol.",
+        ),
+    ] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="With --mtt: which <tag> (default best, or the only one).")
+    ] = None,
+    eval_models: EvalModels = None,
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    model: Model = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With --mtt: also write evaluation.json here.")
+    ] = None,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Evaluate a distilled set again (other architectures with --eval-models), or another tool's (--mtt)."""
+    with cli_errors(debug):
+        from distillkit import api
+        from distillkit.artifacts import load_mtt_set, load_synthetic
+        from distillkit.config import ConfigError, apply_overrides, from_dict
+        from distillkit.rundir import lock_run_dir
+        from distillkit.validation import validate
+
+        if (run_dir is None) == (mtt is None):
+            raise ConfigError("evaluate takes a RUN_DIR or --mtt FOLDER (one of them)")
+        if mtt is not None:
+            overrides = collect_overrides(
+                sets, dataset, data_path, False, model, None, seed, device, eval_models
+            )
+            cfg = resolve(preset, config, overrides, None).config
+            images, labels, lr, tag = load_mtt_set(mtt, tag)
+            label, target = f"{mtt} ({tag})", out_dir
+        else:
+            if any(v is not None for v in (dataset, data_path, model, preset, config, seed, tag, out_dir)):
+                raise ConfigError(
+                    "a run is evaluated with its recorded config",
+                    hint="only --eval-models, --set evaluate.*, --device and --json apply to RUN_DIR",
+                )
+            if not (run_dir / "config.json").exists():
+                raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
+            lock_run_dir(run_dir)
+            try:
+                recorded = json.loads((run_dir / "config.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{run_dir / 'config.json'} cannot be read as JSON ({exc})") from None
+            cfg = from_dict(recorded)
+            cfg = apply_overrides(cfg, collect_overrides(sets, device=device, eval_models=eval_models), set())
+            validate(cfg)
+            images, labels, lr, meta, _extra = load_synthetic(run_dir)
+            label, target = str(run_dir), run_dir
+        data = api.prepare_data(cfg)
+        if run_dir is not None and meta.get("dataset") not in (None, data.dataset.name):
+            raise ConfigError(
+                f"{run_dir}: the synthetic set was distilled from {meta.get('dataset')}, but the run's "
+                f"config names {data.dataset.name}",
+                hint="the run directory was altered; evaluate the set with the dataset it came from",
+            )
+        api.check_synthetic_set(images, labels, lr, data)
+        reporter = RichReporter(not quiet)
+        try:
+            results = api.evaluate(cfg, data, images, labels, lr, reporter=reporter)
+        finally:
+            reporter.close()
+        payload = {name: res.as_dict() for name, res in results.items()}
+        if target is not None:
+            api.merge_evaluation(target, payload, cfg)
+        if json_out:
+            out.print_json(json.dumps(payload))
+        else:
+            from distillkit.evaluate import protocol_line
+
+            out.print(f"[dim]protocol: {protocol_line(cfg.evaluate, lr)}[/]")
+            rows = [("distilled", name, res) for name, res in payload.items()]
+            out.print(results_table(label, rows))

@@ -1,0 +1,246 @@
+"""``run``, ``experts``, ``convert-store`` and ``distill``: the pipeline stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from distillkit.cli.options import (
+    ConfigFile,
+    DataPath,
+    Dataset,
+    Debug,
+    Device,
+    Download,
+    EvalModels,
+    ExpertsStore,
+    Ipc,
+    Memory,
+    Model,
+    OutDir,
+    Overwrite,
+    Plugins,
+    Preset,
+    Quiet,
+    Resume,
+    Seed,
+    Sets,
+    astuple,
+    collect_overrides,
+    resolve,
+)
+from distillkit.cli.render import RichReporter, print_summary
+
+if TYPE_CHECKING:
+    from distillkit.config import RunConfig
+    from distillkit.host import PluginHost
+
+from distillkit.cli.app import app, cli_errors, out
+
+
+@app.command("run")
+def run_cmd(
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    download: Download = False,
+    model: Model = None,
+    ipc: Ipc = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    out_dir: OutDir = None,
+    experts: ExpertsStore = None,
+    eval_models: EvalModels = None,
+    overwrite: Overwrite = False,
+    memory: Memory = None,
+    resume: Resume = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
+    with cli_errors(debug):
+        overrides = collect_overrides(
+            sets, dataset, data_path, download, model, ipc, seed, None, eval_models, memory
+        )
+        if resume is not None:
+            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            cfg, host, invocation = _recorded(resume, "run", device)
+            experts = Path(invocation["experts"]) if invocation.get("experts") else None
+            sources = None
+        else:
+            overrides.update({"device": device} if device else {})
+            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+        from distillkit import api, rundir
+
+        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
+        reporter = RichReporter(not quiet)
+        try:
+            with rundir.discard_on_bad_input(target):
+                summary = api.run(
+                    cfg, host, target, experts, reporter, resume=resume is not None, sources=sources
+                )
+        finally:
+            reporter.close()
+        print_summary(summary, target)
+
+
+def _check_resume_alone(overrides: dict[str, Any], *options: Any) -> None:
+    """``--resume`` continues with the recorded config, so config options would be silently ignored."""
+    if overrides or any(option is not None for option in options):
+        from distillkit.errors import ConfigError
+
+        raise ConfigError(
+            "--resume continues with the run's recorded config and cannot be combined with config options",
+            hint="drop --set/--preset/--config/--plugins/--out/--experts/--ipc...; only --device may change",
+        )
+
+
+def _claim_run_dir(cfg: RunConfig, out_dir: Path | None, overwrite: bool, resume: Path | None) -> Path:
+    """The locked run directory: the one to resume, or a new one (never one holding another run)."""
+    from distillkit import rundir
+
+    if resume is not None:
+        rundir.refuse_finished(resume)
+        return rundir.lock_run_dir(resume)
+    return rundir.prepare_run_dir(out_dir or rundir.default_run_dir(cfg), overwrite)
+
+
+def _recorded(run_dir: Path, command: str, device: str | None) -> tuple[RunConfig, PluginHost, dict]:
+    from distillkit.errors import ConfigError
+    from distillkit.resolve import recorded_run
+
+    cfg, host, invocation = recorded_run(run_dir, device)
+    if invocation.get("command") != command:
+        raise ConfigError(
+            f"{run_dir} was started by `distillkit {invocation.get('command')}`, not `distillkit {command}`",
+            hint=f"resume it with: distillkit {invocation.get('command')} --resume {run_dir}",
+        )
+    return cfg, host, invocation
+
+
+@app.command("experts")
+def experts_cmd(
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    download: Download = False,
+    model: Model = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    out_dir: OutDir = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train expert trajectories into a store (finished experts with the same manifest are kept)."""
+    with cli_errors(debug):
+        overrides = collect_overrides(sets, dataset, data_path, download, model, None, seed, device)
+        cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins))
+        from distillkit import api
+
+        data = api.prepare_data(cfg)
+        reporter = RichReporter(not quiet)
+        try:
+            store = api.train_experts(cfg, host, data, out_dir, reporter)
+        finally:
+            reporter.close()
+        table = Table(title=f"experts in {store.root}")
+        for column in ("expert", "epochs", "final test acc", "seconds"):
+            table.add_column(column, justify="right")
+        for entry in store.manifest.experts:
+            accs = entry.get("test_acc") or []
+            table.add_row(
+                str(entry["index"]),
+                str(entry["epochs"]),
+                f"{100 * accs[-1]:.2f} %" if accs else "-",
+                f"{entry.get('seconds', 0):.1f}",
+            )
+        out.print(table)
+
+
+@app.command("convert-store")
+def convert_store_cmd(
+    source: Annotated[Path, typer.Argument(help="An existing trajectory store.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the converted store.")],
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, float16, bfloat16 or int8.")] = "int8",
+    debug: Debug = False,
+) -> None:
+    """Re-encode a store's experts in another dtype (int8: about a quarter of MTT's bytes)."""
+    with cli_errors(debug):
+        from distillkit.experts.convert import convert_store
+        from distillkit.experts.store import TrajectoryStore
+
+        target = convert_store(TrajectoryStore.open(source), out_dir, dtype)
+        before = sum(p.stat().st_size for p in source.glob("expert_*.safetensors"))
+        after = sum(p.stat().st_size for p in target.root.glob("expert_*.safetensors"))
+        out.print(
+            f"{len(target.finished())} experts → {target.root} ({dtype}): "
+            f"{before / 1e3:.1f} KB → {after / 1e3:.1f} KB ({after / max(before, 1):.2f}×)"
+        )
+
+
+@app.command("distill")
+def distill_cmd(
+    experts: Annotated[Path | None, typer.Option("--experts", help="Trajectory store to match.")] = None,
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    model: Model = None,
+    ipc: Ipc = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    device: Device = None,
+    out_dir: OutDir = None,
+    overwrite: Overwrite = False,
+    memory: Memory = None,
+    resume: Resume = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Distill from an existing trajectory store; writes the synthetic set (no evaluation)."""
+    with cli_errors(debug):
+        overrides = collect_overrides(sets, dataset, data_path, False, model, ipc, seed, None, memory=memory)
+        if resume is not None:
+            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            cfg, host, invocation = _recorded(resume, "distill", device)
+            experts = Path(invocation["experts"])
+            sources = None
+        elif experts is None:
+            from distillkit.errors import ConfigError
+
+            raise ConfigError("distill needs --experts STORE (or --resume RUN_DIR)")
+        else:
+            overrides.update({"device": device} if device else {})
+            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+        from distillkit import api, rundir
+        from distillkit.experts.store import TrajectoryStore
+
+        store = TrajectoryStore.open(experts)
+        data = api.prepare_data(cfg)
+        api.check_ipc(cfg, data)
+        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
+        if resume is None:
+            api.record_invocation(target, cfg, "distill", experts, sources)
+        reporter = RichReporter(not quiet)
+        try:
+            with rundir.discard_on_bad_input(target):
+                result = api.distill(
+                    cfg, host, data, store, target, reporter, resume=resume is not None, release_data=True
+                )
+        finally:
+            reporter.close()
+        api.save_distilled(target, cfg, host, data, result, store)
+        out.print(
+            f"distilled {len(result.images)} images in {result.seconds:.1f}s "
+            f"({result.seconds_per_iteration:.3f} s/it), learned lr {result.lr:.4g} → {target}"
+        )

@@ -1,0 +1,169 @@
+"""What the commands print: progress bars, result tables, the bench report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+if TYPE_CHECKING:
+    pass
+
+from distillkit.cli.app import err, out
+
+
+class RichReporter:
+    """Progress bars on stderr (hidden with --quiet or when stderr is not a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.enabled = enabled and err.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err,
+            disable=not self.enabled,
+        )
+        self.task: Any = None
+
+    def start(self, stage: str, total: int) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self.task = self.progress.add_task(stage, total=total, info="")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        text = "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items() if v is not None
+        )
+        self.progress.update(self.task, advance=n, info=text)
+
+    def finish(self) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, visible=self.enabled)
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            err.print(message)
+
+    def close(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+
+def results_table(title: str, rows: list[tuple[str, str, dict]]) -> Table:
+    table = Table(title=title)
+    for column in ("set", "model", "accuracy", "runs"):
+        table.add_column(column, justify="right" if column != "set" else "left")
+    for label, model, res in rows:
+        table.add_row(
+            label,
+            model,
+            f"{100 * res['mean']:.2f} ± {100 * res['std']:.2f} %",
+            " ".join(f"{100 * r:.1f}" for r in res["runs"]),
+        )
+    return table
+
+
+def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    from distillkit.config import EvaluateConfig
+    from distillkit.evaluate import protocol_line
+
+    if "distilled" in summary:
+        rows = [("distilled", m, r) for m, r in summary["distilled"]["models"].items()]
+        rows += [("random real", m, r) for m, r in summary["random_real"]["models"].items()]
+        proto = summary["protocol"]
+        cfg = EvaluateConfig(**{k: v for k, v in proto.items() if k in EvaluateConfig.__dataclass_fields__})
+        out.print(
+            f"[dim]protocol: {protocol_line(cfg, summary['learned_lr'])}; "
+            f"random real at lr {proto['random_real_lr']:.4g}[/]"
+        )
+        plugins = ",".join(summary["plugins"]) or "none (plain MTT)"
+        title = f"{summary['dataset']} · ipc {summary['ipc']} · plugins: {plugins}"
+        out.print(results_table(title, rows))
+    t = summary["timings_s"]
+    out.print(
+        f"time: experts {t['experts']:.1f}s, distill {t['distill']:.1f}s "
+        f"({summary['distill_s_per_iter']:.3f} s/it), evaluate {t['evaluate']:.1f}s · "
+        f"peak RSS {summary['peak_rss_mb']:.0f} MiB · learned lr {summary['learned_lr']:.4g}"
+    )
+    out.print(f"run directory: {out_dir}")
+
+
+def print_bench(result: dict[str, Any]) -> None:
+    """The bench figures as a table plus one line per other part (the JSON holds every number)."""
+    env, cfg = result["environment"], result["config"]
+    cuda = any("peak_cuda_mb" in row for row in result["distillation"])
+    distill = cfg["distill"]
+    swept = {key for row in result["distillation"] for key in row["overrides"]}
+    memory = "" if "distill.memory" in swept else f"memory {distill['memory']} · "
+    if memory and distill["memory"] == "constant" and "distill.graph_steps" not in swept:
+        memory = f"memory constant (graph_steps {distill['graph_steps']}) · "
+    table = Table(
+        title=f"distillation · {cfg['data']['dataset']} · ipc {distill['ipc']} · N {distill['syn_steps']} · "
+        f"{memory}plugins: {','.join(cfg['plugins']) or 'none'}",
+        caption="memory in MiB: whole-process peak RSS, peak RSS during the iterations, "
+        "and that minus the RSS before them",
+    )
+    columns = ["setting", "s/it", "peak RSS", "distill RSS", "Δ setup"]
+    columns += ["CUDA peak"] if cuda else []
+    columns += ["GFLOP/it", "GFLOP/s", "% matmul"]
+    for column in columns:
+        if column == "setting":
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, justify="right")
+    for row in result["distillation"]:
+        window, setup = row["distill_peak_rss_mb"], row["setup_rss_mb"]
+        cells = [
+            row["label"],
+            f"{row['s_per_iter']:.3f}",
+            f"{row['peak_rss_mb']:.0f}",
+            "-" if window is None else f"{window:.0f}",
+            "-" if window is None or setup is None else f"{window - setup:.0f}",
+        ]
+        cells += [f"{row['peak_cuda_mb']:.0f}"] if cuda else []
+        cells += [
+            f"{row['flops_per_iter'] / 1e9:.2f}",
+            f"{row['gflops_per_s']:.1f}",
+            f"{100 * row['fraction_of_matmul_peak']:.1f}",
+        ]
+        table.add_row(*cells)
+    out.print(table)
+    settings, peak, store = result["settings"], result["matmul_peak"], result["storage"]
+    loads = [x for row in result["distillation"] for x in row.get("load_average") or [] if x is not None]
+    load = f" · system load {min(loads):.1f}–{max(loads):.1f}" if loads else ""
+    out.print(
+        f"timing: median of {settings['window']} iterations after {settings['warmup']} warm-up, "
+        f"each setting in a fresh process{load} · fp32 matmul peak {peak['gflops']:.1f} GFLOP/s "
+        f"(n={peak['n']})"
+    )
+    out.print(
+        f"storage: {store['bytes_per_expert'] / 1e3:.1f} KB per expert ({store['snapshots_stored']} "
+        f"snapshots of {store['epochs']} epochs, {store['dtype']}) vs MTT format "
+        f"{store['mtt_reference_bytes'] / 1e3:.1f} KB = "
+        f"{store['ratio_to_mtt']:.3f}× · {store['path']}"
+    )
+    experts = result["experts_throughput"]
+    if experts:
+        test = " (test pass included)" if experts["test_pass"] else ""
+        out.print(
+            f"experts: {experts['images_per_s']:.0f} images/s, "
+            f"{experts['seconds_per_epoch']:.1f} s per epoch of {experts['images']} images{test}"
+        )
+    out.print(
+        f"[dim]torch {env['torch']} · {env['threads']} threads · {env['device']} · {env['cpu']}"
+        f"{' · ' + env['gpu'] if 'gpu' in env else ''}[/]"
+    )

@@ -1,0 +1,178 @@
+"""Checking a resolved config before anything runs: ranges, choices, names and paths.
+
+Kept apart from :mod:`distillkit.config` so that the config stays plain data: the
+dataset, model and augmentation registries live in torch modules and are imported
+here, only when a config is checked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+
+from distillkit.config import (
+    LR_DECAYS,
+    MEMORY_MODES,
+    SECTIONS,
+    RunConfig,
+    last_needed_epoch,
+    suggest,
+)
+from distillkit.errors import ConfigError
+
+
+def validate(config: RunConfig) -> None:
+    """Reject values that cannot work (they would otherwise fail deep inside the run)."""
+    positive = {
+        "experts.count": config.experts.count,
+        "experts.epochs": config.experts.epochs,
+        "experts.batch_size": config.experts.batch_size,
+        "distill.ipc": config.distill.ipc,
+        "distill.syn_steps": config.distill.syn_steps,
+        "distill.expert_epochs": config.distill.expert_epochs,
+        "distill.max_start_epoch": config.distill.max_start_epoch,
+        "evaluate.epochs": config.evaluate.epochs,
+        "evaluate.batch_size": config.evaluate.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "distill.iterations": config.distill.iterations,
+        "distill.batch_syn": config.distill.batch_syn,
+        "distill.graph_steps": config.distill.graph_steps,
+        "evaluate.runs": config.evaluate.runs,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    for key, value in {
+        "distill.lr_init": config.distill.lr_init,
+        "experts.lr": config.experts.lr,
+    }.items():
+        if not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    _check_finite(config)
+    for key, value in {
+        "distill.lr_img": config.distill.lr_img,
+        "distill.lr_lr": config.distill.lr_lr,
+        "distill.img_momentum": config.distill.img_momentum,
+        "distill.student_momentum": config.distill.student_momentum,
+        "experts.momentum": config.experts.momentum,
+        "experts.weight_decay": config.experts.weight_decay,
+        "evaluate.momentum": config.evaluate.momentum,
+        "evaluate.weight_decay": config.evaluate.weight_decay,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    for key, value in {
+        "experts.momentum": config.experts.momentum,
+        "distill.student_momentum": config.distill.student_momentum,
+        "distill.img_momentum": config.distill.img_momentum,
+        "evaluate.momentum": config.evaluate.momentum,
+    }.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if not 0 < config.evaluate.lr_decay_factor <= 1:
+        raise ConfigError(
+            f"evaluate.lr_decay_factor must be in (0, 1], got {config.evaluate.lr_decay_factor}"
+        )
+    after = config.evaluate.momentum_after_decay
+    if not (after == -1 or 0 <= after < 1):
+        raise ConfigError(
+            f"evaluate.momentum_after_decay must be -1 (keep the momentum) or in [0, 1), got {after}"
+        )
+    if config.distill.memory not in MEMORY_MODES:
+        raise ConfigError(
+            f"distill.memory must be one of {', '.join(MEMORY_MODES)}, got '{config.distill.memory}'"
+        )
+    if config.distill.match_denominator not in ("expert", "perturbed"):
+        raise ConfigError(
+            "distill.match_denominator must be 'expert' or 'perturbed', "
+            f"got '{config.distill.match_denominator}'"
+        )
+    if config.distill.guard_every <= 0:
+        raise ConfigError(f"distill.guard_every must be > 0, got {config.distill.guard_every}")
+    if config.distill.checkpoint_every < 0 or config.distill.max_failures < 0:
+        raise ConfigError("distill.checkpoint_every and distill.max_failures must be >= 0")
+    if not 0 < config.distill.backoff < 1:
+        raise ConfigError(f"distill.backoff must be in (0, 1), got {config.distill.backoff}")
+    if config.experts.optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'")
+    if config.experts.lr_decay not in LR_DECAYS:
+        raise ConfigError(
+            f"experts.lr_decay must be one of {', '.join(LR_DECAYS)}, got '{config.experts.lr_decay}'"
+        )
+    if not 0 < config.experts.lr_decay_factor <= 1:
+        raise ConfigError(f"experts.lr_decay_factor must be in (0, 1], got {config.experts.lr_decay_factor}")
+    if config.experts.store_dtype not in ("float32", "float16", "bfloat16", "int8"):
+        raise ConfigError(
+            "experts.store_dtype must be float32, float16, bfloat16 or int8, "
+            f"got '{config.experts.store_dtype}'"
+        )
+    if config.experts.store_epochs not in ("all", "needed"):
+        raise ConfigError(
+            f"experts.store_epochs must be 'all' or 'needed', got '{config.experts.store_epochs}'"
+        )
+    needed = last_needed_epoch(config.distill)
+    if needed > config.experts.epochs:
+        raise ConfigError(
+            f"experts are trained for {config.experts.epochs} epochs but distillation needs "
+            f"epoch (max_start_epoch - 1) + expert_epochs = {needed}",
+            hint="raise experts.epochs or lower distill.max_start_epoch",
+        )
+    check_names(config)
+
+
+def _check_finite(config: RunConfig) -> None:
+    """NaN or inf (``--set distill.lr_img=nan`` parses as a float) can only poison a run."""
+    for section in SECTIONS:
+        values = getattr(config, section)
+        for item in fields(values):
+            value = getattr(values, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{item.name} must be a finite number, got {value}")
+
+
+def check_names(config: RunConfig) -> None:
+    """Check dataset, model and augmentation names and the data path before anything is written.
+
+    Otherwise a typo would surface only after the run directory exists, or (for
+    ``evaluate.models``) after experts and distillation have run. The registries
+    live in torch modules, hence the imports here rather than at the top.
+    """
+    from distillkit.data.augment import DSA
+    from distillkit.data.datasets import IMAGEFOLDER_PREFIX, dataset_names
+    from distillkit.models import parse_model_name
+
+    spec = config.data.dataset.strip()
+    if spec.lower().startswith(IMAGEFOLDER_PREFIX):
+        folder = _user_path(spec[len(IMAGEFOLDER_PREFIX) :], "data.dataset")
+        if not folder.is_dir():
+            raise ConfigError(
+                f"data.dataset: image folder {folder} does not exist",
+                hint="imagefolder:PATH takes a folder with train/<class>/ (and test/<class>/) images",
+            )
+    elif spec.lower() not in dataset_names():
+        known = [n for n in dataset_names() if not n.startswith(IMAGEFOLDER_PREFIX)]
+        raise ConfigError(
+            f"Unknown dataset '{spec}'",
+            hint=suggest(spec.lower(), known) or f"known datasets: {', '.join(dataset_names())}",
+        )
+    data_path = _user_path(config.data.data_path, "data.data_path")
+    if config.data.data_path and not config.data.download and not data_path.is_dir():
+        raise ConfigError(
+            f"data.data_path {data_path} is not a directory",
+            hint="pass the folder holding the dataset files, or add --download to fetch them there",
+        )
+    for name in (config.model.name, *config.evaluate.models):
+        parse_model_name(name)
+    DSA(config.data.augment)
+
+
+def _user_path(text: str, key: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~name of an unknown user
+        raise ConfigError(f"{key}: cannot expand the path '{text}'") from None
