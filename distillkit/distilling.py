@@ -220,7 +220,7 @@ def distill(
     history = [IterationResult(**{k: v for k, v in line.items() if k != "seconds"}) for line in lines]
     times = [float(line["seconds"]) for line in lines]
     every = config.distill.checkpoint_every
-    reporter.start("distill", config.distill.iterations)
+    reporter.start("distill", config.distill.iterations, every=config.distill.log_every)
     reporter.advance(distiller.iteration)
     metrics_file = open(out_dir / "metrics.jsonl", "a" if resume else "w") if out_dir else None  # noqa: SIM115
 

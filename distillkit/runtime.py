@@ -28,9 +28,14 @@ from distillkit.models import build_model
 
 
 class Reporter:
-    """Progress sink; the default does nothing (the CLI passes a rich one)."""
+    """Progress sink; the default does nothing (the CLI passes a rich one).
 
-    def start(self, stage: str, total: int) -> None: ...
+    ``start(stage, total, every)``: a stage of ``total`` units begins; a log that is
+    not a progress bar reports every ``every`` units (``distill.log_every`` for the
+    distillation, each epoch or network elsewhere).
+    """
+
+    def start(self, stage: str, total: int, every: int = 1) -> None: ...
 
     def advance(self, n: int = 1, **info: Any) -> None: ...
 

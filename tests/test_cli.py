@@ -150,3 +150,15 @@ def test_memory_option_selects_the_backprop_mode(tmp_path):
     result = invoke("run", "--memory", "sideways", "--out", str(tmp_path / "bad"), *TINY)
     assert result.exit_code == 2
     assert "distill.memory must be one of standard, constant" in " ".join(result.output.split())
+
+
+def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(tmp_path):
+    """Under SLURM or nohup a run reports as it goes (every distill.log_every iterations)."""
+    args = ["run", *TINY, "--set", "distill.log_every=2", "--out", str(tmp_path / "r")]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "distillkit: distill " in line]
+    assert [line.split("distill ")[1].split()[0] for line in lines] == ["2/4", "4/4"]
+    assert "distillkit: experts 1/4" in result.output
+    quiet = invoke(*args[:-2], "--out", str(tmp_path / "q"), "--quiet")
+    assert quiet.exit_code == 0 and "distillkit:" not in quiet.output

@@ -28,7 +28,7 @@ from distillkit.errors import ExitCode
 if TYPE_CHECKING:
     pass
 
-from distillkit.cli.app import app, cli_errors, err, out
+from distillkit.cli.app import app, cli_errors, out
 
 
 @app.command("ablate")
@@ -95,9 +95,7 @@ def ablate_cmd(
 
         def done(name: str, record: dict[str, Any]) -> None:
             status = "failed: " + record["error"] if "error" in record else "done"
-            reporter.advance(cell=Path(name).name if "seed" in Path(name).name else "experts")
-            if not reporter.enabled:
-                err.print(f"ablate: {name}: {status}", highlight=False, markup=False)
+            reporter.advance(finished=name, status=status)
 
         try:
             stores, cells = ablate.execute(plan, jobs, done)

@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.table import Table
 
-if TYPE_CHECKING:
-    pass
-
 from distillkit.cli.app import err, out
+
+log = logging.getLogger("distillkit")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it is swapped under test runners)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _plain_log() -> None:
+    """Progress lines on stderr through ``logging`` (once per process; ``-q`` turns them off)."""
+    if not log.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s distillkit: %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 class RichReporter:
-    """Progress bars on stderr (hidden with --quiet or when stderr is not a terminal)."""
+    """Progress on stderr: rich bars on a terminal, plain ``logging`` lines when stderr is piped
+    (SLURM, nohup), nothing with ``--quiet``."""
 
     def __init__(self, enabled: bool) -> None:
         from rich.progress import (
@@ -27,6 +51,10 @@ class RichReporter:
         )
 
         self.enabled = enabled and err.is_terminal
+        self.lines = enabled and not err.is_terminal
+        if self.lines:
+            _plain_log()
+        self.stage, self.total, self.every, self.done = "", 0, 1, 0
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -39,7 +67,10 @@ class RichReporter:
         )
         self.task: Any = None
 
-    def start(self, stage: str, total: int) -> None:
+    def start(self, stage: str, total: int, every: int = 1) -> None:
+        self.stage, self.total, self.every, self.done = stage, total, max(1, every), 0
+        if self.lines:
+            log.info("%s: %d to do", stage, total)
         if not self.progress.live.is_started:
             self.progress.start()
         self.task = self.progress.add_task(stage, total=total, info="")
@@ -49,6 +80,9 @@ class RichReporter:
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items() if v is not None
         )
         self.progress.update(self.task, advance=n, info=text)
+        before, self.done = self.done, self.done + n
+        if self.lines and (self.done // self.every > before // self.every or self.done >= self.total):
+            log.info("%s %d/%d %s", self.stage, self.done, self.total, text)
 
     def finish(self) -> None:
         if self.task is not None:
@@ -57,6 +91,8 @@ class RichReporter:
     def note(self, message: str) -> None:
         if self.enabled:
             err.print(message)
+        elif self.lines:
+            log.info("%s", message)
 
     def close(self) -> None:
         if self.progress.live.is_started:
