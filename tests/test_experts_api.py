@@ -149,3 +149,18 @@ def test_corrupt_partial_checkpoint_starts_the_expert_over(tmp_path: Path, data:
     assert recorder.epochs == 3
     whole = api.train_experts(config, host, data, tmp_path / "whole")
     assert torch.equal(store.load(0), whole.load(0))
+
+
+def test_the_store_keeps_each_epochs_training_means_and_plugin_terms(tmp_path: Path, data) -> None:
+    config, host = distillkit.resolve_config(
+        preset="digits",
+        overrides={**TINY, "experts.epochs": 3, "experts.evaluate_each_epoch": True},
+        plugins=["smooth"],
+    )
+    store = api.train_experts(config, host, data, tmp_path / "s")
+    history = store.manifest.experts[0]["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    for row, acc in zip(history, store.manifest.experts[0]["test_acc"], strict=True):
+        assert {"loss", "ce", "loss/clip", "loss/gp", "test_acc"} <= set(row) and row["test_acc"] == acc
+        assert row["loss"] == pytest.approx(row["loss/clip"] * row["ce"] + row["loss/gp"], rel=1e-4)
+    assert history[0]["loss/clip"] == pytest.approx(0.5) and history[2]["loss/clip"] == pytest.approx(0.6)

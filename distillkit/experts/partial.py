@@ -24,7 +24,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class TrainingState:
     test_acc: list[float]
     seconds: float
     rng: dict[str, torch.Tensor]  # "generator", "torch" and, on CUDA, "cuda"
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch training means
 
 
 def capture(
@@ -63,6 +64,7 @@ def capture(
     snapshots: list[torch.Tensor],
     test_acc: list[float],
     seconds: float,
+    history: list[dict[str, float]] = (),
 ) -> TrainingState:
     """The training state after ``epoch`` completed epochs (tensors are not copied here)."""
     rng = {"generator": run.generator.get_state(), "torch": torch.get_rng_state()}
@@ -71,7 +73,7 @@ def capture(
     width = sum(p.numel() for p in model.parameters())
     rows = torch.stack(snapshots) if snapshots else torch.empty((0, width))
     return TrainingState(
-        epoch, model.state_dict(), optimizer.state_dict(), rows, list(test_acc), seconds, rng
+        epoch, model.state_dict(), optimizer.state_dict(), rows, list(test_acc), seconds, rng, list(history)
     )
 
 
@@ -148,6 +150,7 @@ class PartialCheckpoint:
             "test_acc": state.test_acc,
             "seconds": state.seconds,
             "optimizer": optimizer_plain,
+            "history": state.history,
         }
         data = save_safetensors(tensors, metadata={"state": json.dumps(rest)})
         atomic_write_bytes(self.tensors_path, data)
@@ -186,6 +189,7 @@ class PartialCheckpoint:
             test_acc=rest["test_acc"],
             seconds=rest["seconds"],
             rng=part(_RNG),
+            history=list(rest.get("history", [])),
         )
 
     def resume(self, note: Callable[[str], None]) -> TrainingState | None:

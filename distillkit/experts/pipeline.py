@@ -122,7 +122,8 @@ def _train_missing_experts(
             resume=resume,
             on_checkpoint=checkpoint.save,
         )
-        store.write_expert(index, result.trajectory, {"test_acc": result.test_acc, "seconds": result.seconds})
+        info = {"test_acc": result.test_acc, "seconds": result.seconds, "history": result.history}
+        store.write_expert(index, result.trajectory, info)
         checkpoint.discard()
     reporter.finish()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,11 +28,37 @@ from distillkit.hookcalls import call_each, combine_expert_loss
 
 @dataclass
 class ExpertResult:
-    """A trained expert: ``trajectory[i]`` = flat parameters after ``kept[i]`` epochs (all by default)."""
+    """A trained expert: ``trajectory[i]`` = flat parameters after ``kept[i]`` epochs (all by default).
+
+    ``history`` has one entry per epoch: the means over its steps of the total loss, the base
+    cross-entropy and every plugin's named part (``loss/<name>``), plus ``test_acc`` when measured.
+    """
 
     trajectory: torch.Tensor
     test_acc: list[float]
     seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class EpochMeans:
+    """Running sums of the loss parts of one epoch, kept on the device (one sync per epoch)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, base: torch.Tensor, parts: dict[str, Any]) -> None:
+        values = {"loss": loss.detach(), "ce": base.detach()}
+        values.update(
+            {f"loss/{k}": v.detach() if isinstance(v, torch.Tensor) else v for k, v in parts.items()}
+        )
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+
+    def means(self, epoch: int, test_acc: float | None) -> dict[str, float]:
+        row = {"epoch": epoch, **{k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}}
+        return {**row, "test_acc": test_acc} if test_acc is not None else row
 
 
 def epochs_to_store(cfg: ExpertsConfig, last_needed: int) -> list[int]:
@@ -93,6 +119,7 @@ def train_expert(
     if resume is None:
         snapshots = [flatten_params(model)] if 0 in kept else []
         test_acc: list[float] = []
+        history: list[dict[str, float]] = []
         start, earlier_seconds = 0, 0.0
     else:
         if not 0 <= resume.epoch <= cfg.epochs:
@@ -100,12 +127,14 @@ def train_expert(
         restore(resume, model, optimizer, run)
         snapshots = list(resume.trajectory.to(device).unbind(0))
         test_acc, start, earlier_seconds = list(resume.test_acc), resume.epoch, resume.seconds
+        history = list(resume.history)
     decay_epoch = first_decayed_epoch(cfg)
     steps_per_epoch = (len(images) + cfg.batch_size - 1) // cfg.batch_size
     for epoch in range(start, cfg.epochs):
         if epoch == decay_epoch:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_decay_factor
+        means = EpochMeans()
         order = torch.randperm(len(images), generator=generator, device=generator.device).to(device)
         for step, idx in enumerate(order.split(cfg.batch_size)):
             raw = images[idx]
@@ -130,7 +159,8 @@ def train_expert(
                     total_epochs=cfg.epochs,
                 ),
             )
-            loss, _ = combine_expert_loss(base, results)
+            loss, parts = combine_expert_loss(base, results)
+            means.add(loss, base, parts)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -140,11 +170,12 @@ def train_expert(
         if test is not None and cfg.evaluate_each_epoch:
             acc = accuracy(model, test[0].to(device), test[1].to(device))
             test_acc.append(acc)
+        history.append(means.means(epoch, acc))
         if on_checkpoint is not None:
             seconds = earlier_seconds + time.perf_counter() - began
-            on_checkpoint(capture(epoch + 1, model, optimizer, run, snapshots, test_acc, seconds))
+            on_checkpoint(capture(epoch + 1, model, optimizer, run, snapshots, test_acc, seconds, history))
         on_epoch(epoch, acc)
     if test is not None and not cfg.evaluate_each_epoch:
         test_acc.append(accuracy(model, test[0].to(device), test[1].to(device)))
     seconds = earlier_seconds + time.perf_counter() - began
-    return ExpertResult(torch.stack(snapshots).cpu(), test_acc, seconds)
+    return ExpertResult(torch.stack(snapshots).cpu(), test_acc, seconds, history)
