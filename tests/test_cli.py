@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 from conftest import TINY
@@ -162,3 +163,44 @@ def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(tmp_path):
     assert "distillkit: experts 1/4" in result.output
     quiet = invoke(*args[:-2], "--out", str(tmp_path / "q"), "--quiet")
     assert quiet.exit_code == 0 and "distillkit:" not in quiet.output
+
+
+COMMANDS = [
+    "run",
+    "experts",
+    "distill",
+    "evaluate",
+    "ablate",
+    "config",
+    "list-plugins",
+    "bench",
+    "convert-store",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help_without_stale_pointers(command):
+    result = runner.invoke(app, [command, "--help"], env={**ENV, "COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Usage: distillkit" in text and "<bool>" not in text.replace("--help <bool>", "")
+    for stale in ("data.download=true", "digits (default of run)", "docs/config.md"):
+        assert stale not in text or (stale == "docs/config.md" and Path("docs/config.md").exists())
+    if command == "evaluate":
+        assert "distill.iterations" not in text
+    if command == "list-plugins":
+        assert "plain MTT" not in text
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"distillkit {version('distillkit')}"
+
+
+def test_imagefolder_takes_its_folder_from_data_path(tmp_path):
+    result = invoke("config", "--dataset", "imagefolder", "--data-path", str(tmp_path / "none"), "--json")
+    assert result.exit_code == 2 and f"image folder {tmp_path / 'none'} does not exist" in result.output
+    result = invoke("config", "--dataset", "imagefolder")
+    assert result.exit_code == 2 and "imagefolder:PATH" in result.output

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -26,6 +26,28 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"distillkit {version('distillkit')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True, metavar=""
+        ),
+    ] = False,
+) -> None:
+    """Dataset distillation by trajectory matching (MTT + AST techniques as plugins)."""
+
+
 err = Console(stderr=True)
 
 

@@ -51,6 +51,7 @@ def ablate_cmd(
         typer.Option(
             "--experts-per-seed",
             help="Each seed trains its own experts (default: one store per recipe, shared by all seeds).",
+            metavar="",
         ),
     ] = False,
     dataset: Dataset = None,

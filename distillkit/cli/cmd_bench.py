@@ -55,7 +55,8 @@ def bench_cmd(
     device: Device = None,
     memory: Memory = None,
     skip_experts_throughput: Annotated[
-        bool, typer.Option("--skip-experts-throughput", help="Do not time one fresh expert epoch.")
+        bool,
+        typer.Option("--skip-experts-throughput", help="Do not time one fresh expert epoch.", metavar=""),
     ] = False,
     dataset: Dataset = None,
     data_path: DataPath = None,

@@ -15,12 +15,12 @@ from distillkit.cli.options import (
     Debug,
     Device,
     EvalModels,
+    EvalSets,
     JsonOut,
     Model,
     Preset,
     Quiet,
     Seed,
-    Sets,
     collect_overrides,
     resolve,
 )
@@ -54,7 +54,7 @@ def evaluate_cmd(
     model: Model = None,
     preset: Preset = None,
     config: ConfigFile = None,
-    sets: Sets = None,
+    sets: EvalSets = None,
     seed: Seed = None,
     device: Device = None,
     out_dir: Annotated[

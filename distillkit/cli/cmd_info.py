@@ -20,6 +20,7 @@ from distillkit.cli.options import (
     Plugins,
     Preset,
     Seed,
+    SelectedPlugins,
     Sets,
     collect_overrides,
     resolve,
@@ -76,7 +77,7 @@ def config_cmd(
 
 @app.command("list-plugins")
 def list_plugins_cmd(
-    plugins: Plugins = None,
+    plugins: SelectedPlugins = None,
     json_out: JsonOut = False,
     debug: Debug = False,
 ) -> None:

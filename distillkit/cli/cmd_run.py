@@ -28,6 +28,7 @@ from distillkit.cli.options import (
     Resume,
     Seed,
     Sets,
+    StoreOut,
     astuple,
     collect_overrides,
     resolve,
@@ -136,7 +137,7 @@ def experts_cmd(
     sets: Sets = None,
     seed: Seed = None,
     device: Device = None,
-    out_dir: OutDir = None,
+    out_dir: StoreOut = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:

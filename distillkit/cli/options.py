@@ -22,7 +22,7 @@ Dataset = Annotated[
 DataPath = Annotated[Path | None, typer.Option("--data-path", help="Folder holding the dataset files.")]
 Download = Annotated[
     bool,
-    typer.Option("--download", help="Allow torchvision to download CIFAR/SVHN into --data-path."),
+    typer.Option("--download", help="Allow torchvision to download CIFAR/SVHN into --data-path.", metavar=""),
 ]
 Model = Annotated[str | None, typer.Option(help="Network, e.g. convnet, convnet-w32, convnet-d4, resnet18.")]
 Ipc = Annotated[int | None, typer.Option(help="Synthetic images per class.")]
@@ -31,7 +31,7 @@ Plugins = Annotated[
     typer.Option(
         "--plugins",
         "-p",
-        help="Comma-separated plugins, e.g. smooth,kmeans-init,bil,itm,wp. None named = plain MTT.",
+        help="Comma-separated plugins, e.g. smooth,kmeans-init,bil,itm,wp; none named: plain MTT.",
     ),
 ]
 Preset = Annotated[
@@ -69,10 +69,12 @@ EvalModels = Annotated[
     typer.Option("--eval-models", help="Comma-separated models for cross-architecture evaluation."),
 ]
 Overwrite = Annotated[
-    bool, typer.Option("--overwrite", help="Reuse an --out folder that already holds a run.")
+    bool, typer.Option("--overwrite", help="Reuse an --out folder that already holds a run.", metavar="")
 ]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress output (bars or log lines).", metavar="")
+]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.", metavar="")]
 Memory = Annotated[
     str | None,
     typer.Option(help="standard (keep the unrolled graph) or constant (exact recomputation, flat memory)."),
@@ -81,7 +83,7 @@ Resume = Annotated[
     Path | None,
     typer.Option("--resume", help="Continue this run directory from its newest checkpoint (its own config)."),
 ]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")]
 
 
 def collect_overrides(
@@ -104,6 +106,10 @@ def collect_overrides(
         if key in values:
             raise ConfigError(f"--set {key} is given twice")
         values[key] = value
+    if dataset is not None and dataset.strip().lower() == "imagefolder":
+        if data_path is None:
+            raise ConfigError("--dataset imagefolder needs the folder", hint="--dataset imagefolder:PATH")
+        dataset, data_path = f"imagefolder:{data_path}", None  # --dataset imagefolder --data-path X
     shortcuts = {
         "data.dataset": dataset,
         "data.data_path": str(data_path) if data_path else None,
@@ -134,3 +140,22 @@ def resolve(
 
 def astuple(resolved: Resolved) -> tuple[RunConfig, PluginHost, dict[str, str]]:
     return resolved.config, resolved.host, resolved.sources
+
+
+StoreOut = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Trajectory store folder (default: the cache, keyed by the settings)."),
+]
+SelectedPlugins = Annotated[
+    str | None,
+    typer.Option("--plugins", "-p", help="Comma-separated plugins to show as enabled (checks they load)."),
+]
+EvalSets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override an evaluate.* key; repeatable. e.g. evaluate.runs=10, evaluate.epochs=1000.",
+    ),
+]

@@ -57,7 +57,7 @@ _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2023, 0.1994, 0.2010)
 _CHUNK = 4096
 _READ_CHUNK = 1 << 20
-_DOWNLOAD_HINT = "add --set data.download=true (with --data-path DIR) to fetch it"
+_DOWNLOAD_HINT = "add --download (with --data-path DIR) to fetch it"
 
 
 @dataclass(frozen=True, eq=False)
