@@ -157,7 +157,9 @@ class MatchContext:
     ``student_params[n]`` is θ̂ after ``n`` inner steps (``n = 0..syn_steps``),
     still attached to the autograd graph. ``expert_params(k)`` returns θ*_{t+k}
     for ``k = 0..expert_epochs``. ``start`` is the (perturbed) start the student
-    began from; ``unperturbed_start`` is θ*_t itself. ``distance(a, b, ref)``
+    began from; ``unperturbed_start`` is θ*_t itself; ``reference`` is the one of
+    the two that every matching denominator uses (the core's ``distill.match_denominator``:
+    θ*_t by default, the perturbed start as in the official AST code). ``distance(a, b, ref)``
     is the normalised ‖a − b‖² / ‖ref − b‖² used by the core.
     """
 
@@ -169,4 +171,5 @@ class MatchContext:
     expert_params: Callable[[int], torch.Tensor]
     start: torch.Tensor
     unperturbed_start: torch.Tensor
+    reference: torch.Tensor
     distance: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

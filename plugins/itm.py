@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 POINT_RULES = ("proportional", "stride")
 BETAS = ("equal", "varied")
-DENOMINATORS = ("unperturbed", "perturbed")
 
 
 def matching_points(syn_steps: int, expert_epochs: int, rule: str) -> list[int]:
@@ -54,15 +53,11 @@ class IntermediateMatching:
         #: β_i: "equal" = 1 (the paper's better strategy; code ``--agg_middle_loss``);
         #: "varied" = i/M (code ``--adaptive_middle_loss``).
         beta: str = "equal"
-        #: θ*_t in the denominator: "unperturbed" = the expert's own start (paper);
-        #: "perturbed" = the start after weight perturbation (code).
-        denominator: str = "unperturbed"
 
         def __post_init__(self) -> None:
             for key, value, allowed in (
                 ("points", self.points, POINT_RULES),
                 ("beta", self.beta, BETAS),
-                ("denominator", self.denominator, DENOMINATORS),
             ):
                 if value not in allowed:
                     raise ConfigError(f"itm.{key} must be one of {', '.join(allowed)}, got '{value}'")
@@ -81,12 +76,11 @@ class IntermediateMatching:
         """
         cfg = self.config
         m = ctx.expert_epochs
-        ref = ctx.unperturbed_start if cfg.denominator == "unperturbed" else ctx.start
         terms = []
         for i, xi in enumerate(matching_points(ctx.syn_steps, m, cfg.points), start=1):
             if xi == 0:
                 continue
             beta = 1.0 if cfg.beta == "equal" else i / m
-            loss = ctx.distance(ctx.student_params[xi], ctx.expert_params(i), ref)
+            loss = ctx.distance(ctx.student_params[xi], ctx.expert_params(i), ctx.reference)
             terms.append(LossTerm(f"itm/{xi}", beta * loss))
         return terms

@@ -199,7 +199,7 @@ def distance(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> torch.Tenso
     return ((a - b) ** 2).sum() / ((ref - b) ** 2).sum()
 
 
-def match_ctx(syn_steps: int, expert_epochs: int) -> MatchContext:
+def match_ctx(syn_steps: int, expert_epochs: int, perturbed_reference: bool = False) -> MatchContext:
     g = torch.Generator().manual_seed(3)
     experts = [torch.randn(6, generator=g) for _ in range(expert_epochs + 1)]
     students = tuple(torch.randn(6, generator=g).requires_grad_(True) for _ in range(syn_steps + 1))
@@ -212,17 +212,18 @@ def match_ctx(syn_steps: int, expert_epochs: int) -> MatchContext:
         expert_params=experts.__getitem__,
         start=experts[0] + 0.1,
         unperturbed_start=experts[0],
+        reference=experts[0] + (0.1 if perturbed_reference else 0.0),
         distance=distance,
     )
 
 
-@pytest.mark.parametrize("denominator", ["unperturbed", "perturbed"])
-def test_itm_loss_equals_formula(denominator: str) -> None:
+@pytest.mark.parametrize("perturbed_reference", [False, True])
+def test_itm_loss_equals_formula(perturbed_reference: bool) -> None:
     run, _ = make_run()
-    ctx = match_ctx(syn_steps=4, expert_epochs=2)
-    plugin = IntermediateMatching(IntermediateMatching.Config(denominator=denominator))
+    ctx = match_ctx(syn_steps=4, expert_epochs=2, perturbed_reference=perturbed_reference)
+    plugin = IntermediateMatching(IntermediateMatching.Config())
     (term,) = plugin.intermediate_match(run, ctx)
-    ref = ctx.unperturbed_start if denominator == "unperturbed" else ctx.start
+    ref = ctx.start if perturbed_reference else ctx.unperturbed_start
     target = ctx.expert_params(1)
     expected = ((ctx.student_params[2] - target) ** 2).sum() / ((ref - target) ** 2).sum()
     assert term.name == "itm/2"

@@ -190,6 +190,7 @@ class Distiller:
                     expert_params=lambda k, s=segment, t=t: s[t + k],
                     start=perturbed,
                     unperturbed_start=start,
+                    reference=reference,
                     distance=normalised_distance,
                 ),
             ),
