@@ -170,8 +170,9 @@ class PluginHost:
         Every discovered plugin not named is blocked before anything is imported.
         """
         options = options or {}
+        given = {getattr(obj, "name", None) or type(obj).__name__ for obj in extra}
         for name in self.available:
-            if name not in names:
+            if name not in names and name not in given:  # a ready-made instance is selected too
                 self.pm.set_blocked(name)
         for name in names:
             self._entry_point(name)

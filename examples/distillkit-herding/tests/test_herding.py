@@ -6,54 +6,19 @@ from importlib.metadata import entry_points
 
 import pytest
 import torch
-import torch.nn as nn
-from distillkit.config import RunConfig
-from distillkit.context import InitContext, RunContext
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from distillkit.testing import CLASSES, check_hooks, init_context, run_plugin_smoke, tiny_run
 
 from distillkit_herding import HerdingInit, herding
 
-CLASSES, PER_CLASS = 3, 25
+PER_CLASS = 25
 
 
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.classifier = nn.Linear(16, CLASSES)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
-
-
-def make(ipc: int) -> tuple[RunContext, InitContext, nn.Module]:
-    g = torch.Generator().manual_seed(4)
-    labels = torch.arange(CLASSES).repeat(PER_CLASS)
-    images = torch.randn(CLASSES, 1, 4, 4, generator=g)[labels]
-    images = images + torch.randn(len(labels), 1, 4, 4, generator=g)
-    torch.manual_seed(0)
-    expert = TinyCNN()
-    flat = parameters_to_vector(expert.parameters()).detach()
-    ctx = InitContext(
-        train_images=images,
-        train_labels=labels,
-        num_classes=CLASSES,
-        ipc=ipc,
-        class_names=tuple(map(str, range(CLASSES))),
-        expert_params=lambda e: flat.clone(),
-        expert_epochs_available=1,
-        make_model=TinyCNN,
-        load_flat=lambda model, theta: vector_to_parameters(theta, model.parameters()),
-    )
-    run = RunContext(
-        config=RunConfig(),
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        out_dir=None,
-    )
+def make(ipc: int):
+    """The kit's tiny 3-class set and TinyNet expert; the expert network itself for checks."""
+    ctx = init_context(ipc=ipc, per_class=PER_CLASS, seed=4)
+    run, _logged = tiny_run()
+    expert = ctx.make_model()
+    ctx.load_flat(expert, ctx.expert_params(-1))
     return run, ctx, expert
 
 
@@ -89,6 +54,12 @@ def test_running_mean_tracks_class_mean() -> None:
     herded = (feats[picks].mean(0) - feats.mean(0)).norm()
     first20 = (feats[:20].mean(0) - feats.mean(0)).norm()
     assert herded < first20
+
+
+def test_the_kit_accepts_the_answer_and_a_real_run_uses_it(tmp_path) -> None:
+    assert set(check_hooks(HerdingInit(HerdingInit.Config()))) == {"init_synthetic"}
+    summary = run_plugin_smoke(HerdingInit(HerdingInit.Config()), tmp_path)
+    assert summary["init"] == "herding-init"
 
 
 def test_entry_point_installed() -> None:

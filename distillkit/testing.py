@@ -1,0 +1,227 @@
+"""A kit for plugin authors: each hook's context on tiny tensors, and a smoke run of a plugin.
+
+Unit tests call a hook method directly with these contexts and check its answer
+against a formula; :func:`check_hooks` also passes every hook the plugin
+implements through the core's own combiners (:mod:`distillkit.hookcalls`), so an
+answer the engine would refuse fails the test with the same message a run would
+give. :func:`run_plugin_smoke` runs the plugin end to end on sklearn digits with
+a budget of seconds. Nothing here is mocked: the contexts hold real tensors and a
+real (tiny) network, and the smoke run is a real ``distillkit run``.
+
+    from distillkit.testing import check_hooks, run_plugin_smoke, tiny_run
+
+    def test_my_plugin_answers_every_hook_validly():
+        check_hooks(MyPlugin(MyPlugin.Config()))
+
+    def test_my_plugin_runs(tmp_path):
+        summary = run_plugin_smoke(MyPlugin(MyPlugin.Config()), tmp_path)
+        assert 0 <= summary["distilled"]["mean"] <= 1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillkit.config import RunConfig
+from distillkit.context import (
+    ExpertStepContext,
+    InitContext,
+    InnerLossContext,
+    MatchContext,
+    PerturbContext,
+    RunContext,
+)
+from distillkit.engine.student import flatten_params, load_flat, param_layout
+from distillkit.engine.unroll import normalised_distance
+from distillkit.hookcalls import (
+    combine_deltas,
+    combine_expert_loss,
+    combine_terms,
+    combine_weights,
+    first_init,
+)
+
+#: The shape of the tiny images every context here uses: [channels, height, width].
+IMAGE_SHAPE = (1, 4, 4)
+CLASSES = 3
+
+#: A digits run that takes seconds: what :func:`run_plugin_smoke` distils with.
+SMOKE_BUDGET: dict[str, Any] = {
+    "experts.count": 1,
+    "experts.epochs": 3,
+    "distill.max_start_epoch": 1,
+    "distill.syn_steps": 4,
+    "distill.iterations": 3,
+    "evaluate.runs": 1,
+    "evaluate.epochs": 5,
+    "device": "cpu",
+}
+
+
+class TinyNet(nn.Module):
+    """Conv → ReLU → pool → Linear on 1×4×4 images, with ``embed`` (pre-FC features) like the ConvNets."""
+
+    def __init__(self, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(IMAGE_SHAPE[0], 4, 3, padding=1)
+        self.classifier = nn.Linear(16, classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def tiny_run(seed: int = 0, config: RunConfig | None = None) -> tuple[RunContext, dict[str, Any]]:
+    """A CPU ``RunContext`` and the dict its ``run.log(name, value)`` writes into."""
+    logged: dict[str, Any] = {}
+    run = RunContext(
+        config=config or RunConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        out_dir=None,
+        log=logged.__setitem__,
+    )
+    return run, logged
+
+
+def tiny_net(seed: int = 0) -> TinyNet:
+    """A :class:`TinyNet` with seeded weights."""
+    torch.manual_seed(seed)
+    return TinyNet()
+
+
+def expert_step_context(batch: int = 8, epoch: int = 0, seed: int = 0) -> ExpertStepContext:
+    """One expert-training step of a :class:`TinyNet` on a random batch (``expert_loss``)."""
+    g = torch.Generator().manual_seed(seed)
+    model = tiny_net(seed)
+    raw = torch.randn(batch, *IMAGE_SHAPE, generator=g)
+    images = raw + 0.1 * torch.randn(raw.shape, generator=g)  # stands in for the augmented batch
+    labels = torch.randint(CLASSES, (batch,), generator=g)
+    logits = model(images)
+    return ExpertStepContext(
+        model=model,
+        images=images,
+        raw_images=raw,
+        labels=labels,
+        logits=logits,
+        base_loss=F.cross_entropy(logits, labels),
+        epoch=epoch,
+        step=0,
+        steps_per_epoch=1,
+        total_epochs=max(epoch + 1, 2),
+    )
+
+
+def init_context(ipc: int = 1, per_class: int = 10, seed: int = 0) -> InitContext:
+    """A 3-class training set of 1×4×4 images and a :class:`TinyNet` expert (``init_synthetic``)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(CLASSES).repeat(per_class)
+    images = torch.randn(CLASSES, *IMAGE_SHAPE, generator=g)[labels]
+    images = images + 0.5 * torch.randn(len(labels), *IMAGE_SHAPE, generator=g)
+    expert = flatten_params(tiny_net(seed)).detach()
+    return InitContext(
+        train_images=images,
+        train_labels=labels,
+        num_classes=CLASSES,
+        ipc=ipc,
+        class_names=tuple(f"class {c}" for c in range(CLASSES)),
+        expert_params=lambda epoch: expert.clone(),
+        expert_epochs_available=1,
+        make_model=TinyNet,
+        load_flat=load_flat,
+    )
+
+
+def inner_loss_context(start_epoch: int = 0, max_start_epoch: int = 5) -> InnerLossContext:
+    """An outer iteration starting at ``start_epoch`` (``inner_loss_weight``)."""
+    return InnerLossContext(0, start_epoch, max_start_epoch, expert_epochs=2, syn_steps=4)
+
+
+def perturb_context(seed: int = 0) -> PerturbContext:
+    """A :class:`TinyNet`'s flat parameters as the expert start, with their layout (``perturb_expert``)."""
+    model = tiny_net(seed)
+    return PerturbContext(0, flatten_params(model).detach(), 0, param_layout(model))
+
+
+def match_context(syn_steps: int = 4, expert_epochs: int = 2, seed: int = 0) -> MatchContext:
+    """A student unrolled ``syn_steps`` steps beside an expert segment (``intermediate_match``)."""
+    g = torch.Generator().manual_seed(seed)
+    start = flatten_params(tiny_net(seed)).detach()
+    experts = [start + 0.1 * k * torch.randn(start.shape, generator=g) for k in range(expert_epochs + 1)]
+    students = tuple(
+        (start + 0.05 * n * torch.randn(start.shape, generator=g)).requires_grad_(True)
+        for n in range(syn_steps + 1)
+    )
+    return MatchContext(
+        iteration=0,
+        start_epoch=0,
+        expert_epochs=expert_epochs,
+        syn_steps=syn_steps,
+        student_params=students,
+        expert_params=experts.__getitem__,
+        start=start,
+        unperturbed_start=start,
+        reference=start,
+        distance=normalised_distance,
+    )
+
+
+def check_hooks(plugin: Any, seed: int = 0) -> dict[str, Any]:
+    """Call every hook ``plugin`` implements on these contexts and combine it as the core does.
+
+    Returns ``{hook name: combined result}``; a result the engine would refuse raises the
+    same :class:`~distillkit.errors.PluginRuntimeError` a run would.
+    """
+    name = getattr(plugin, "name", type(plugin).__name__)
+    run, _logged = tiny_run(seed)
+    done: dict[str, Any] = {}
+    if hasattr(plugin, "expert_loss"):
+        ctx = expert_step_context(seed=seed)
+        done["expert_loss"] = combine_expert_loss(
+            ctx.base_loss, _answer(name, plugin.expert_loss(run=run, ctx=ctx))
+        )[0]
+    if hasattr(plugin, "init_synthetic"):
+        ctx = init_context(seed=seed)
+        shape, count = ctx.train_images.shape[1:], ctx.ipc * CLASSES
+        done["init_synthetic"] = first_init(
+            _answer(name, plugin.init_synthetic(run=run, ctx=ctx)), count, shape, CLASSES
+        )
+    if hasattr(plugin, "inner_loss_weight"):
+        done["inner_loss_weight"] = combine_weights(
+            _answer(name, plugin.inner_loss_weight(run=run, ctx=inner_loss_context()))
+        )
+    if hasattr(plugin, "perturb_expert"):
+        ctx = perturb_context(seed)
+        done["perturb_expert"] = combine_deltas(
+            _answer(name, plugin.perturb_expert(run=run, ctx=ctx)), ctx.start
+        )
+    if hasattr(plugin, "intermediate_match"):
+        ctx = match_context(seed=seed)
+        done["intermediate_match"] = combine_terms(
+            _answer(name, plugin.intermediate_match(run=run, ctx=ctx)), ctx.start.device
+        )
+    return done
+
+
+def _answer(name: str, result: Any) -> list[tuple[str, Any]]:
+    return [] if result is None else [(name, result)]
+
+
+def run_plugin_smoke(plugin: Any, out_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A real ``distillkit run`` on sklearn digits with ``plugin`` selected, in seconds; its summary.
+
+    ``plugin`` is a ready-made instance (no entry point needed). ``overrides`` are
+    extra config keys (``<plugin>.<key>`` options included) on top of :data:`SMOKE_BUDGET`.
+    """
+    from distillkit import api
+    from distillkit.resolve import resolve_config
+
+    config, host = resolve_config(overrides={**SMOKE_BUDGET, **(overrides or {})}, extra_plugins=[plugin])
+    return api.run(config, host, Path(out_dir) / "run")
