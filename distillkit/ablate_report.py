@@ -91,6 +91,13 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _expert_accuracies(accs: list[float]) -> str:
+    """A few experts' final test accuracies listed; many as their mean and range."""
+    if len(accs) <= 3:
+        return ", ".join(f"{a:.1f}" for a in accs) or "–"
+    return f"{statistics.fmean(accs):.1f} ({min(accs):.1f}–{max(accs):.1f}, {len(accs)} experts)"
+
+
 def budget_line(config: RunConfig) -> str:
     """The budget of an ablation in one line (what a reader needs to judge the figures)."""
     d, e, x = config.distill, config.evaluate, config.experts
@@ -140,7 +147,7 @@ def markdown(summary: dict[str, Any], plan: Plan, command: str) -> str:
         expert = [
             a for store in row["stores"] for a in summary["stores"].get(store, {}).get("expert_test_acc", [])
         ]
-        expert_text = ", ".join(f"{100 * a:.1f}" for a in expert if a is not None) or "–"
+        expert_text = _expert_accuracies([100 * a for a in expert if a is not None])
         lines.append(
             f"| {row['arm']} | "
             + " | ".join(per_seed)

@@ -83,6 +83,8 @@ class Fault:
     interrupt: tuple[str, int] | None = None
     #: Extra verdict for the last column, from the workspace (raise AssertionError when wrong).
     check: Callable[[Path], str] | None = None
+    #: Extra environment variables for the command (paths relative to the workspace are made absolute).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,8 +99,11 @@ class Row:
 # -- running ---------------------------------------------------------------------------------
 
 
-def distillkit(workspace: Path, argv: list[str], **popen: object) -> subprocess.Popen:
+def distillkit(
+    workspace: Path, argv: list[str], extra_env: dict[str, str] | None = None, **popen: object
+) -> subprocess.Popen:
     env = os.environ | {"DISTILLKIT_CACHE": str(workspace / "cache"), "NO_COLOR": "1", "COLUMNS": "80"}
+    env |= {k: str(workspace / v) for k, v in (extra_env or {}).items()}
     return subprocess.Popen(
         [sys.executable, "-m", "distillkit", *argv],
         cwd=workspace,
@@ -153,7 +158,7 @@ def try_fault(workspace: Path, fault: Fault) -> Row:
     background = fault.setup(workspace) if fault.setup else None
     before = hashes(workspace, fault.protect)
     try:
-        proc = distillkit(workspace, fault.argv)
+        proc = distillkit(workspace, fault.argv, fault.env)
         if fault.interrupt:
             marker, signum = fault.interrupt
             wait_for(workspace, marker, proc)
@@ -321,6 +326,115 @@ def finished_with(run: str) -> Callable[[Path], str]:
         largest = float(load_synthetic(workspace / run)[0].abs().max())
         accuracy = json.loads((workspace / run / "results.json").read_text())["distilled"]["mean"]
         return f"finished: {rolled} rollbacks, largest pixel {largest:.2g}, accuracy {accuracy:.0%}"
+
+    return check
+
+
+def shortened_metrics(workspace: Path) -> None:
+    """An unfinished run whose metrics.jsonl lost lines after its last checkpoint was written."""
+    unfinished_run(workspace)
+    metrics = workspace / "unfinished" / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:10])
+
+
+def synthetic_set(name: str, images=None, labels=None, lr: float = 0.01, dataset: str = "digits"):
+    """A copy of the finished run whose synthetic set is replaced (NaN pixels, bad labels, ...)."""
+
+    def setup(workspace: Path) -> None:
+        import torch
+
+        from distillkit.artifacts import save_synthetic
+
+        folder = copy_tree(workspace, "done", name)
+        x = torch.randn(10, 1, 8, 8) if images is None else images()
+        y = torch.arange(10) if labels is None else labels()
+        save_synthetic(folder, x, y, lr, {"dataset": dataset})
+
+    return setup
+
+
+def mtt_folder(name: str, damage: str) -> Callable[[Path], None]:
+    """Another tool's images/labels/lr_best.pt, damaged one way."""
+
+    def setup(workspace: Path) -> None:
+
+        import torch
+
+        folder = workspace / name
+        folder.mkdir()
+        torch.save(torch.randn(10, 1, 8, 8), folder / "images_best.pt")
+        torch.save(torch.arange(10), folder / "labels_best.pt")
+        torch.save(torch.tensor(0.01), folder / "lr_best.pt")
+        if damage == "pickle":  # an object whose unpickling would run code (open a file)
+            (folder / "labels_best.pt").write_bytes(
+                b"cbuiltins\nopen\n(Vran-code\nVw\ntR."  # open('ran-code', 'w') when unpickled
+            )
+        elif damage == "shape":
+            torch.save(torch.randn(10, 1, 28, 28), folder / "images_best.pt")
+        elif damage == "no-lr":
+            (folder / "lr_best.pt").unlink()
+
+    return setup
+
+
+def holds_store_lock(store: str) -> Callable[[Path], subprocess.Popen]:
+    """Another process holding the store's lock, as a trainer of that store does."""
+
+    def setup(workspace: Path) -> subprocess.Popen:
+        code = (
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(workspace / store / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(120)\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        return proc
+
+    return setup
+
+
+def user_folder(name: str) -> Callable[[Path], None]:
+    """A folder of the user's that is not a run."""
+
+    def setup(workspace: Path) -> None:
+        (workspace / name).mkdir()
+        (workspace / name / "notes.txt").write_text("mine")
+
+    return setup
+
+
+def evaluation_keeps(run: str, *models: str) -> Callable[[Path], str]:
+    def check(workspace: Path) -> str:
+        stored = json.loads((workspace / run / "evaluation.json").read_text())
+        assert set(models) <= set(stored), f"evaluation.json holds {sorted(stored)}"
+        return f"evaluation.json keeps {', '.join(models)}"
+
+    return check
+
+
+def nothing_ran(marker: str) -> Callable[[Path], str]:
+    def check(workspace: Path) -> str:
+        assert not (workspace / marker).exists(), "the pickled code ran"
+        return "nothing unpickled"
+
+    return check
+
+
+def evaluated_once(run: str, model: str) -> Callable[[Path], None]:
+    def setup(workspace: Path) -> None:
+        copy_tree(workspace, "done", run)
+        run_ok(workspace, ["evaluate", run, "--eval-models", model, "--set", "evaluate.runs=1", "--quiet"])
+
+    return setup
+
+
+def no_nul_bytes(path: str) -> Callable[[Path], str]:
+    def check(workspace: Path) -> str:
+        data = (workspace / path).read_bytes()
+        assert b"\x00" not in data, "padded with NUL bytes"
+        return f"{path} untouched ({len(data)} bytes)"
 
     return check
 
@@ -507,6 +621,110 @@ FAULTS: list[Fault] = [
         ["run", "--experts", "store", "--out", "lr-img-hopeless", "--quiet", *tiny(distill__lr_img="1e12")],
         expect=1,
         check=last_good_set_saved("lr-img-hopeless"),
+    ),
+    # -- round two: nothing lost, nothing silently wrong ------------------------------------------
+    Fault(
+        "`--overwrite` of a finished run with an impossible `--ipc`",
+        ["run", "--experts", "store", "--out", "done", "--overwrite", "--ipc", "99999", *tiny()],
+        protect=("done",),
+    ),
+    Fault("`--resume` of a finished run", ["run", "--resume", "done"], protect=("done",)),
+    Fault(
+        "`--resume` with a shortened metrics.jsonl",
+        ["run", "--resume", "unfinished"],
+        setup=shortened_metrics,
+        check=no_nul_bytes("unfinished/metrics.jsonl"),
+    ),
+    Fault(
+        "`evaluate` a second time with other `--eval-models`",
+        ["evaluate", "twice", "--eval-models", "convnet-w16-d2", "--set", "evaluate.runs=1", "--quiet"],
+        expect=0,
+        setup=evaluated_once("twice", "convnet-w32-d2"),
+        check=evaluation_keeps("twice", "convnet-w32-d2", "convnet-w16-d2"),
+    ),
+    Fault(
+        "`evaluate` a set with NaN pixels",
+        ["evaluate", "nan-set"],
+        setup=synthetic_set("nan-set", images=lambda: __import__("torch").full((10, 1, 8, 8), float("nan"))),
+        protect=("nan-set",),
+    ),
+    Fault(
+        "`evaluate` a set whose labels are out of range",
+        ["evaluate", "bad-labels"],
+        setup=synthetic_set("bad-labels", labels=lambda: __import__("torch").arange(10) + 5),
+        protect=("bad-labels",),
+    ),
+    Fault(
+        "`evaluate` a set with a negative learning rate",
+        ["evaluate", "negative-lr"],
+        setup=synthetic_set("negative-lr", lr=-0.1),
+        protect=("negative-lr",),
+    ),
+    Fault(
+        "`evaluate` a set of 3-channel images on digits",
+        ["evaluate", "channels"],
+        setup=synthetic_set("channels", images=lambda: __import__("torch").randn(10, 3, 8, 8)),
+        protect=("channels",),
+    ),
+    Fault(
+        "`evaluate` a set whose synthetic.json names another dataset",
+        ["evaluate", "other-dataset"],
+        setup=synthetic_set("other-dataset", dataset="fashion-mnist"),
+        protect=("other-dataset",),
+    ),
+    Fault("`evaluate.lr_decay_factor=-1`", ["run", *tiny(evaluate__lr_decay_factor=-1)], absent=("runs",)),
+    Fault(
+        "`evaluate.momentum_after_decay=5`",
+        ["run", *tiny(evaluate__momentum_after_decay=5)],
+        absent=("runs",),
+    ),
+    Fault(
+        "`distill` from a store another process is still training",
+        ["distill", "--experts", "store", "--out", "from-busy", *tiny()],
+        setup=holds_store_lock("store"),
+        protect=("store",),
+        absent=("from-busy",),
+    ),
+    Fault(
+        "`DISTILLKIT_CACHE` points at a file",
+        ["run", "--out", "cache-file", *tiny()],
+        setup=write_file("a-file", b"not a folder"),
+        env={"DISTILLKIT_CACHE": "a-file"},
+        protect=("a-file",),
+        absent=("cache-file",),
+    ),
+    Fault("`--out /`", ["run", "--out", "/", *tiny()]),
+    Fault(
+        "`--out` a non-empty folder that holds no run",
+        ["run", "--out", "thesis", "--overwrite", *tiny()],
+        setup=user_folder("thesis"),
+        protect=("thesis",),
+    ),
+    Fault("`--config /dev/zero`", ["run", "--config", "/dev/zero"], absent=("runs",)),
+    Fault("`--device mps` (unsupported)", ["run", "--device", "mps", *tiny()], absent=("runs",)),
+    Fault("`--device cuda:7` without CUDA", ["run", "--device", "cuda:7", *tiny()], absent=("runs",)),
+    Fault("`--dataset imagefolder` without a folder", ["run", "--dataset", "imagefolder"], absent=("runs",)),
+    Fault(
+        "`evaluate --mtt` with a pickled object in labels_best.pt",
+        ["evaluate", "--mtt", "mtt-pickle"],
+        setup=mtt_folder("mtt-pickle", "pickle"),
+        check=nothing_ran("ran-code"),
+    ),
+    Fault(
+        "`evaluate --mtt` with 28×28 images on digits",
+        ["evaluate", "--mtt", "mtt-shape"],
+        setup=mtt_folder("mtt-shape", "shape"),
+    ),
+    Fault(
+        "`evaluate --mtt` without lr_best.pt",
+        ["evaluate", "--mtt", "mtt-no-lr"],
+        setup=mtt_folder("mtt-no-lr", "no-lr"),
+    ),
+    Fault(
+        "`ablate --out` a folder that holds something else",
+        ["ablate", "--arms", "plain;bil", "--out", "thesis2", *tiny()],
+        setup=user_folder("thesis2"),
+        protect=("thesis2",),
     ),
 ]
 
