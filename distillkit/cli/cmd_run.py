@@ -103,8 +103,14 @@ def _check_resume_alone(overrides: dict[str, Any], *options: Any) -> None:
 
 
 def _claim_run_dir(cfg: RunConfig, out_dir: Path | None, overwrite: bool, resume: Path | None) -> Path:
-    """The locked run directory: the one to resume, or a new one (never one holding another run)."""
+    """The locked run directory: the one to resume, or a new one (never one holding another run).
+
+    The device is checked first, so an unusable ``--device`` leaves no directory behind.
+    """
     from distillkit import rundir
+    from distillkit.runtime import resolve_device
+
+    resolve_device(cfg.device)
 
     if resume is not None:
         rundir.refuse_finished(resume)
