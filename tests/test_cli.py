@@ -22,31 +22,25 @@ def invoke(*args: str):
     return runner.invoke(app, list(args), env=ENV)
 
 
-def test_help_does_not_import_torch():
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--help"], ["run", "list-plugins"]),
+        # Listing reads every installed plugin, so plugin modules import torch inside their hooks.
+        (["list-plugins", "--json"], ['"herding-init"', '"smooth"']),
+    ],
+)
+def test_help_and_listing_do_not_import_torch(argv, expected):
     code = (
         "import sys\n"
-        "sys.argv = ['distillkit', '--help']\n"
+        f"sys.argv = ['distillkit', *{argv!r}]\n"
         "from distillkit.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "run" in proc.stdout and "list-plugins" in proc.stdout
-
-
-def test_list_plugins_does_not_import_torch():
-    """Listing reads every installed plugin, so plugin modules import torch inside their hooks."""
-    code = (
-        "import sys\n"
-        "sys.argv = ['distillkit', 'list-plugins', '--json']\n"
-        "from distillkit.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'torch imported by list-plugins'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert '"herding-init"' in proc.stdout and '"smooth"' in proc.stdout
+    assert all(text in proc.stdout for text in expected), proc.stdout
 
 
 def test_list_plugins_json_shows_the_five_built_ins():
