@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ def capture(
     snapshots: list[torch.Tensor],
     test_acc: list[float],
     seconds: float,
-    history: list[dict[str, float]] = (),
+    history: Sequence[dict[str, float]] = (),
 ) -> TrainingState:
     """The training state after ``epoch`` completed epochs (tensors are not copied here)."""
     rng = {"generator": run.generator.get_state(), "torch": torch.get_rng_state()}
