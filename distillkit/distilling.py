@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,6 +120,9 @@ def make_distiller(
     return distiller, source
 
 
+STOPPING_NOTICE = "Stopping: the state is saved after this iteration (press Ctrl-C again to stop at once)."
+
+
 @contextmanager
 def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
     """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one interrupts.
@@ -134,6 +138,8 @@ def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
+        sys.stderr.write(STOPPING_NOTICE + "\n")
+        sys.stderr.flush()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -107,8 +109,24 @@ def describe_os_error(exc: OSError) -> tuple[str, str, ExitCode]:
     return f"{what}{where}", hint, os_error_exit_code(exc)
 
 
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM (``kill``, SLURM, ``timeout``) stop a command exactly as Ctrl-C does.
+
+    Outside distillation (which checkpoints on either signal) this means the same message,
+    the same exit code 130 and the same kept files: finished experts, a run's checkpoints.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     """Console-script entry point."""
+    terminate_like_interrupt()
     try:
         app()
     except KeyboardInterrupt:
