@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -23,6 +24,7 @@ from distillkit.errors import (
     ConfigError,
     PluginConflictError,
     PluginError,
+    PluginRuntimeError,
     UnknownPluginError,
 )
 
@@ -266,12 +268,26 @@ class PluginHost:
         return merged
 
     def plugin_state(self) -> dict[str, Any]:
-        """State of plugins that keep any (``state_dict()``), keyed by plugin name."""
-        return {
-            name: plugin.state_dict()
-            for name, plugin in self.selected.items()
-            if callable(getattr(plugin, "state_dict", None))
-        }
+        """State of plugins that keep any (``state_dict()``), keyed by plugin name.
+
+        Checked here, where it is taken, because it is written to JSON checkpoints: a state
+        that cannot be written must stop the run with the plugin's name before any file is
+        touched, not at the next checkpoint.
+        """
+        state = {}
+        for name, plugin in self.selected.items():
+            if not callable(getattr(plugin, "state_dict", None)):
+                continue
+            state[name] = plugin.state_dict()
+            try:
+                json.dumps(state[name], allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise PluginRuntimeError(
+                    f"plugin '{name}': state_dict() must return JSON data (dicts, lists, strings, "
+                    f"finite numbers), got {exc}",
+                    hint=f"fix or deselect plugin '{name}'",
+                ) from None
+        return state
 
     def load_plugin_state(self, state: dict[str, Any]) -> None:
         """Give each selected plugin back what its ``state_dict()`` returned (on resume/rollback)."""
