@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import gzip
 import math
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -601,10 +602,22 @@ def _imagefolder_test(root: Path, index: dict[str, int]) -> list[tuple[Path, int
 
 
 def _open_image(path: Path) -> PILImage:
+    """Open an image's header; one that claims more pixels than PIL's bomb limit is bad input.
+
+    PIL only warns between its limit and twice that; the warning is turned into the same
+    error so that no warning text reaches the user before the error line.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"Image {path} is too large to decode safely ({exc})",
+            hint="Remove the file or resize the images (distillation uses small images).",
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"Cannot read image {path}: {exc}.", hint="Remove or replace the file.") from exc
 

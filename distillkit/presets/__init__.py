@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -120,8 +121,10 @@ def _shape_of(dataset: str) -> tuple[int, int]:
         first = next(f for c in classes for f in sorted(c.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
         from PIL import Image
 
-        with Image.open(first) as image:
-            return (max(image.size), len(classes))
+        with warnings.catch_warnings():  # a too-large image is reported by loading, once
+            warnings.simplefilter("ignore")
+            with Image.open(first) as image:
+                return (max(image.size), len(classes))
     except Exception:
         return (0, 0)  # loading reports what is wrong with the folder
 
