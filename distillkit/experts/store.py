@@ -46,9 +46,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256
+from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256, save_tensor_file
 from distillkit.errors import StoreError
 from distillkit.experts import quantise
 
@@ -133,6 +132,15 @@ def describe_epochs(epochs: Sequence[int]) -> str:
     return ", ".join(parts) or "none"
 
 
+#: More epochs than any trajectory-matching expert trains; a manifest announcing more is damaged
+#: (and would make readers build epoch lists that exhaust memory).
+MAX_EPOCHS = 100_000
+
+
+def _is_epoch_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_EPOCHS
+
+
 def _is_epoch_list(value: Any) -> bool:
     """Strictly increasing non-negative ints (what ``stored_epochs`` must be)."""
     return (
@@ -186,6 +194,12 @@ class StoreManifest:
         key, experts = raw.get("key"), raw.get("experts")
         if not isinstance(key, dict) or not isinstance(experts, list):
             raise StoreError(f"{path} lacks a 'key' object or an 'experts' list.")
+        if "epochs" in key and not _is_epoch_count(key["epochs"]):
+            raise StoreError(
+                f"{path} announces {show_value(key['epochs'])} epochs per expert, which is not a "
+                f"count from 0 to {MAX_EPOCHS}.",
+                hint="The manifest is damaged: retrain the experts into a new store.",
+            )
         for entry in experts:
             valid = (
                 isinstance(entry, dict)
@@ -194,8 +208,9 @@ class StoreManifest:
                 and Path(entry["file"]).name == entry["file"]
                 and entry["file"] not in ("", "..")  # a plain file inside the store, never the store itself
                 and isinstance(entry.get("sha256"), str)
-                and isinstance(entry.get("epochs"), int)
+                and _is_epoch_count(entry.get("epochs"))
                 and _is_epoch_list(entry.get("stored_epochs", []))
+                and max(entry.get("stored_epochs", []), default=0) <= entry["epochs"]
             )
             if not valid:
                 raise StoreError(f"{path} has a malformed expert entry: {show_value(entry)}.")
@@ -321,7 +336,7 @@ class TrajectoryStore:
             rows_out = trajectory.detach().to("cpu", FLOAT_DTYPES[dtype_name], copy=True)
             tensors = {TENSOR_NAME: rows_out.contiguous()}
         with atomic_path(self.root / name) as tmp:
-            save_file(tensors, str(tmp))
+            save_tensor_file(tensors, tmp)
             digest = file_sha256(tmp)
         entry = {
             "index": index,
