@@ -83,6 +83,8 @@ def train_experts(
     reporter = reporter or Reporter()
     key = expert_key(config, data, host)
     store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
+    if set(range(config.experts.count)) <= set(store.finished()):
+        return store  # nothing to train, nothing to write: a read-only cache serves as it is
     # One trainer per store: a second process waits, then reuses what the first finished.
     with exclusive(store.root):
         store = TrajectoryStore.open(store.root)
