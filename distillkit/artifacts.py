@@ -55,6 +55,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "r+b") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file; the user needs to know which
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -70,6 +75,24 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def save_tensor_file(tensors: dict[str, Tensor], path: Path) -> None:
+    """``safetensors`` ``save_file``, with its I/O failures (a full disk) raised as ``OSError``.
+
+    safetensors reports them as a ``SafetensorError`` whose text ends in ``(os error N)``;
+    as an ``OSError`` naming ``path`` they get the same one-line message as every other write.
+    """
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

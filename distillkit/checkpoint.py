@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256
+from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256, save_tensor_file
 from distillkit.engine.loop import EngineState
 from distillkit.errors import StoreError
 
@@ -57,7 +57,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     tensors |= {f"good/{k}": v.detach().cpu().contiguous() for k, v in checkpoint.last_good.tensors.items()}
     tensor_path = folder / f"{stem}.safetensors"
     with atomic_path(tensor_path) as tmp:
-        save_file(tensors, str(tmp))
+        save_tensor_file(tensors, tmp)
     meta = {
         "format_version": FORMAT_VERSION,
         "iteration": checkpoint.iteration,

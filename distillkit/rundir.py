@@ -72,8 +72,11 @@ def lock_run_dir(run_dir: Path) -> Path:
             f"{run_dir} is being written by another distillkit process (pid {holder})",
             hint="wait for it to finish, or choose another --out",
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:  # the pid only names the holder in messages; a full disk must not stop the lock
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
     _HELD[key] = fd
     return run_dir
 
@@ -185,8 +188,9 @@ def discard_on_bad_input(run_dir: Path) -> Iterator[None]:
 
     Only a directory this process created, still holding nothing but
     :data:`SETUP_FILES`, is removed, and only for a usage or plugin error (exit 2
-    or 3: a missing dataset, an ipc larger than a class...), so a mistyped option
-    leaves no empty run behind while a run that got anywhere is always kept.
+    or 3: a missing dataset, an ipc larger than a class...) or an operating-system
+    error (a full disk), so a mistyped option leaves no empty run behind while a run
+    that got anywhere is always kept.
     """
     try:
         yield
@@ -194,7 +198,8 @@ def discard_on_bad_input(run_dir: Path) -> Iterator[None]:
         run_dir = Path(run_dir)
         key = str(run_dir.resolve())
         code = os_error_exit_code(exc) if isinstance(exc, OSError) else exc.exit_code
-        bad_input = code in (ExitCode.USAGE_ERROR, ExitCode.PLUGIN_ERROR)
+        # bad input, or an environment fault (a full disk) hit before anything but setup files
+        bad_input = code in (ExitCode.USAGE_ERROR, ExitCode.PLUGIN_ERROR) or isinstance(exc, OSError)
         if bad_input and key in _CREATED and run_dir.is_dir():
             entries = list(run_dir.iterdir())
             if all(p.is_file() and p.name in SETUP_FILES for p in entries):
