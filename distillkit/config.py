@@ -4,7 +4,8 @@ How presets, plugin defaults, config files and ``--set`` combine is one rule,
 written down in :mod:`distillkit.resolve`. Unknown keys, wrong types and values outside a
 ``Literal`` field's choices are errors.
 
-Longer than 400 lines because every key is documented by a ``#:`` line beside its field.
+Longer than 400 lines because every key is documented by a ``#:`` line beside its field,
+the source of the key table in docs/config.md (:mod:`distillkit.configdoc`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 class DataConfig:
     """Which dataset, where it lives, and how it is preprocessed."""
 
+    #: digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or ``imagefolder:PATH`` (a folder with
+    #: ``train/<class>/`` and optionally ``test/<class>/`` images).
     dataset: str = "digits"
+    #: Folder holding the dataset's files ("": none; only the embedded digits need none).
     data_path: str = ""
+    #: Let torchvision download missing dataset files into ``data_path``.
     download: bool = False
+    #: ZCA-whiten the images (fitted on the training set, applied to both splits).
     zca: bool = False
+    #: Differentiable augmentation (DSA) of experts, student and evaluation: op groups joined by "_"
+    #: (color, crop, cutout, flip, scale, rotate, brightness, saturation, contrast), one drawn per
+    #: batch; "" or "none" = no augmentation.
     augment: str = DSA_DEFAULT
 
 
@@ -38,6 +47,8 @@ class DataConfig:
 class ModelConfig:
     """The architecture experts and student share (see ``distillkit.models``)."""
 
+    #: A family with dash-separated modifiers: convnet (dN depth, wN width, in|bn|ln|gn|nn norm,
+    #: ap|mp|np pool; e.g. convnet-w32-d2), alexnet, vgg11, resnet18 (e.g. resnet18-bn-ap).
     name: str = "convnet"
 
 
@@ -45,19 +56,30 @@ class ModelConfig:
 class ExpertsConfig:
     """Expert (buffer) training; one snapshot is stored per epoch."""
 
+    #: Experts (training trajectories) to train; a cached store's finished ones are reused.
     count: int = 5
+    #: Training epochs per expert (E); its trajectory holds the start and E epoch-end snapshots.
     epochs: int = 20
+    #: "sgd" (with ``momentum`` and ``weight_decay``) or "adam" (``momentum`` unused).
     optimizer: Literal["sgd", "adam"] = "sgd"
+    #: Expert learning rate.
     lr: float = 0.01
+    #: Heavy-ball momentum of the expert's SGD, in [0, 1).
     momentum: float = 0.0
+    #: Expert weight decay (L2).
     weight_decay: float = 0.0
+    #: Real images per expert training step.
     batch_size: int = 256
     #: When the lr is multiplied by ``lr_decay_factor``, relative to ``epochs`` (see
     #: :func:`first_decayed_epoch`): "none"; "half" = from epoch E//2 on (AST paper: the 25th of 50);
     #: "ast-code" = from epoch E//2 + 2 on (official AST code: 27 of 50, 5 of 6).
     lr_decay: Literal["none", "half", "ast-code"] = "none"
+    #: What ``lr_decay`` multiplies the expert lr by, in (0, 1].
     lr_decay_factor: float = 0.5
+    #: Test the expert after every epoch (false: once, after the last).
     evaluate_each_epoch: bool = True
+    #: Number format of stored trajectories: float16/bfloat16 halve the bytes; int8 (closed-loop
+    #: residual codes) is about a quarter of MTT's float32 format.
     store_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"
     #: "needed": store only epochs 0..(max_start_epoch - 1 + expert_epochs) and the final one.
     store_epochs: Literal["all", "needed"] = "all"
@@ -67,17 +89,29 @@ class ExpertsConfig:
 class DistillConfig:
     """The trajectory-matching loop (MTT notation: N = syn_steps, M = expert_epochs, T⁺ = max_start_epoch)."""
 
+    #: Synthetic images per class.
     ipc: int = 1
+    #: N, student SGD steps on the synthetic set per iteration.
     syn_steps: int = 20
+    #: M, the target is the expert M epochs after the start.
     expert_epochs: int = 2
+    #: T⁺, the start epoch is drawn from 0 … T⁺ − 1 (needs experts.epochs ≥ T⁺ − 1 + M).
     max_start_epoch: int = 10
+    #: Learning rate of the synthetic images' SGD.
     lr_img: float = 100.0
+    #: Learning rate of the learned student step size α (SGD, momentum 0.5).
     lr_lr: float = 1e-5
+    #: α₀, the student step size α starts at (also the lr of the random-real baseline).
     lr_init: float = 0.01
+    #: Synthetic images per student step (0: all of them).
     batch_syn: int = 0
+    #: Heavy-ball momentum of the student's inner SGD, in [0, 1) (official AST code: 0.9).
     student_momentum: float = 0.0
+    #: Outer iterations (each: N student steps, one match, one update of images and α).
     iterations: int = 200
+    #: Momentum of the synthetic images' SGD, in [0, 1).
     img_momentum: float = 0.5
+    #: Progress lines every this many iterations when stderr is not a terminal.
     log_every: int = 10
     #: Denominator start of the final match: "expert" θ*_t (MTT, AST paper) or "perturbed" θ*_t + δ
     #: (official AST code, github.com/shenjiyuan123/AST-Alignment-with-Smooth-Expert); differs only
@@ -108,13 +142,21 @@ class DistillConfig:
 class EvaluateConfig:
     """Training fresh networks on a synthetic set (docs/config.md): final-epoch accuracy, mean ± std."""
 
+    #: Fresh networks trained per model, each from its own seed; 0 skips evaluation.
     runs: int = 5
+    #: Training epochs per network; the lr is α, the learned step size (α₀ for random real images).
     epochs: int = 300
+    #: Architectures to evaluate on, comma-separated model names (empty: ``model.name``).
     models: tuple[str, ...] = ()
+    #: SGD momentum, in [0, 1).
     momentum: float = 0.9
+    #: SGD weight decay (L2).
     weight_decay: float = 5e-4
+    #: Images per training step.
     batch_size: int = 256
+    #: The lr is multiplied by this at epoch epochs // 2, in (0, 1].
     lr_decay_factor: float = 0.1
+    #: Momentum from epoch epochs // 2 on (-1: keep ``momentum``; official AST code: 0.8).
     momentum_after_decay: float = -1.0
 
 
@@ -122,7 +164,9 @@ class EvaluateConfig:
 class RunConfig:
     """Everything a run needs; ``plugin_options`` holds raw ``<plugin>.<key>`` values."""
 
+    #: Seeds every random stream (experts, initialisation, sampling, augmentation, evaluation).
     seed: int = 0
+    #: auto (CUDA when available), cpu, cuda or cuda:N.
     device: str = "auto"
     #: Force deterministic kernels (needed for bit-identical resumes on CUDA; slower there).
     deterministic: bool = False
@@ -131,7 +175,9 @@ class RunConfig:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    #: Plugins to select, comma-separated (see ``distillkit list-plugins``; none: plain MTT).
     plugins: tuple[str, ...] = ()
+    #: The selected plugins' options by plugin name (the ``<plugin>.<key>`` keys).
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
