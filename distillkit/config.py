@@ -1,7 +1,11 @@
 """Run configuration: frozen dataclasses, TOML files and ``--set`` overrides.
 
 How presets, plugin defaults, config files and ``--set`` combine is one rule,
-written down in :mod:`distillkit.resolve`. Unknown keys and wrong types are errors.
+written down in :mod:`distillkit.resolve`. Unknown keys, wrong types and values outside a
+``Literal`` field's choices are errors.
+
+Longer than 400 lines because every key is documented by a ``#:`` line beside its field,
+the source of the key table in docs/config.md (:mod:`distillkit.configdoc`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from distillkit.errors import ConfigError
 
@@ -24,10 +28,18 @@ DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 class DataConfig:
     """Which dataset, where it lives, and how it is preprocessed."""
 
+    #: digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or ``imagefolder:PATH`` (a folder with
+    #: ``train/<class>/`` and optionally ``test/<class>/`` images).
     dataset: str = "digits"
+    #: Folder holding the dataset's files ("": none; only the embedded digits need none).
     data_path: str = ""
+    #: Let torchvision download missing dataset files into ``data_path``.
     download: bool = False
+    #: ZCA-whiten the images (fitted on the training set, applied to both splits).
     zca: bool = False
+    #: Differentiable augmentation (DSA) of experts, student and evaluation: op groups joined by "_"
+    #: (color, crop, cutout, flip, scale, rotate, brightness, saturation, contrast), one drawn per
+    #: batch; "" or "none" = no augmentation.
     augment: str = DSA_DEFAULT
 
 
@@ -35,6 +47,8 @@ class DataConfig:
 class ModelConfig:
     """The architecture experts and student share (see ``distillkit.models``)."""
 
+    #: A family with dash-separated modifiers: convnet (dN depth, wN width, in|bn|ln|gn|nn norm,
+    #: ap|mp|np pool; e.g. convnet-w32-d2), alexnet, vgg11, resnet18 (e.g. resnet18-bn-ap).
     name: str = "convnet"
 
 
@@ -42,48 +56,71 @@ class ModelConfig:
 class ExpertsConfig:
     """Expert (buffer) training; one snapshot is stored per epoch."""
 
+    #: Experts (training trajectories) to train; a cached store's finished ones are reused.
     count: int = 5
+    #: Training epochs per expert (E); its trajectory holds the start and E epoch-end snapshots.
     epochs: int = 20
-    optimizer: str = "sgd"
+    #: "sgd" (with ``momentum`` and ``weight_decay``) or "adam" (``momentum`` unused).
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    #: Expert learning rate.
     lr: float = 0.01
+    #: Heavy-ball momentum of the expert's SGD, in [0, 1).
     momentum: float = 0.0
+    #: Expert weight decay (L2).
     weight_decay: float = 0.0
+    #: Real images per expert training step.
     batch_size: int = 256
     #: When the lr is multiplied by ``lr_decay_factor``, relative to ``epochs`` (see
     #: :func:`first_decayed_epoch`): "none"; "half" = from epoch E//2 on (AST paper: the 25th of 50);
     #: "ast-code" = from epoch E//2 + 2 on (official AST code: 27 of 50, 5 of 6).
-    lr_decay: str = "none"
+    lr_decay: Literal["none", "half", "ast-code"] = "none"
+    #: What ``lr_decay`` multiplies the expert lr by, in (0, 1].
     lr_decay_factor: float = 0.5
+    #: Test the expert after every epoch (false: once, after the last).
     evaluate_each_epoch: bool = True
-    store_dtype: str = "float32"
+    #: Number format of stored trajectories: float16/bfloat16 halve the bytes; int8 (closed-loop
+    #: residual codes) is about a quarter of MTT's float32 format.
+    store_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"
     #: "needed": store only epochs 0..(max_start_epoch - 1 + expert_epochs) and the final one.
-    store_epochs: str = "all"
+    store_epochs: Literal["all", "needed"] = "all"
 
 
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig:
     """The trajectory-matching loop (MTT notation: N = syn_steps, M = expert_epochs, T⁺ = max_start_epoch)."""
 
+    #: Synthetic images per class.
     ipc: int = 1
+    #: N, student SGD steps on the synthetic set per iteration.
     syn_steps: int = 20
+    #: M, the target is the expert M epochs after the start.
     expert_epochs: int = 2
+    #: T⁺, the start epoch is drawn from 0 … T⁺ − 1 (needs experts.epochs ≥ T⁺ − 1 + M).
     max_start_epoch: int = 10
+    #: Learning rate of the synthetic images' SGD.
     lr_img: float = 100.0
+    #: Learning rate of the learned student step size α (SGD, momentum 0.5).
     lr_lr: float = 1e-5
+    #: α₀, the student step size α starts at (also the lr of the random-real baseline).
     lr_init: float = 0.01
+    #: Synthetic images per student step (0: all of them).
     batch_syn: int = 0
+    #: Heavy-ball momentum of the student's inner SGD, in [0, 1) (official AST code: 0.9).
     student_momentum: float = 0.0
+    #: Outer iterations (each: N student steps, one match, one update of images and α).
     iterations: int = 200
+    #: Momentum of the synthetic images' SGD, in [0, 1).
     img_momentum: float = 0.5
+    #: Progress lines every this many iterations when stderr is not a terminal.
     log_every: int = 10
     #: Denominator start of the final match: "expert" θ*_t (MTT, AST paper) or "perturbed" θ*_t + δ
     #: (official AST code, github.com/shenjiyuan123/AST-Alignment-with-Smooth-Expert); differs only
     #: when a plugin perturbs the start.
-    match_denominator: str = "expert"
+    match_denominator: Literal["expert", "perturbed"] = "expert"
     #: Feed the student NHWC inputs (faster oneDNN convolutions on CPU; last-bit differences).
     channels_last: bool = False
     #: "standard" keeps the unrolled graph (memory ∝ syn_steps); "constant" recomputes steps exactly.
-    memory: str = "standard"
+    memory: Literal["standard", "constant"] = "standard"
     #: Constant mode: keep the graph of the last this many inner steps instead of recomputing them
     #: (memory grows with this, not with syn_steps; each kept step saves one recomputation).
     graph_steps: int = 0
@@ -105,13 +142,21 @@ class DistillConfig:
 class EvaluateConfig:
     """Training fresh networks on a synthetic set (docs/config.md): final-epoch accuracy, mean ± std."""
 
+    #: Fresh networks trained per model, each from its own seed; 0 skips evaluation.
     runs: int = 5
+    #: Training epochs per network; the lr is α, the learned step size (α₀ for random real images).
     epochs: int = 300
+    #: Architectures to evaluate on, comma-separated model names (empty: ``model.name``).
     models: tuple[str, ...] = ()
+    #: SGD momentum, in [0, 1).
     momentum: float = 0.9
+    #: SGD weight decay (L2).
     weight_decay: float = 5e-4
+    #: Images per training step.
     batch_size: int = 256
+    #: The lr is multiplied by this at epoch epochs // 2, in (0, 1].
     lr_decay_factor: float = 0.1
+    #: Momentum from epoch epochs // 2 on (-1: keep ``momentum``; official AST code: 0.8).
     momentum_after_decay: float = -1.0
 
 
@@ -119,7 +164,9 @@ class EvaluateConfig:
 class RunConfig:
     """Everything a run needs; ``plugin_options`` holds raw ``<plugin>.<key>`` values."""
 
+    #: Seeds every random stream (experts, initialisation, sampling, augmentation, evaluation).
     seed: int = 0
+    #: auto (CUDA when available), cpu, cuda or cuda:N.
     device: str = "auto"
     #: Force deterministic kernels (needed for bit-identical resumes on CUDA; slower there).
     deterministic: bool = False
@@ -128,12 +175,12 @@ class RunConfig:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    #: Plugins to select, comma-separated (see ``distillkit list-plugins``; none: plain MTT).
     plugins: tuple[str, ...] = ()
+    #: The selected plugins' options by plugin name (the ``<plugin>.<key>`` keys).
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-MEMORY_MODES = ("standard", "constant")
-LR_DECAYS = ("none", "half", "ast-code")
 SECTIONS = ("data", "model", "experts", "distill", "evaluate")
 TOP_LEVEL = ("seed", "device", "deterministic", "plugins")
 
@@ -146,7 +193,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a TOML value or a ``--set`` string to ``annotation``; raise ``ConfigError`` if impossible."""
     origin = typing.get_origin(annotation)
     if origin in (types.UnionType, typing.Union):
-        errors = []
+        errors: list[ConfigError] = []
         for arm in typing.get_args(annotation):
             if arm is type(None):
                 if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
@@ -155,8 +202,19 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
             try:
                 return coerce(value, arm, key)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot parse {value!r}")
+                errors.append(exc)
+        if errors:
+            raise errors[0]  # the first arm's message and hint (a Literal's "did you mean")
+        raise ConfigError(f"{key}: cannot parse {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        for option in allowed:
+            try:
+                if coerce(value, type(option), key) == option:
+                    return option
+            except ConfigError:
+                continue
+        raise choice_error(key, value, allowed)
     if origin is tuple:
         (item_type, *_rest) = typing.get_args(annotation) or (str,)
         if isinstance(value, str):
@@ -208,6 +266,34 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
 def suggest(name: str, options: list[str]) -> str | None:
     close = difflib.get_close_matches(name, options, n=1)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def choice_error(key: str, value: Any, allowed: tuple[Any, ...]) -> ConfigError:
+    """The error for a value outside a ``Literal`` field's choices, with a suggestion when one is close."""
+    names = [str(option) for option in allowed]
+    return ConfigError(
+        f"{key} must be one of {', '.join(names)}, got {value!r}", hint=suggest(str(value), names)
+    )
+
+
+def check_choices(config: Any, prefix: str = "") -> None:
+    """Raise :func:`choice_error` for a ``Literal`` field of ``config`` holding another value.
+
+    :func:`coerce` already refuses such values from TOML and ``--set``; this catches a
+    dataclass built in Python (``ExpertsConfig(optimizer="adamw")``), which no coercion
+    sees. Nested config dataclasses are walked, so one call checks a whole ``RunConfig``;
+    a plugin's ``Config`` calls it from ``__post_init__`` with its plugin name as ``prefix``.
+    """
+    hints = _field_types(type(config))
+    for item in fields(config):
+        value = getattr(config, item.name)
+        key = f"{prefix}.{item.name}" if prefix else item.name
+        if is_dataclass(value):
+            check_choices(value, key)
+        elif typing.get_origin(hints[item.name]) is Literal:
+            allowed = typing.get_args(hints[item.name])
+            if value not in allowed:
+                raise choice_error(key, value, allowed)
 
 
 def config_keys() -> list[str]:

@@ -12,10 +12,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from distillkit.config import (
-    LR_DECAYS,
-    MEMORY_MODES,
     SECTIONS,
     RunConfig,
+    check_choices,
     last_needed_epoch,
     suggest,
 )
@@ -24,6 +23,7 @@ from distillkit.errors import ConfigError
 
 def validate(config: RunConfig) -> None:
     """Reject values that cannot work (they would otherwise fail deep inside the run)."""
+    check_choices(config)  # the Literal fields, for a config built in Python rather than parsed
     positive = {
         "experts.count": config.experts.count,
         "experts.epochs": config.experts.epochs,
@@ -83,38 +83,14 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             f"evaluate.momentum_after_decay must be -1 (keep the momentum) or in [0, 1), got {after}"
         )
-    if config.distill.memory not in MEMORY_MODES:
-        raise ConfigError(
-            f"distill.memory must be one of {', '.join(MEMORY_MODES)}, got '{config.distill.memory}'"
-        )
-    if config.distill.match_denominator not in ("expert", "perturbed"):
-        raise ConfigError(
-            "distill.match_denominator must be 'expert' or 'perturbed', "
-            f"got '{config.distill.match_denominator}'"
-        )
     if config.distill.guard_every <= 0:
         raise ConfigError(f"distill.guard_every must be > 0, got {config.distill.guard_every}")
     if config.distill.checkpoint_every < 0 or config.distill.max_failures < 0:
         raise ConfigError("distill.checkpoint_every and distill.max_failures must be >= 0")
     if not 0 < config.distill.backoff < 1:
         raise ConfigError(f"distill.backoff must be in (0, 1), got {config.distill.backoff}")
-    if config.experts.optimizer not in ("sgd", "adam"):
-        raise ConfigError(f"experts.optimizer must be 'sgd' or 'adam', got '{config.experts.optimizer}'")
-    if config.experts.lr_decay not in LR_DECAYS:
-        raise ConfigError(
-            f"experts.lr_decay must be one of {', '.join(LR_DECAYS)}, got '{config.experts.lr_decay}'"
-        )
     if not 0 < config.experts.lr_decay_factor <= 1:
         raise ConfigError(f"experts.lr_decay_factor must be in (0, 1], got {config.experts.lr_decay_factor}")
-    if config.experts.store_dtype not in ("float32", "float16", "bfloat16", "int8"):
-        raise ConfigError(
-            "experts.store_dtype must be float32, float16, bfloat16 or int8, "
-            f"got '{config.experts.store_dtype}'"
-        )
-    if config.experts.store_epochs not in ("all", "needed"):
-        raise ConfigError(
-            f"experts.store_epochs must be 'all' or 'needed', got '{config.experts.store_epochs}'"
-        )
     needed = last_needed_epoch(config.distill)
     if needed > config.experts.epochs:
         raise ConfigError(

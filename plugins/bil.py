@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from distillkit.config import check_choices
 from distillkit.errors import ConfigError
 from distillkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from distillkit.context import InnerLossContext, RunContext
-
-MIDDLES = ("exact", "floor")
 
 
 def balance_factor(start: int, max_start: int, offset: float, base: float, middle: str) -> float:
@@ -54,15 +53,14 @@ class BalancedInnerLoss:
         #: base b of the logarithm (paper: unspecified, i.e. natural, e; code, the default: 5).
         log_base: float = 5.0
         #: "exact" = T⁺/2 (paper); "floor" = ⌊T⁺/2⌋ (code, the default).
-        middle: str = "floor"
+        middle: Literal["exact", "floor"] = "floor"
 
         def __post_init__(self) -> None:
+            check_choices(self, "bil")
             if self.offset <= 1:
                 raise ConfigError(f"bil.offset must be > 1 (ν must stay positive), got {self.offset}")
             if self.log_base <= 1:
                 raise ConfigError(f"bil.log_base must be > 1, got {self.log_base}")
-            if self.middle not in MIDDLES:
-                raise ConfigError(f"bil.middle must be one of {', '.join(MIDDLES)}, got '{self.middle}'")
 
     config_defaults: ClassVar[dict[str, object]] = {}
 

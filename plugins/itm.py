@@ -14,17 +14,14 @@ of the segment is θ*_{t+i}, which is also what the official code matches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from distillkit.config import check_choices
 from distillkit.context import LossTerm
-from distillkit.errors import ConfigError
 from distillkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from distillkit.context import MatchContext, RunContext
-
-POINT_RULES = ("proportional", "stride")
-BETAS = ("equal", "varied")
 
 
 def matching_points(syn_steps: int, expert_epochs: int, rule: str) -> list[int]:
@@ -49,18 +46,13 @@ class IntermediateMatching:
         """Options of Eq. 4; defaults are the paper's (official-code values in the comments)."""
 
         #: "proportional" = ⌊i·N/M⌋ (paper); "stride" = (N//M)·i (code).
-        points: str = "proportional"
+        points: Literal["proportional", "stride"] = "proportional"
         #: β_i: "equal" = 1 (the paper's better strategy; code ``--agg_middle_loss``);
         #: "varied" = i/M (code ``--adaptive_middle_loss``).
-        beta: str = "equal"
+        beta: Literal["equal", "varied"] = "equal"
 
         def __post_init__(self) -> None:
-            for key, value, allowed in (
-                ("points", self.points, POINT_RULES),
-                ("beta", self.beta, BETAS),
-            ):
-                if value not in allowed:
-                    raise ConfigError(f"itm.{key} must be one of {', '.join(allowed)}, got '{value}'")
+            check_choices(self, "itm")
 
     config_defaults: ClassVar[dict[str, object]] = {}
 

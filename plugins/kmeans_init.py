@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from distillkit.config import check_choices
 from distillkit.context import SyntheticInit
 from distillkit.errors import ConfigError, DataError
 from distillkit.hookspecs import hookimpl
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
     from distillkit.context import InitContext, RunContext
 
-FEATURES = ("embed", "logits")
 #: Images per forward pass when embedding the training set.
 BATCH = 512
 
@@ -67,7 +67,7 @@ class KMeansInit:
         """Options of §3.2.1; defaults are the paper's (official-code values in the comments)."""
 
         #: "embed" = features before the fully connected layer (paper); "logits" (code).
-        features: str = "embed"
+        features: Literal["embed", "logits"] = "embed"
         #: K; 0 = K chosen from ipc, i.e. min(ipc, max_clusters) (paper); the code fixes 10
         #: and takes ⌊ipc/10⌋ nearest images per centroid.
         clusters: int = 0
@@ -77,10 +77,7 @@ class KMeansInit:
         n_init: int = 10
 
         def __post_init__(self) -> None:
-            if self.features not in FEATURES:
-                raise ConfigError(
-                    f"kmeans-init.features must be one of {', '.join(FEATURES)}, got '{self.features}'"
-                )
+            check_choices(self, "kmeans-init")
             if self.clusters < 0:
                 raise ConfigError(f"kmeans-init.clusters must be >= 0, got {self.clusters}")
             if self.max_clusters < 1:

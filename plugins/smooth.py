@@ -13,8 +13,9 @@ easier to match. The plugin also brings the expert recipe the technique needs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from distillkit.config import check_choices
 from distillkit.context import LossScale, LossTerm
 from distillkit.errors import ConfigError
 from distillkit.hookspecs import hookimpl
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from distillkit.context import ExpertStepContext, RunContext
-
-GP_INPUTS = ("augmented", "raw")
-GP_NORMS = ("sample", "pixel")
 
 
 def clip_factor(epoch: int, lam_start: float, lam_epochs: int) -> float:
@@ -89,26 +87,19 @@ class SmoothExperts:
         gp_target: float = 1.0
         #: batch the penalty is taken on: "augmented" = the batch the CE sees (paper),
         #: "raw" = the same batch before augmentation (code, the default).
-        gp_input: str = "raw"
+        gp_input: Literal["augmented", "raw"] = "raw"
         #: "sample" = L2 over each sample's whole input (paper); "pixel" = L2 over the
         #: channels of each pixel, mean over batch and pixels (code, the default).
-        gp_norm: str = "pixel"
+        gp_norm: Literal["sample", "pixel"] = "pixel"
 
         def __post_init__(self) -> None:
+            check_choices(self, "smooth")
             if not 0.0 < self.lam_start <= 1.0:
                 raise ConfigError(f"smooth.lam_start must be in (0, 1], got {self.lam_start}")
             if self.lam_epochs < 0:
                 raise ConfigError(f"smooth.lam_epochs must be >= 0, got {self.lam_epochs}")
             if self.gp_weight < 0:
                 raise ConfigError(f"smooth.gp_weight must be >= 0, got {self.gp_weight}")
-            if self.gp_input not in GP_INPUTS:
-                raise ConfigError(
-                    f"smooth.gp_input must be one of {', '.join(GP_INPUTS)}, got '{self.gp_input}'"
-                )
-            if self.gp_norm not in GP_NORMS:
-                raise ConfigError(
-                    f"smooth.gp_norm must be one of {', '.join(GP_NORMS)}, got '{self.gp_norm}'"
-                )
 
     #: The expert recipe the technique needs, whatever dataset preset is in force (official code,
     #: ``buffer.py --optim SGDMOM``): momentum SGD at lr 0.003 with weight decay 1e-3 (plain MTT's

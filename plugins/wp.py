@@ -11,8 +11,9 @@ accumulated error between distillation and evaluation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from distillkit.config import check_choices
 from distillkit.errors import ConfigError
 from distillkit.hookspecs import hookimpl
 
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
     import torch
 
     from distillkit.context import ParamSlot, PerturbContext, RunContext
-
-MODES = ("filter", "multiplicative")
-SCOPES = ("weights", "conv", "all")
 
 
 def _normal(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -83,19 +81,16 @@ class WeightPerturbation:
         alpha: float = 1.0
         #: "filter" = per-filter Gaussian with the filter's norm (paper);
         #: "multiplicative" = whole-tensor-normalised Gaussian ⊙ W (code, the default).
-        mode: str = "multiplicative"
+        mode: Literal["filter", "multiplicative"] = "multiplicative"
         #: tensors perturbed: "weights" = conv and linear weights, every ≥ 2-D tensor
         #: (paper: "the j-th filter at the l-th layer"); "conv" = 4-D only (code, the default);
         #: "all" = also biases and norm parameters, each 1-D tensor as one filter.
-        scope: str = "conv"
+        scope: Literal["weights", "conv", "all"] = "conv"
 
         def __post_init__(self) -> None:
+            check_choices(self, "wp")
             if self.alpha < 0:
                 raise ConfigError(f"wp.alpha must be >= 0, got {self.alpha}")
-            if self.mode not in MODES:
-                raise ConfigError(f"wp.mode must be one of {', '.join(MODES)}, got '{self.mode}'")
-            if self.scope not in SCOPES:
-                raise ConfigError(f"wp.scope must be one of {', '.join(SCOPES)}, got '{self.scope}'")
 
     config_defaults: ClassVar[dict[str, object]] = {}
 

@@ -55,7 +55,7 @@ def test_bench_writes_json_with_every_figure(store, tmp_path):
     args = ["bench", "--preset", "digits", *sets, "--experts", str(store.root)]
     # A parent far larger than the tiny child: Linux would carry it into the child's ru_maxrss.
     ballast = b"\x01" * (BALLAST_MB * 2**20)
-    result = runner.invoke(app, [*args, "--warmup", "0", "--window", "1", "--json", str(path)], env=ENV)
+    result = runner.invoke(app, [*args, "--warmup", "0", "--window", "1", "--json-out", str(path)], env=ENV)
     del ballast
     assert result.exit_code == 0, result.output
     figures = json.loads(path.read_text())
@@ -72,6 +72,23 @@ def test_bench_writes_json_with_every_figure(store, tmp_path):
     assert figures["config"]["distill"]["syn_steps"] == 3
     assert figures["environment"]["torch"] == torch.__version__
     assert "s/it" in result.output and "MTT format" in result.output
+
+
+def test_json_prints_the_figures_instead_of_the_table(tmp_path, monkeypatch):
+    """``--json`` is a flag, as on evaluate and list-plugins; ``--json-out PATH`` also writes a file."""
+    from distillkit import bench
+
+    figures = {"distillation": [{"s_per_iter": 0.5}], "storage": {"bytes_per_expert": 1}}
+    monkeypatch.setattr(bench, "run_bench", lambda *args: dict(figures))
+    path = tmp_path / "bench.json"
+    args = ["bench", "--preset", "digits", "--quiet", "--json", "--json-out", str(path)]
+    result = runner.invoke(app, args, env=ENV)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(path.read_text()) == {**figures, "command": printed["command"]}
+    assert "s/it" not in result.stdout
+    old_usage = runner.invoke(app, ["bench", "--preset", "digits", "--json", str(path)], env=ENV)
+    assert old_usage.exit_code == 2
 
 
 def test_flops_of_one_iteration_scale_with_syn_steps_and_include_double_backward(store, data):

@@ -69,6 +69,7 @@ def test_list_plugins_table():
         (["run", "--preset", "nope"], 2, "unknown preset"),
         (["run", "--dataset", "cifar11"], 2, "Unknown dataset"),
         (["run", "--set", "distill.syn_steps=0"], 2, "syn_steps must be > 0"),
+        (["run", "--set", "experts.optimizer=adamw"], 2, "did you mean 'adam'?"),
         (["run", "--model", "convnet-q7"], 2, "unknown modifier"),
         (["run", "--set", "wp.alpha=0.1"], 2, "nor a selected plugin"),
         (["evaluate", "/nonexistent/run"], 2, "not a run directory"),

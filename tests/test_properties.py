@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,15 @@ def test_set_options_give_a_config_or_a_config_error(pairs: list[tuple[str, str]
         assert str(exc) and "\n" not in str(exc)
 
 
+def _literal_choices(key: str) -> tuple[Any, ...]:
+    """The allowed values of a core key declared ``Literal[...]`` (empty for any other type)."""
+    head, _, rest = key.partition(".")
+    annotation = typing.get_type_hints(RunConfig)[head]
+    if rest:
+        annotation = typing.get_type_hints(annotation)[rest]
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+
+
 @FUZZ
 @given(st.data())
 def test_typed_values_round_trip_through_set_strings(data: st.DataObject) -> None:
@@ -149,6 +159,9 @@ def test_typed_values_round_trip_through_set_strings(data: st.DataObject) -> Non
     elif isinstance(default, list):
         value = data.draw(st.lists(st.from_regex(r"[a-z0-9-]{1,8}", fullmatch=True), max_size=3))
         text = ",".join(value)
+    elif choices := _literal_choices(key):
+        value = data.draw(st.sampled_from(choices))
+        text = value
     else:
         value = data.draw(TEXT.map(str.strip))
         text = value

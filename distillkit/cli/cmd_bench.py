@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from distillkit.cli.app import app, cli_errors, out
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -16,6 +18,7 @@ from distillkit.cli.options import (
     Device,
     ExpertsStore,
     Ipc,
+    JsonOut,
     Memory,
     Model,
     Plugins,
@@ -28,11 +31,6 @@ from distillkit.cli.options import (
     resolve,
 )
 from distillkit.cli.render import RichReporter, print_bench
-
-if TYPE_CHECKING:
-    pass
-
-from distillkit.cli.app import app, cli_errors
 
 
 @app.command("bench")
@@ -51,7 +49,10 @@ def bench_cmd(
             help="Measure distillation once per value, e.g. distill.syn_steps=20,80.",
         ),
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write every figure here.")] = None,
+    json_out: JsonOut = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json-out", metavar="PATH", help="Also write every figure to PATH.")
+    ] = None,
     device: Device = None,
     memory: Memory = None,
     skip_experts_throughput: Annotated[
@@ -91,4 +92,7 @@ def bench_cmd(
         result["command"] = shlex.join(["distillkit", *sys.argv[1:]])
         if json_path is not None:
             atomic_write_json(json_path, result)
-        print_bench(result)
+        if json_out:
+            out.print_json(json.dumps(result))
+        else:
+            print_bench(result)

@@ -1,0 +1,175 @@
+"""The "Every key" table of docs/config.md, generated from the config dataclasses.
+
+Each key's meaning is the ``#:`` comment above its field (in :mod:`distillkit.config` and in
+each built-in plugin's ``Config``), so the table cannot fall behind the code: a field without
+one is an error here, and a test compares docs/config.md with :func:`render`. Torch-free, like
+``distillkit list-plugins``: plugin modules import torch only inside their hooks.
+
+    python -m distillkit.configdoc           # print the table
+    python -m distillkit.configdoc --write   # replace it in docs/config.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import re
+import textwrap
+import types
+import typing
+from dataclasses import MISSING, Field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from distillkit.config import RunConfig, to_dict
+from distillkit.host import discover, plugin_config_class
+
+BEGIN, END = "<!-- keys:begin -->", "<!-- keys:end -->"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+COMMAND = "python -m distillkit.configdoc --write"
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The ``#:`` comment lines right above each field of ``cls``, joined into one line."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = source.splitlines()
+    (node,) = ast.parse(source).body
+    comments = {}
+    for item in node.body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            above: list[str] = []
+            row = item.lineno - 2
+            while row >= 0 and lines[row].strip().startswith("#:"):
+                above.insert(0, lines[row].strip()[2:].strip())
+                row -= 1
+            comments[item.target.id] = " ".join(above)
+    return comments
+
+
+def type_name(annotation: Any) -> str:
+    """``Literal["a", "b"]`` as ``a | b``, ``tuple[str, ...]`` as ``list of str``, others by name."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is tuple:
+        return f"list of {type_name(args[0])}"
+    if origin in (types.UnionType, typing.Union):
+        return " | ".join("none" if a is type(None) else type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(item: Field[Any]) -> Any:
+    if item.default is not MISSING:
+        return item.default
+    return item.default_factory() if item.default_factory is not MISSING else None
+
+
+def _cell(text: str) -> str:
+    """Sphinx roles and double backticks as Markdown code; a ``|`` would end the table cell."""
+    text = re.sub(r":\w+:`([^`]+)`", r"`\1`", text)
+    text = re.sub(r"``([^`]+)``", r"`\1`", text)
+    return text.replace("|", "\\|")
+
+
+def rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) per field of ``cls``; nested config dataclasses become sections.
+
+    ``RunConfig.plugin_options`` is skipped: its keys are the plugins' tables. A field with no
+    ``#:`` comment raises, so a new key cannot reach the docs undescribed.
+    """
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    found = []
+    for item in fields(cls):
+        key = f"{prefix}.{item.name}" if prefix else item.name
+        if is_dataclass(hints[item.name]):
+            found += rows(hints[item.name], key)
+            continue
+        if cls is RunConfig and item.name == "plugin_options":
+            continue
+        if not comments.get(item.name):
+            raise ValueError(
+                f"{cls.__qualname__}.{item.name} ({key}) has no '#:' comment above it; "
+                f"describe it there, then run {COMMAND}"
+            )
+        default = json.dumps(to_dict(_default(item)), ensure_ascii=False)
+        found.append((key, type_name(hints[item.name]), default, comments[item.name]))
+    return found
+
+
+def table(found: list[tuple[str, str, str, str]]) -> list[str]:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, kind, default, meaning in found:
+        lines.append(f"| `{key}` | `{_cell(kind)}` | `{_cell(default)}` | {_cell(meaning)} |")
+    return lines
+
+
+def builtin_plugins() -> dict[str, Any]:
+    """The plugins distillkit itself ships (entry points of the ``distillkit`` distribution), by name.
+
+    Third-party plugins installed beside it are left out: the docs must not depend on them.
+    """
+    found = {}
+    for name, ep in discover().items():
+        dist = getattr(ep, "dist", None)
+        if dist is not None and dist.metadata["Name"] == "distillkit":
+            found[name] = ep.load()
+    return found
+
+
+def render() -> str:
+    """The Markdown that goes between the markers in docs/config.md."""
+    lines = [f"<!-- generated by `{COMMAND}` from the config dataclasses; edit those, not this -->", ""]
+    lines += table(rows(RunConfig, ""))
+    for name, plugin in builtin_plugins().items():
+        summary = (inspect.getdoc(plugin) or "").splitlines()[0:1]
+        lines += ["", f"### `{name}`", ""]
+        if summary:
+            lines += [_cell(summary[0]), ""]
+        config_cls = plugin_config_class(plugin)
+        lines += table(rows(config_cls, name)) if config_cls is not None else ["No options."]
+        recipe = getattr(plugin, "config_defaults", None) or {}
+        if recipe:
+            pairs = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in recipe.items())
+            lines += ["", f"Core defaults it brings (layer 3): {pairs}."]
+    return "\n".join(lines) + "\n"
+
+
+def section(text: str) -> str:
+    """The text between the markers of ``text`` (a ``ValueError`` when they are missing)."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the markers {BEGIN} and {END} are missing")
+    return text[start + len(BEGIN) : end].strip("\n") + "\n"
+
+
+def write(path: Path = DOC) -> bool:
+    """Replace the section of ``path`` with :func:`render`; whether the file changed."""
+    text = path.read_text(encoding="utf-8")
+    section(text)  # the markers must be there
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    updated = f"{head}{BEGIN}\n{render()}{END}{tail}"
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return updated != text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m distillkit.configdoc", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--write", action="store_true", help=f"replace the section in {DOC.name}")
+    parser.add_argument("--path", type=Path, default=DOC, help="the Markdown file (default: docs/config.md)")
+    args = parser.parse_args(argv)
+    if args.write:
+        changed = write(args.path)
+        print(f"{args.path}: {'updated' if changed else 'already up to date'}")
+    else:
+        print(render(), end="")
+
+
+if __name__ == "__main__":
+    main()
