@@ -22,12 +22,13 @@ from distillkit.config import RunConfig
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
 from distillkit.engine.loop import Distiller, DivergenceError, IterationResult
-from distillkit.engine.student import FlatStudent, load_flat
+from distillkit.engine.student import FlatStudent
 from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
 from distillkit.experts.pipeline import expert_key, load_expert_slices
 from distillkit.experts.store import TrajectoryStore
 from distillkit.hookcalls import call_each, first_init
 from distillkit.host import PluginHost
+from distillkit.models.flat import load_flat
 from distillkit.rundir import being_trained
 from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
 

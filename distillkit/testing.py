@@ -36,7 +36,6 @@ from distillkit.context import (
     PerturbContext,
     RunContext,
 )
-from distillkit.engine.student import flatten_params, load_flat, param_layout
 from distillkit.engine.unroll import normalised_distance
 from distillkit.hookcalls import (
     combine_deltas,
@@ -45,6 +44,7 @@ from distillkit.hookcalls import (
     combine_weights,
     first_init,
 )
+from distillkit.models.flat import flatten_params, load_flat, param_layout
 
 #: The shape of the tiny images every context here uses: [channels, height, width].
 IMAGE_SHAPE = (1, 4, 4)

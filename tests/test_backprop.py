@@ -11,9 +11,10 @@ from distillkit.config import DistillConfig, RunConfig
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
 from distillkit.engine.loop import Distiller
-from distillkit.engine.student import FlatStudent, flatten_params
+from distillkit.engine.student import FlatStudent
 from distillkit.host import PluginHost
 from distillkit.models import build_model
+from distillkit.models.flat import flatten_params
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

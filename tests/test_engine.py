@@ -9,9 +9,10 @@ from torch import nn
 from distillkit.config import DistillConfig, RunConfig
 from distillkit.context import RunContext
 from distillkit.engine.loop import Distiller
-from distillkit.engine.student import FlatStudent, flatten_params, load_flat, param_layout
+from distillkit.engine.student import FlatStudent
 from distillkit.engine.unroll import BatchSampler, normalised_distance, unroll
 from distillkit.host import PluginHost
+from distillkit.models.flat import flatten_params, load_flat, param_layout
 
 
 def test_normalised_distance_matches_formula():

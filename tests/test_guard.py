@@ -13,8 +13,9 @@ from distillkit.config import DistillConfig, RunConfig
 from distillkit.context import LossTerm, RunContext
 from distillkit.engine.guard import Diverged, DivergenceGuard
 from distillkit.engine.loop import Distiller, DivergenceError
-from distillkit.engine.student import FlatStudent, flatten_params
+from distillkit.engine.student import FlatStudent
 from distillkit.host import PluginHost
+from distillkit.models.flat import flatten_params
 
 
 class PoisonedTerm:

@@ -39,7 +39,8 @@ from distillkit.config import DistillConfig, RunConfig
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
 from distillkit.engine.loop import Distiller
-from distillkit.engine.student import FlatStudent, flatten_params
+from distillkit.engine.student import FlatStudent
+from distillkit.models.flat import flatten_params
 from distillkit.host import PluginHost
 from distillkit.models import build_model
 model = build_model("convnet-w32-d2", 1, 2, (8, 8))

@@ -12,12 +12,12 @@ import torch
 
 from distillkit.config import RunConfig, last_needed_epoch, to_dict
 from distillkit.data.augment import DSA
-from distillkit.engine.student import param_layout
 from distillkit.errors import StoreError
 from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import epochs_to_store, train_expert
 from distillkit.host import PluginHost
+from distillkit.models.flat import param_layout
 from distillkit.rundir import exclusive
 from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
 

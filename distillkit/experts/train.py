@@ -20,10 +20,10 @@ from torch import nn
 from distillkit.config import ExpertsConfig, first_decayed_epoch
 from distillkit.context import ExpertStepContext, RunContext
 from distillkit.data.pixels import Images
-from distillkit.engine.student import flatten_params
 from distillkit.errors import StoreError
 from distillkit.experts.partial import TrainingState, capture, restore
 from distillkit.hookcalls import call_each, combine_expert_loss
+from distillkit.models.flat import flatten_params
 
 
 @dataclass
