@@ -4,7 +4,7 @@ Every arm runs at every seed on the same budget, so arms are compared **paired b
 seed**: Δ_s = acc(arm, s) − acc(base, s), reported as mean Δ with a 95 % t
 interval over seeds. Experts are trained once per distinct expert recipe with the
 base seed and shared by every arm and seed that needs that recipe (plain experts
-for arms without an expert-loss plugin, ``smooth`` experts for arms with it), so
+for arms without an expert-loss plugin, that plugin's experts for arms with it), so
 seeds vary distillation and evaluation on shared experts. Cells run in parallel
 processes (``jobs``), each pinned to its share of the CPU threads; finished cells
 are kept, so an interrupted ablation continues where it stopped.
@@ -25,20 +25,18 @@ from distillkit.config import RunConfig, from_dict, to_dict
 from distillkit.errors import ConfigError, DistillkitError
 from distillkit.resolve import resolve_layers
 
-#: Plain MTT, each technique alone, then the cumulative order of AST's Table 7.
-DEFAULT_ARMS = (
-    "plain",
-    "smooth",
-    "kmeans-init",
-    "bil",
-    "itm",
-    "wp",
-    "smooth,kmeans-init",
-    "smooth,kmeans-init,bil",
-    "smooth,kmeans-init,bil,itm",
-    "smooth,kmeans-init,bil,itm,wp",
-)
+#: Package data holding the default arms (plain, each technique, AST's Table 7 order).
+DEFAULT_ARMS_FILE = ("presets", "ablation", "default.toml")
 PLAIN_NAMES = ("plain", "none", "mtt")
+
+
+def default_arms() -> list[str]:
+    """The arms ``distillkit ablate`` runs when ``--arms`` is not given."""
+    import tomllib
+    from importlib import resources
+
+    path = resources.files("distillkit").joinpath(*DEFAULT_ARMS_FILE)
+    return list(tomllib.loads(path.read_text(encoding="utf-8"))["arms"])
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ def parse_arms(text: str | None) -> list[Arm]:
     Arms are separated by ``;``; inside an arm, tokens with ``=`` are config
     overrides for that arm, the others plugin names (``plain`` = none).
     """
-    items = DEFAULT_ARMS if text is None else [a.strip() for a in text.split(";")]
+    items = default_arms() if text is None else [a.strip() for a in text.split(";")]
     arms: list[Arm] = []
     for item in items:
         tokens = [t.strip() for t in item.split(",") if t.strip()]
@@ -242,7 +240,7 @@ def execute(
     """Train the stores and run every cell, ``jobs`` at a time; returns (stores, cells) records.
 
     A cell starts as soon as its own store is ready, so cells on plain experts run while
-    the slower ``smooth`` experts are still training.
+    the slower experts of an expert-loss plugin are still training.
     """
     stores: dict[str, dict[str, Any]] = {}
     cells: dict[str, dict[str, Any]] = {}
