@@ -98,7 +98,7 @@ def test_a_manifest_announcing_too_many_epochs_is_refused(tmp_path, where):
     entry = {"index": 0, "file": "expert_000.safetensors", "sha256": "0" * 64, "epochs": 4}
     raw = {"format_version": 1, "key": {"epochs": 4}, "experts": [entry]}
     (raw["key"] if where == "key" else entry)["epochs"] = 10**12
-    with pytest.raises(StoreError, match="epochs|malformed expert entry"):
+    with pytest.raises(StoreError, match=r"epochs|malformed expert entry"):
         StoreManifest.from_json(json.loads(json.dumps(raw)), tmp_path / "manifest.json")
 
 
