@@ -51,6 +51,7 @@ __all__ = [
     "PreparedData",
     "Reporter",
     "check_ipc",
+    "check_set_fits",
     "check_synthetic_set",
     "default_run_dir",
     "default_store_dir",
@@ -149,16 +150,37 @@ def evaluate(
 
 def check_synthetic_set(images: torch.Tensor, labels: torch.Tensor, lr: float, data: PreparedData) -> None:
     """Refuse a set that cannot be evaluated on ``data`` (shape, labels, finiteness, lr) in one line."""
+    check_set_fits(
+        images,
+        labels,
+        lr,
+        data.dataset.name,
+        data.dataset.image_shape,
+        data.dataset.num_classes,
+        hint="pass the dataset the set was distilled from (--dataset)",
+    )
+
+
+def check_set_fits(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    dataset: str,
+    image_shape: Sequence[int],
+    num_classes: int,
+    hint: str | None = None,
+) -> None:
+    """:func:`check_synthetic_set` against a shape and class count (e.g. a set's own metadata)."""
     import math
 
     from distillkit.errors import StoreError
 
-    shape, classes = tuple(data.dataset.image_shape), data.dataset.num_classes
+    shape, classes = tuple(image_shape), num_classes
     if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0:
         raise StoreError(
-            f"the set's images have shape {tuple(images.shape)}, but {data.dataset.name} needs "
+            f"the set's images have shape {tuple(images.shape)}, but {dataset} needs "
             f"[N, {shape[0]}, {shape[1]}, {shape[2]}] with N > 0",
-            hint="pass the dataset the set was distilled from (--dataset)",
+            hint=hint,
         )
     if labels.shape != (len(images),) or labels.is_floating_point():
         raise StoreError(

@@ -132,7 +132,7 @@ def save_synthetic(
     """Write ``synthetic.safetensors`` and ``synthetic.json`` (meta + checksum) atomically.
 
     ``extra_tensors`` carries state needed to use the images, e.g. the ZCA
-    transform as ``zca.mean`` / ``zca.components``.
+    transform as ``zca.mean`` / ``zca.matrix`` / ``zca.inverse``.
     """
     out_dir = Path(out_dir)
     extra = dict(extra_tensors or {})
@@ -254,6 +254,40 @@ def save_grid(path: Path, pixels: Tensor, labels: Tensor, num_classes: int) -> N
     _save_png(Path(path), _to_image(canvas))
 
 
+def synthetic_pixels(images: Tensor, meta: dict, extra_tensors: dict[str, Tensor]) -> Tensor:
+    """A saved set's images as [0, 1] pixels from its own metadata (no dataset needed).
+
+    The inverse of what the networks see: the ZCA transform saved beside the images
+    (``zca.*``) is inverted first when the set was whitened, then the per-channel
+    normalisation (``meta["normalisation"]``) is undone, as ``grid.png`` was drawn.
+    """
+    from distillkit.data.pixels import denormalise
+    from distillkit.data.zca import ZCA
+
+    norm = meta.get("normalisation")
+    mean, std = (norm.get(k) if isinstance(norm, dict) else None for k in ("mean", "std"))
+    channels = images.shape[1] if images.dim() == 4 else -1
+    if not all(
+        isinstance(v, list) and len(v) == channels and all(isinstance(x, int | float) for x in v)
+        for v in (mean, std)
+    ):
+        raise StoreError(
+            f"{SYNTHETIC_JSON} lacks the per-channel normalisation of the {channels}-channel images.",
+            hint="The run directory was altered or not written by distillkit; re-run the distillation.",
+        )
+    images = images.detach().to("cpu", torch.float32)
+    if meta.get("zca"):
+        state = {k[len("zca.") :]: v for k, v in extra_tensors.items() if k.startswith("zca.")}
+        if not state:
+            raise StoreError(
+                f"the set was ZCA-whitened but {SYNTHETIC_TENSORS} holds no ZCA state (zca.*), "
+                "so its pixels cannot be recovered.",
+                hint="Export it with --format mtt (the whitened images), or re-run the distillation.",
+            )
+        images = ZCA.from_state_dict(state).inverse(images)
+    return denormalise(images, mean, std)
+
+
 def export_mtt(out_dir: Path, images: Tensor, labels: Tensor, lr: Tensor | float) -> None:
     """Write ``images_best.pt``, ``labels_best.pt`` and ``lr_best.pt`` as MTT's evaluators expect.
 
@@ -266,7 +300,7 @@ def export_mtt(out_dir: Path, images: Tensor, labels: Tensor, lr: Tensor | float
             torch.save(_cpu_copy(tensor), tmp)
 
 
-def _safe_dirname(name: str) -> str:
+def class_dirname(name: str) -> str:
     """A class name usable as one directory level (no separators, never empty or dots)."""
     cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
     return cleaned or "_"
@@ -283,7 +317,7 @@ def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, class_names
     for image, label in zip(images, label_list, strict=True):
         index = counts.get(label, 0)
         counts[label] = index + 1
-        _save_png(out_dir / _safe_dirname(class_names[label]) / f"{index}.png", _to_image(image))
+        _save_png(out_dir / class_dirname(class_names[label]) / f"{index}.png", _to_image(image))
 
 
 def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, float, str]:
@@ -336,11 +370,31 @@ def _load_tensor(path: Path) -> Tensor:
     except FileNotFoundError:
         raise StoreError(f"{path} is missing") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(
-            f"{path} is not a tensor-only file ({first[:160]})",
+            f"{path} is not a tensor-only file ({describe_load_failure(exc)})",
             hint="only tensors are loaded (torch.load weights_only=True)",
         ) from None
     if not isinstance(value, Tensor):
         raise StoreError(f"{path} holds a {type(value).__name__}, not a tensor")
     return value
+
+
+def describe_load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words on one line.
+
+    torch's own text runs over several lines and suggests ``weights_only=False``, which
+    distillkit never does; the object that was refused (a pickled class) is what matters.
+    """
+    import pickle
+
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a pickled {found.group(1)} object, which is never unpickled"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a tensor file torch can read without unpickling objects"
+    if isinstance(exc, EOFError):
+        return "the file is empty or truncated"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return first.split(". ")[0][:160]

@@ -170,6 +170,8 @@ COMMANDS = [
     "list-plugins",
     "bench",
     "convert-store",
+    "export",
+    "import-mtt-buffer",
 ]
 
 

@@ -6,7 +6,14 @@ the option declarations, ``render`` what is printed, and each ``cmd_*`` module a
 group of commands.
 """
 
-from distillkit.cli import cmd_ablate, cmd_bench, cmd_evaluate, cmd_info, cmd_run  # noqa: F401 (registers)
+from distillkit.cli import (  # noqa: F401 (registers)
+    cmd_ablate,
+    cmd_bench,
+    cmd_evaluate,
+    cmd_info,
+    cmd_interop,
+    cmd_run,
+)
 from distillkit.cli.app import app, main
 
 __all__ = ["app", "main"]

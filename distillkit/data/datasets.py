@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from distillkit.data.pixels import Images, NormalisedPixels
+from distillkit.data.pixels import Images, NormalisedPixels, denormalise
 from distillkit.errors import DataError
 
 if TYPE_CHECKING:
@@ -119,9 +119,7 @@ class ImageDataset:
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation of ``[C,H,W]`` or ``[N,C,H,W]`` images into [0, 1] (pictures)."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        return (images * std + mean).clamp(0.0, 1.0)
+        return denormalise(images, self.mean, self.std)
 
 
 Loader = Callable[[Path | None, bool], ImageDataset]

@@ -95,3 +95,10 @@ class NormalisedPixels:
 
 #: What holds a dataset's images: a float tensor (e.g. after ZCA) or lazily normalised pixels.
 Images: TypeAlias = torch.Tensor | NormalisedPixels
+
+
+def denormalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo a per-channel normalisation of ``[C,H,W]`` or ``[N,C,H,W]`` images into [0, 1] (pictures)."""
+    mean_t = torch.tensor(tuple(mean), dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    std_t = torch.tensor(tuple(std), dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    return (images * std_t + mean_t).clamp(0.0, 1.0)

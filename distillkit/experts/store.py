@@ -261,15 +261,23 @@ class TrajectoryStore:
                     hint="Use another store directory, or delete this one to train new experts.",
                 )
             return store
+        cls.refuse_foreign(root)
+        manifest = StoreManifest(key=key, experts=[])
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(root / MANIFEST, manifest.to_json())
+        return cls(root, manifest)
+
+    @staticmethod
+    def refuse_foreign(root: Path) -> None:
+        """Refuse ``root`` as a place for a new store when it holds anything but a store."""
+        root = Path(root)
+        if (root / MANIFEST).exists():
+            return
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise StoreError(
                 f"{root} exists but is not a trajectory store (no {MANIFEST}).",
                 hint="Choose a new or empty directory for the experts.",
             )
-        manifest = StoreManifest(key=key, experts=[])
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(root / MANIFEST, manifest.to_json())
-        return cls(root, manifest)
 
     @classmethod
     def open(cls, root: Path) -> TrajectoryStore:

@@ -1,0 +1,227 @@
+"""``export`` and ``import-mtt-buffer``: files other tools read, and trajectories they wrote."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from distillkit.cli.options import (
+    ConfigFile,
+    DataPath,
+    Dataset,
+    Debug,
+    Download,
+    Model,
+    Plugins,
+    Preset,
+    Seed,
+    Sets,
+    collect_overrides,
+    resolve,
+)
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+from distillkit.cli.app import app, cli_errors, out
+
+EXPORT_FORMATS = ("mtt", "png")
+MTT_FILES = ("images_best.pt", "labels_best.pt", "lr_best.pt")
+_PNG_NAME = re.compile(r"^(\d+)\.png$")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding synthetic.safetensors.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="mtt: images_best.pt, labels_best.pt, lr_best.pt (the normalised images the networks "
+            "see, as MTT/AST/DATM evaluators read them); png: OUT/<class>/<i>.png in pixel space.",
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Write into a non-empty --out, replacing the files it exports.", metavar=""
+        ),
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Export a run's synthetic set for other tools: MTT's .pt files or an ImageFolder of PNGs."""
+    with cli_errors(debug):
+        from distillkit.artifacts import export_mtt, export_png_folder, synthetic_pixels
+
+        if fmt not in EXPORT_FORMATS:
+            from distillkit.errors import ConfigError
+
+            raise ConfigError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        images, labels, lr, meta, extra = _read_run_set(run_dir)
+        _check_out_dir(out_dir, run_dir, overwrite)
+        whitened = bool(meta.get("zca"))
+        if fmt == "mtt":
+            export_mtt(out_dir, images, labels.long(), lr)
+            out.print(f"{len(images)} images, labels and lr (MTT format) → {out_dir}", highlight=False)
+            zca = " --set data.zca=true" if whitened else ""
+            if whitened:
+                out.print("the images are ZCA-whitened, as the networks saw them", highlight=False)
+            out.print(
+                f"evaluate them with: distillkit evaluate --mtt {out_dir} --dataset {meta['dataset']}{zca}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            pixels = synthetic_pixels(images, meta, extra)  # refuses a ZCA set without its transform
+            names = meta["class_names"]
+            export_png_folder(out_dir, pixels, labels, names)
+            _drop_stale_pngs(out_dir, labels, names)
+            classes = len(set(labels.tolist()))
+            out.print(f"{len(images)} PNGs in {classes} class folders → {out_dir}", highlight=False)
+            if whitened:
+                out.print(
+                    "the PNGs show the ZCA-inverted images (the networks see the whitened ones)",
+                    highlight=False,
+                )
+
+
+def _read_run_set(run_dir: Path) -> tuple[Tensor, Tensor, float, dict[str, Any], dict[str, Tensor]]:
+    """A run's synthetic set, checked against its own metadata (shape, classes, finiteness, lr)."""
+    from distillkit import api
+    from distillkit.artifacts import SYNTHETIC_JSON, load_synthetic
+    from distillkit.errors import ConfigError, StoreError
+
+    if not run_dir.is_dir() or not any((run_dir / n).exists() for n in ("config.json", SYNTHETIC_JSON)):
+        raise ConfigError(
+            f"{run_dir} is not a run directory (no config.json or {SYNTHETIC_JSON})",
+            hint="export takes the --out folder of `distillkit run` or `distillkit distill`",
+        )
+    images, labels, lr, meta, extra = load_synthetic(run_dir)
+    shape, names, dataset = meta.get("image_shape"), meta.get("class_names"), meta.get("dataset")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(v, int) for v in shape)
+        and isinstance(names, list)
+        and names
+        and all(isinstance(v, str) for v in names)
+        and isinstance(dataset, str)
+    ):
+        raise StoreError(
+            f"{run_dir / SYNTHETIC_JSON} lacks the set's dataset, image_shape or class_names",
+            hint="the run directory was altered or not written by distillkit; re-run the distillation",
+        )
+    api.check_set_fits(
+        images,
+        labels,
+        lr,
+        dataset,
+        shape,
+        len(names),
+        hint="the run directory was altered; re-run the distillation",
+    )
+    return images, labels, lr, meta, extra
+
+
+def _check_out_dir(out_dir: Path, run_dir: Path, overwrite: bool) -> None:
+    """``--out`` is a new or empty folder (any folder with ``--overwrite``), never the run's own."""
+    from distillkit.errors import ConfigError
+
+    target, run = out_dir.resolve(), run_dir.resolve()
+    if target == run or run in target.parents:
+        raise ConfigError(
+            f"--out {out_dir} is inside the run directory {run_dir}",
+            hint="export to a folder outside the run, e.g. --out exports/<name>",
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder", hint="choose a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"--out {out_dir} is not empty",
+            hint="choose a new or empty folder, or add --overwrite to replace the exported files there",
+        )
+
+
+def _drop_stale_pngs(out_dir: Path, labels: Tensor, class_names: list[str]) -> None:
+    """Remove ``<class>/<i>.png`` beyond this set's count, left by an earlier, larger export.
+
+    Only with ``--overwrite`` can the folder hold any; without it a later ImageFolder
+    reader would count those images as part of this set.
+    """
+    from distillkit.artifacts import class_dirname
+
+    counts = [0] * len(class_names)
+    for label in labels.tolist():
+        counts[int(label)] += 1
+    for label, name in enumerate(class_names):
+        folder = out_dir / class_dirname(name)
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            found = _PNG_NAME.match(path.name)
+            if found and path.is_file() and int(found.group(1)) >= counts[label]:
+                path.unlink()
+
+
+@app.command("import-mtt-buffer")
+def import_mtt_buffer_cmd(
+    files: Annotated[
+        list[Path], typer.Argument(help="MTT replay_buffer_*.pt files; experts are numbered in this order.")
+    ],
+    store_dir: Annotated[Path, typer.Option("--out", "-o", help="Trajectory store folder (new or resumed).")],
+    dataset: Dataset = None,
+    data_path: DataPath = None,
+    download: Download = False,
+    model: Model = None,
+    plugins: Plugins = None,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    seed: Seed = None,
+    debug: Debug = False,
+) -> None:
+    """Convert MTT replay buffers into a trajectory store for `distill --experts` (same options)."""
+    with cli_errors(debug):
+        from dataclasses import replace
+
+        from distillkit import api
+        from distillkit.errors import ConfigError
+        from distillkit.experts.convert import import_mtt_buffer
+        from distillkit.experts.store import MANIFEST, TrajectoryStore
+
+        seen: set[Path] = set()
+        for path in files:  # before the dataset is loaded, and before anything is written
+            if not path.is_file():
+                raise ConfigError(
+                    f"{path} is missing" if not path.exists() else f"{path} is not a file",
+                    hint="pass MTT's replay_buffer_*.pt files",
+                )
+            if path.resolve() in seen:
+                raise ConfigError(f"{path} is given twice", hint="each buffer file once")
+            seen.add(path.resolve())
+        overrides = collect_overrides(sets, dataset, data_path, download, model, None, seed)
+        resolved = resolve(preset, config, overrides, plugins)
+        cfg, host = resolved.config, resolved.host
+        # The key (as `distillkit experts` builds it) reads only the dataset's metadata and the
+        # config's data.zca, so the ZCA fit itself is skipped here.
+        data = api.prepare_data(replace(cfg, data=replace(cfg.data, zca=False)))
+        key = api.expert_key(cfg, data, host)
+        existing = store_dir / MANIFEST
+        before = len(TrajectoryStore.open(store_dir).finished()) if existing.exists() else 0
+        store = import_mtt_buffer(files, store_dir, key)
+        total = len(store.finished())
+        kept = f", {before} already there" if before else ""
+        sources = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+        count = total - before
+        out.print(
+            f"imported {count} expert{'s' if count != 1 else ''} ({store.key['epochs']} epochs each{kept}) "
+            f"from {sources} "
+            f"→ {store.root}",
+            highlight=False,
+            soft_wrap=True,
+        )

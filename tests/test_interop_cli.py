@@ -1,0 +1,304 @@
+"""`export` and `import-mtt-buffer`: round trips through MTT's file formats, and what is refused."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+from typer.testing import CliRunner
+
+from distillkit.artifacts import load_mtt_set, load_synthetic, save_synthetic
+from distillkit.cli import app
+from distillkit.config import from_dict
+from distillkit.data.zca import ZCA
+from distillkit.experts.store import TrajectoryStore
+from distillkit.runtime import prepare_data
+
+runner = CliRunner()
+ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args], env=ENV)
+
+
+def one_line_error(result, code: int, fragment: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("Error: ") and fragment in lines[0], result.output
+    assert len(lines) <= 2 and "Traceback" not in result.output
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+class Sneaky(collections.OrderedDict):
+    """A pickled object of this class must never be unpickled by an import."""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished tiny digits run and the expert store it trained (given explicitly, not cached)."""
+    root = tmp_path_factory.mktemp("interop")
+    run_dir, store = root / "run", root / "store"
+    result = invoke("run", *TINY, "--out", run_dir, "--experts", store, "--quiet")
+    assert result.exit_code == 0, result.output
+    return run_dir, store
+
+
+@pytest.fixture
+def run_dir(tiny, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(tiny[0], copy, ignore=shutil.ignore_patterns(".lock"))
+    return copy
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        array = np.asarray(image)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+# -- (a) export --format mtt, then evaluate --mtt ---------------------------------------------
+
+
+def test_mtt_export_evaluates_like_the_run(run_dir, tmp_path):
+    out = tmp_path / "mtt"
+    result = invoke("export", run_dir, "--format", "mtt", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "evaluate --mtt" in result.output and "--dataset digits" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["images_best.pt", "labels_best.pt", "lr_best.pt"]
+
+    images, labels, lr, _meta, _extra = load_synthetic(run_dir)
+    raw = {n: torch.load(out / f"{n}_best.pt", weights_only=True) for n in ("images", "labels", "lr")}
+    assert torch.equal(raw["images"], images) and raw["images"].dtype == torch.float32  # normalised
+    assert torch.equal(raw["labels"], labels) and raw["labels"].dtype == torch.int64
+    assert raw["lr"].dim() == 0 and raw["lr"].dtype == torch.float32 and float(raw["lr"]) == lr
+    again = load_mtt_set(out)
+    assert torch.equal(again[0], images) and torch.equal(again[1], labels) and again[2] == lr
+
+    # The same protocol: the run's config is TINY on the digits preset; evaluation is seeded by
+    # config.seed and the model name alone, so both paths train the same networks.
+    from_run = invoke("evaluate", run_dir, "--json", "--quiet")
+    from_mtt = invoke("evaluate", "--mtt", out, "--dataset", "digits", *TINY, "--json", "--quiet")
+    assert from_run.exit_code == 0, from_run.output
+    assert from_mtt.exit_code == 0, from_mtt.output
+    a, b = json.loads(from_run.output), json.loads(from_mtt.output)
+    model = json.loads((run_dir / "config.json").read_text())["model"]["name"]
+    assert a.keys() == b.keys() == {model}
+    assert len(a[model]["runs"]) == 2
+    assert a[model]["runs"] == pytest.approx(b[model]["runs"], abs=1e-9)
+    assert math.isclose(a[model]["mean"], b[model]["mean"], abs_tol=1e-9)
+
+
+# -- (b) export --format png ------------------------------------------------------------------
+
+
+def test_png_export_holds_the_denormalised_pixels(run_dir, tmp_path):
+    out = tmp_path / "png"
+    result = invoke("export", run_dir, "--format", "png", "--out", out)
+    assert result.exit_code == 0, result.output
+    images, labels, _lr, meta, _extra = load_synthetic(run_dir)
+    config = from_dict(json.loads((run_dir / "config.json").read_text()))
+    data = prepare_data(config)
+    ncls, ipc = data.dataset.num_classes, config.distill.ipc
+    files = sorted(out.rglob("*.png"))
+    assert len(files) == ncls * ipc == len(images)
+    expected = data.to_pixels(images).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    counts: dict[int, int] = {}
+    for image, label in zip(expected, labels.tolist(), strict=True):
+        index = counts.get(label, 0)
+        counts[label] = index + 1
+        decoded = read_png(out / meta["class_names"][label] / f"{index}.png")
+        assert decoded.shape == image.shape
+        assert np.abs(decoded.astype(int) - image.astype(int)).max() <= 1
+
+
+def _zca_run(folder: Path, with_state: bool) -> tuple[torch.Tensor, ZCA, dict]:
+    """A run folder holding a ZCA-whitened set (as `distillkit run --set data.zca=true` leaves)."""
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(64, 1, 8, 8, generator=generator)
+    zca = ZCA.fit((real - 0.5) / 0.25)
+    images = zca.transform((torch.rand(4, 1, 8, 8, generator=generator) - 0.5) / 0.25)
+    meta = {
+        "dataset": "digits",
+        "image_shape": [1, 8, 8],
+        "class_names": ["a", "b"],
+        "normalisation": {"mean": [0.5], "std": [0.25]},
+        "zca": True,
+    }
+    extra = {f"zca.{k}": v for k, v in zca.state_dict().items()} if with_state else {}
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    save_synthetic(folder, images, torch.tensor([0, 0, 1, 1]), 0.01, meta, extra)
+    return images, zca, meta
+
+
+def test_png_export_of_a_zca_set_inverts_the_whitening(tmp_path):
+    images, zca, _meta = _zca_run(tmp_path / "run", with_state=True)
+    out = tmp_path / "png"
+    result = invoke("export", tmp_path / "run", "--format", "png", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "ZCA-inverted" in result.output
+    pixels = (zca.inverse(images) * 0.25 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+    for n, (label, index) in enumerate([("a", 0), ("a", 1), ("b", 0), ("b", 1)]):
+        decoded = read_png(out / label / f"{index}.png")[:, :, 0]
+        assert np.abs(decoded.astype(int) - pixels[n, 0].numpy().astype(int)).max() <= 1
+
+
+def test_png_export_of_a_zca_set_without_its_transform_is_refused(tmp_path):
+    _zca_run(tmp_path / "run", with_state=False)
+    out = tmp_path / "png"
+    one_line_error(invoke("export", tmp_path / "run", "--format", "png", "--out", out), 2, "ZCA")
+    assert not out.exists()
+    # The whitened images themselves still export (as MTT stores them).
+    assert invoke("export", tmp_path / "run", "--format", "mtt", "--out", out).exit_code == 0
+
+
+# -- (c) an MTT buffer made from a real store, imported, then distilled from -------------------
+
+
+def mtt_buffer(store: TrajectoryStore) -> list[list[list[torch.Tensor]]]:
+    """The store's experts as MTT saves them: per expert, per epoch, the parameters in order."""
+    shapes = [shape for _name, shape in store.key["param_layout"]]
+    sizes = [math.prod(shape) for shape in shapes]
+    buffer = []
+    for index in store.finished():
+        rows = store.load(index)
+        buffer.append(
+            [
+                [part.reshape(shape).clone() for part, shape in zip(row.split(sizes), shapes, strict=True)]
+                for row in rows
+            ]
+        )
+    return buffer
+
+
+def test_imported_mtt_buffer_is_accepted_by_distill(tiny, tmp_path):
+    source = TrajectoryStore.open(tiny[1])
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    torch.save(mtt_buffer(source), pt_file)
+    store_dir = tmp_path / "imported"
+    result = invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "imported 1 expert (4 epochs each) from 1 file" in result.output
+    imported = TrajectoryStore.open(store_dir)
+    assert imported.key == source.key  # the key `distillkit run` built with the same options
+    assert torch.equal(imported.load(0), source.load(0))
+    again = invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY)
+    assert again.exit_code == 0 and "imported 0 experts" in again.output and "1 already" in again.output
+
+    run = tmp_path / "distilled"
+    result = invoke("distill", "--experts", store_dir, *TINY, "--out", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (run / "synthetic.safetensors").exists()
+
+
+def test_import_with_other_epochs_names_the_fix(tiny, tmp_path):
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    torch.save(mtt_buffer(TrajectoryStore.open(tiny[1])), pt_file)
+    longer = [arg.replace("experts.epochs=4", "experts.epochs=6") for arg in TINY]
+    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "s", *longer)
+    one_line_error(result, 2, "holds 4 epochs")
+    assert "experts.epochs=4" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+# -- (d) refused buffers: nothing unpickled, nothing written -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (lambda: [Sneaky(w=torch.zeros(1))], "pickled"),
+        (lambda: collections.OrderedDict(w=torch.zeros(1)), "not an MTT replay buffer"),
+        (lambda: [[[torch.zeros(3, 3)]] * 5], "parameter tensors"),
+        (lambda: [], "no trajectories"),
+    ],
+    ids=["object", "state-dict", "layout", "empty"],
+)
+def test_bad_buffers_are_refused_and_nothing_is_written(tmp_path, content, fragment):
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    torch.save(content(), pt_file)
+    store_dir = tmp_path / "store"
+    one_line_error(invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY), 2, fragment)
+    assert not store_dir.exists()
+
+
+def test_raw_pickle_that_would_run_code_is_refused(tmp_path):
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    pt_file.write_bytes(b"cbuiltins\nopen\n(Vran-code\nVw\ntR.")  # open('ran-code', 'w') if unpickled
+    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "store", *TINY)
+    one_line_error(result, 2, "pickled")
+    assert not (tmp_path / "store").exists() and not Path("ran-code").exists()
+
+
+def test_missing_or_repeated_buffer_files_are_refused(tmp_path):
+    real = tmp_path / "replay_buffer_0.pt"
+    torch.save([], real)
+    one_line_error(
+        invoke("import-mtt-buffer", tmp_path / "nope.pt", "--out", tmp_path / "s", *TINY), 2, "missing"
+    )
+    one_line_error(invoke("import-mtt-buffer", real, real, "--out", tmp_path / "s", *TINY), 2, "twice")
+    assert not (tmp_path / "s").exists()
+
+
+# -- (e) where export may write -----------------------------------------------------------------
+
+
+def test_export_refuses_a_non_empty_folder_without_overwrite(run_dir, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    for fmt in ("mtt", "png"):
+        one_line_error(invoke("export", run_dir, "--format", fmt, "--out", out), 2, "not empty")
+        assert snapshot(out) == before
+    result = invoke("export", run_dir, "--format", "mtt", "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "images_best.pt").exists()
+
+
+def test_png_overwrite_drops_images_of_an_earlier_larger_export(run_dir, tmp_path):
+    out = tmp_path / "png"
+    assert invoke("export", run_dir, "--format", "png", "--out", out).exit_code == 0
+    stale = next(out.iterdir()) / "7.png"
+    shutil.copy(next(stale.parent.iterdir()), stale)
+    (stale.parent / "keep.txt").write_text("mine")
+    assert invoke("export", run_dir, "--format", "png", "--out", out, "--overwrite").exit_code == 0
+    assert not stale.exists() and (stale.parent / "keep.txt").exists()
+    assert len(list(out.rglob("*.png"))) == len(load_synthetic(run_dir)[0])
+
+
+def test_export_never_writes_into_the_run(run_dir):
+    before = snapshot(run_dir)
+    for out in (run_dir, run_dir / "export"):
+        result = invoke("export", run_dir, "--format", "mtt", "--out", out, "--overwrite")
+        one_line_error(result, 2, "inside the run directory")
+    assert snapshot(run_dir) == before
+
+
+def test_export_refuses_bad_input_and_writes_nothing(run_dir, tmp_path):
+    out = tmp_path / "out"
+    one_line_error(invoke("export", tmp_path, "--format", "mtt", "--out", out), 2, "not a run directory")
+    one_line_error(invoke("export", run_dir, "--format", "jpeg", "--out", out), 2, "--format")
+    tensors = run_dir / "synthetic.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    one_line_error(invoke("export", run_dir, "--format", "png", "--out", out), 2, "checksum")
+    assert not out.exists()
