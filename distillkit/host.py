@@ -197,6 +197,9 @@ class PluginHost:
             self._register(name, plugin, config, package, version)
         for obj in extra:
             name = getattr(obj, "name", None) or type(obj).__name__
+            if options.get(name):  # options for a ready-made object: a new one from its class
+                config = build_plugin_config(name, type(obj), options[name])
+                obj = self._instantiate(name, type(obj), config)
             config = getattr(obj, "config", None)
             self._register(name, obj, config, type(obj).__module__.split(".")[0], "-")
         self._validate()

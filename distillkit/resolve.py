@@ -92,8 +92,9 @@ def resolve_layers(
     if not dataset_presets:
         dataset_presets = [_default_preset(upper, default_dataset)]
     names = _plugin_names(plugins, upper)
+    given = tuple(getattr(obj, "name", None) or type(obj).__name__ for obj in extra_plugins)
     host = host or PluginHost()
-    host.select(names, _plugin_options(names, upper), extra_plugins)
+    host.select(names, _plugin_options(names + given, upper), extra_plugins)
 
     config = RunConfig()
     sources = dict.fromkeys(flat_values(config), "default")
@@ -110,7 +111,7 @@ def resolve_layers(
         config = apply_overrides(config, core)
         sources.update(dict.fromkeys(core, label))
         if not label.startswith("preset "):  # a method preset carries tables for every plugin
-            _reject_unselected(values, names)
+            _reject_unselected(values, names + given)
     config = replace(
         config,
         plugins=names + tuple(n for n in host.selected if n not in names),

@@ -180,34 +180,75 @@ def check_hooks(plugin: Any, seed: int = 0) -> dict[str, Any]:
     same :class:`~distillkit.errors.PluginRuntimeError` a run would.
     """
     name = getattr(plugin, "name", type(plugin).__name__)
+    implemented = _registered_hooks(plugin, name)
     run, _logged = tiny_run(seed)
     done: dict[str, Any] = {}
-    if hasattr(plugin, "expert_loss"):
+    if "expert_loss" in implemented:
         ctx = expert_step_context(seed=seed)
         done["expert_loss"] = combine_expert_loss(
-            ctx.base_loss, _answer(name, plugin.expert_loss(run=run, ctx=ctx))
+            ctx.base_loss, _answer(name, implemented["expert_loss"](run, ctx))
         )[0]
-    if hasattr(plugin, "init_synthetic"):
+    if "init_synthetic" in implemented:
         ctx = init_context(seed=seed)
         shape, count = ctx.train_images.shape[1:], ctx.ipc * CLASSES
         done["init_synthetic"] = first_init(
-            _answer(name, plugin.init_synthetic(run=run, ctx=ctx)), count, shape, CLASSES
+            _answer(name, implemented["init_synthetic"](run, ctx)), count, shape, CLASSES
         )
-    if hasattr(plugin, "inner_loss_weight"):
+    if "inner_loss_weight" in implemented:
         done["inner_loss_weight"] = combine_weights(
-            _answer(name, plugin.inner_loss_weight(run=run, ctx=inner_loss_context()))
+            _answer(name, implemented["inner_loss_weight"](run, inner_loss_context()))
         )
-    if hasattr(plugin, "perturb_expert"):
+    if "perturb_expert" in implemented:
         ctx = perturb_context(seed)
         done["perturb_expert"] = combine_deltas(
-            _answer(name, plugin.perturb_expert(run=run, ctx=ctx)), ctx.start
+            _answer(name, implemented["perturb_expert"](run, ctx)), ctx.start
         )
-    if hasattr(plugin, "intermediate_match"):
+    if "intermediate_match" in implemented:
         ctx = match_context(seed=seed)
         done["intermediate_match"] = combine_terms(
-            _answer(name, plugin.intermediate_match(run=run, ctx=ctx)), ctx.start.device
+            _answer(name, implemented["intermediate_match"](run, ctx)), ctx.start.device
         )
     return done
+
+
+def _registered_hooks(plugin: Any, name: str) -> dict[str, Any]:
+    """The plugin's hooks as pluggy sees them, each callable as ``(run, ctx)``.
+
+    Registering it with a real plugin manager catches what a run would: a misspelt hook,
+    wrong argument names; a hook-named method without ``@hookimpl`` would be ignored by
+    a run, so it is an error here.
+    """
+    import pluggy
+
+    from distillkit import hookspecs
+    from distillkit.errors import PluginError
+
+    pm = pluggy.PluginManager("distillkit")
+    pm.add_hookspecs(hookspecs)
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin '{name}': {exc}") from None
+    callers = {caller.name: caller for caller in pm.get_hookcallers(plugin) or []}
+    hooks = [h for h in dir(pm.hook) if not h.startswith("_")]
+    unmarked = [h for h in hooks if h not in callers and callable(getattr(plugin, h, None))]
+    if unmarked:
+        raise PluginError(
+            f"plugin '{name}': {', '.join(unmarked)} is not marked @hookimpl, so a run never calls it",
+            hint="decorate it with distillkit.hookspecs.hookimpl",
+        )
+    return {
+        hook: (lambda run, ctx, caller=caller: _only(caller(run=run, ctx=ctx)))
+        for hook, caller in callers.items()
+    }
+
+
+def _only(results: Any) -> Any:
+    """The one plugin's answer from a pluggy call (a list, or the value of a ``firstresult`` hook)."""
+    if isinstance(results, list):
+        return results[0] if results else None
+    return results
 
 
 def _answer(name: str, result: Any) -> list[tuple[str, Any]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distillkit.context import LossTerm
-from distillkit.errors import PluginRuntimeError
+from distillkit.errors import PluginError, PluginRuntimeError
 from distillkit.hookspecs import hookimpl
 from distillkit.testing import check_hooks, perturb_context, run_plugin_smoke, tiny_run
 from distillkit_plugins.bil import BalancedInnerLoss
@@ -73,3 +73,36 @@ def test_a_smoke_run_distils_with_the_plugin(tmp_path):
     summary = run_plugin_smoke(HalfStart(), tmp_path)
     assert 0 <= summary["distilled"]["mean"] <= 1
     assert "half-start" in summary["plugins"]
+
+
+class Unmarked:
+    """A hook-named method without ``@hookimpl``: a run would never call it."""
+
+    name = "unmarked"
+
+    def perturb_expert(self, run, ctx):
+        return None
+
+
+class WrongArgument:
+    name = "wrong-argument"
+
+    @hookimpl
+    def perturb_expert(self, run, context):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"), [(Unmarked(), "not marked @hookimpl"), (WrongArgument(), "context")]
+)
+def test_check_hooks_refuses_what_a_run_would_ignore_or_refuse(plugin, message):
+    with pytest.raises(PluginError, match=message):
+        check_hooks(plugin)
+
+
+def test_run_plugin_smoke_takes_the_plugins_own_options(tmp_path):
+    import json
+
+    run_plugin_smoke(WeightPerturbation(WeightPerturbation.Config()), tmp_path, {"wp.alpha": 0.5})
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["plugin_options"]["wp"]["alpha"] == 0.5

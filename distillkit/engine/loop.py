@@ -219,7 +219,7 @@ class Distiller:
             expert=expert,
             inner_weight=weight,
             terms={
-                **{name: float(value) for name, value in self._logged.items()},
+                **{name: _scalar(value) for name, value in self._logged.items()},
                 **{term.name: float(term.value.detach()) for term in terms},
             },
         )
@@ -305,3 +305,8 @@ class Distiller:
         self._set_lrs(float(meta["lr_img"]), float(meta["lr_lr"]))
         self.guard.recent = [float(v) for v in meta["recent_losses"]]
         self.host.load_plugin_state(meta["plugins"])
+
+
+def _scalar(value: Any) -> float:
+    """A logged value as a float; a tensor still in the graph is detached first (no autograd warning)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
