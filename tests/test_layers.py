@@ -65,9 +65,11 @@ def test_a_key_set_twice_takes_the_later_layer():
 
 def test_plugin_defaults_beat_dataset_presets_and_lose_to_methods_files_and_the_command_line(tmp_path):
     smooth = resolve_layers("fmnist-cpu", plugins=["smooth"])
-    assert smooth.config.experts.lr == 0.003 and smooth.sources["experts.lr"] == "plugin smooth"
+    assert smooth.config.experts.momentum == 0.9 and smooth.sources["experts.momentum"] == "plugin smooth"
     assert smooth.config.experts.lr_decay == "ast-code"
-    assert smooth.config.distill.student_momentum == 0.9
+    assert smooth.config.distill.student_momentum == 0.0
+    code = resolve_layers("fmnist-cpu,ast-code", plugins=["smooth"])
+    assert code.config.experts.lr == 0.003 and code.sources["experts.lr"] == "preset ast-code"
     plain = resolve_layers("fmnist-cpu")
     assert plain.config.experts.lr == 0.01 and plain.sources["experts.lr"] == "default"
     assert plain.config.experts.momentum == 0.0 and plain.config.distill.student_momentum == 0.0
@@ -144,8 +146,8 @@ def test_config_command_shows_the_layer_of_each_key_and_writes_nothing(tmp_path,
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["config", "--preset", "fmnist-ref", "-p", "smooth", "--ipc", "10"], env=ENV)
     assert result.exit_code == 0, result.output
-    line = next(line for line in result.output.splitlines() if "experts.lr " in line)
-    assert "0.003" in line and "plugin smooth" in line
+    line = next(line for line in result.output.splitlines() if "experts.momentum " in line)
+    assert "0.9" in line and "plugin smooth" in line
     assert "command line" in next(line for line in result.output.splitlines() if "distill.ipc" in line)
     payload = json.loads(runner.invoke(app, ["config", "--json", "-p", "wp"], env=ENV).output)
     assert payload["config"]["plugin_options"]["wp"]["mode"] == "multiplicative"
