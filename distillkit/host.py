@@ -316,6 +316,7 @@ class PluginHost:
                     cfg_cls = plugin_config_class(cls)
                     instance = cls(cfg_cls()) if cfg_cls is not None else cls()
                 probe.register(instance, name=name)
+                probe.check_pending()  # a misspelt hook makes every run refuse the plugin: say so here
                 hooks = tuple(sorted(c.name for c in probe.get_hookcallers(instance) or []))
                 status = "enabled" if name in selected else "available"
                 error = ""

@@ -91,7 +91,7 @@ def resolve_layers(
     ]
     if not dataset_presets:
         dataset_presets = [_default_preset(upper, default_dataset)]
-    names = _plugin_names(plugins, upper)
+    names, plugins_source = _plugin_names(plugins, upper)
     given = tuple(getattr(obj, "name", None) or type(obj).__name__ for obj in extra_plugins)
     host = host or PluginHost()
     host.select(names, _plugin_options(names + given, upper), extra_plugins)
@@ -118,6 +118,7 @@ def resolve_layers(
         plugin_options={n: to_dict(host.configs.get(n)) or {} for n in host.selected},
     )
     validate(config)
+    sources["plugins"] = plugins_source
     sources.update(_plugin_option_sources(config, upper))
     return Resolved(config, host, dict(sorted(sources.items())))
 
@@ -131,15 +132,20 @@ def _default_preset(upper: list[tuple[str, dict[str, Any]]], default_dataset: st
     return default_for(dataset)
 
 
-def _plugin_names(plugins: Sequence[str] | None, upper: list[tuple[str, dict[str, Any]]]) -> tuple[str, ...]:
+def _plugin_names(
+    plugins: Sequence[str] | None, upper: list[tuple[str, dict[str, Any]]]
+) -> tuple[tuple[str, ...], str]:
+    """The selected plugin names and the layer that named them (``--plugins`` wins)."""
     names: tuple[str, ...] = ()
-    for _label, values in upper:
+    source = "default"
+    for label, values in upper:
         if "plugins" in values:
             raw = values["plugins"]
             names = tuple(raw.split(",") if isinstance(raw, str) else raw)
+            source = label
     if plugins is not None:
-        names = tuple(plugins)
-    return tuple(n.strip() for n in names if n.strip())
+        names, source = tuple(plugins), "command line"
+    return tuple(n.strip() for n in names if n.strip()), source
 
 
 def _plugin_options(

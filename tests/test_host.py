@@ -165,3 +165,8 @@ def test_core_keys_parse_and_unknown_keys_fail():
 def test_plugin_option_for_unselected_plugin_is_rejected():
     with pytest.raises(ConfigError, match=r"zero-init.value"):
         resolve_config(None, None, {"zero-init.value": "1"}, [], PluginHost(eps=EPS))
+
+
+def test_list_records_shows_a_misspelt_hook_as_an_error_row():
+    (record,) = PluginHost(eps=[ep("typo", "TypoHook")]).list_records()
+    assert record.status == "error" and "inner_los_weight" in record.error

@@ -167,3 +167,11 @@ def test_a_run_records_the_source_of_every_key(tmp_path):
         app, ["evaluate", str(out), "--set", "evaluate.runs=1", "--json", "--quiet"], env=ENV
     )
     assert again.exit_code == 0, again.output
+
+
+def test_the_layer_that_named_the_plugins_is_recorded(tmp_path):
+    assert resolve_layers(plugins=["bil"]).sources["plugins"] == "command line"
+    file = tmp_path / "p.toml"
+    file.write_text('plugins = ["bil"]\n')
+    assert resolve_layers(config_file=file).sources["plugins"] == f"config {file}"
+    assert resolve_layers().sources["plugins"] == "default"
