@@ -20,3 +20,23 @@ TINY = [
     "--set", "evaluate.runs=2",
     "--set", "evaluate.epochs=10",
 ]  # fmt: skip
+
+
+CLI_ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def invoke(*args: object, env: dict[str, str] | None = None):
+    """Run the ``distillkit`` CLI in-process (wide, uncoloured output) with extra environment."""
+    from typer.testing import CliRunner
+
+    from distillkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=CLI_ENV | (env or {}))
+
+
+def one_line_error(result, code: int, fragment: str) -> None:
+    """The documented failure: exit ``code``, one ``Error:`` line naming ``fragment`` (+ a hint)."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("Error: ") and fragment in lines[0], result.output
+    assert len(lines) <= 2 and "Traceback" not in result.output

@@ -12,24 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY
-from typer.testing import CliRunner
-
-from distillkit.cli import app
-
-runner = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
-
-
-def invoke(*args: object, env: dict[str, str] | None = None):
-    return runner.invoke(app, [str(a) for a in args], env=ENV | (env or {}))
-
-
-def one_line_error(result, code: int, fragment: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0].startswith("Error: ") and fragment in lines[0], result.output
-    assert len(lines) <= 2 and "Traceback" not in result.output
+from conftest import TINY, invoke, one_line_error
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -12,30 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, invoke, one_line_error
 from PIL import Image
-from typer.testing import CliRunner
 
 from distillkit.artifacts import load_mtt_set, load_synthetic, save_synthetic
-from distillkit.cli import app
 from distillkit.config import from_dict
 from distillkit.data.zca import ZCA
 from distillkit.experts.store import TrajectoryStore
 from distillkit.runtime import prepare_data
-
-runner = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args], env=ENV)
-
-
-def one_line_error(result, code: int, fragment: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0].startswith("Error: ") and fragment in lines[0], result.output
-    assert len(lines) <= 2 and "Traceback" not in result.output
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -11,29 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
-from typer.testing import CliRunner
+from conftest import TINY, invoke, one_line_error
 
 from distillkit.artifacts import save_synthetic
-from distillkit.cli import app
-
-runner = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args], env=ENV)
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_line_error(result, code: int, fragment: str) -> None:
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0].startswith("Error: ") and fragment in lines[0], result.output
-    assert len(lines) <= 2 and "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")
