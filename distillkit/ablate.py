@@ -147,15 +147,14 @@ def plan_ablation(
     seeds; ``experts_per_seed`` trains each seed its own experts (as ``distillkit run
     --seed S`` does), so seeds also vary the experts.
     """
-    from distillkit.experts.pipeline import default_store_dir, expert_key
-    from distillkit.runtime import prepare_data
+    from distillkit.api import default_store_dir, expert_key, prepare_data
 
     overrides = dict(overrides or {})
     if "plugins" in overrides:
         raise ConfigError("ablate takes the plugin sets from --arms, not --set plugins=...")
     base = resolve_layers(presets, config_file, overrides, []).config
     plan = Plan(list(arms), list(seeds), out, base, experts_per_seed)
-    data = None
+    prepared: dict[Any, Any] = {}  # one load per distinct data section (the key reads the data)
     for arm in arms:
         arm_overrides = {**overrides, **dict(arm.overrides)}
         shared = resolve_layers(presets, config_file, arm_overrides, list(arm.plugins))
@@ -164,8 +163,10 @@ def plan_ablation(
                 presets, config_file, {**arm_overrides, "seed": seed}, list(arm.plugins)
             )
             expert_side = resolved if experts_per_seed else shared
-            if data is None:
-                data = prepare_data(expert_side.config)
+            section = expert_side.config.data
+            if section not in prepared:
+                prepared[section] = prepare_data(section)
+            data = prepared[section]
             store = str(default_store_dir(expert_key(expert_side.config, data, expert_side.host)))
             plan.stores.setdefault(store, to_dict(expert_side.config))
             cell_dir = out / "cells" / arm.slug / f"seed{seed}"
@@ -204,7 +205,7 @@ def train_store(store: str, config_dict: dict[str, Any]) -> dict[str, Any]:
     from distillkit import api
 
     config = from_dict(config_dict)
-    data = api.prepare_data(config)
+    data = api.prepare_data(config.data)
     trained = api.train_experts(config, _host_for(config), data, Path(store))
     accs = [e.get("test_acc", [None])[-1] for e in trained.manifest.experts]
     return {"store": store, "expert_test_acc": accs}
@@ -221,7 +222,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         return {**json.loads(done.read_text()), "reused": True}
     config = from_dict(cell.config)
     if cell.arm is None:
-        data = api.prepare_data(config)
+        data = api.prepare_data(config.data)
         baseline = api.evaluate_random_real(config, data)
         summary = {"random_real": api.result_summary(baseline)}
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,41 +15,51 @@ from typing import Any
 import torch
 
 from distillkit.artifacts import atomic_write_json, save_grid, save_synthetic
-from distillkit.config import RunConfig, to_dict
+from distillkit.config import RunConfig, last_needed_epoch, to_dict
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
 from distillkit.distilling import (
+    DistillJob,
     DistillResult,
+    build_distiller,
     check_ipc,
     distill,
     initial_set,
-    make_distiller,
     save_distilled_set,
     stop_requests,
 )
 from distillkit.evaluate import EvalResult, evaluate_set
-from distillkit.experts.pipeline import default_store_dir, expert_key, load_expert_slices, train_experts
+from distillkit.experts import pipeline
+from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
 from distillkit.experts.store import TrajectoryStore
 from distillkit.host import PluginHost
 from distillkit.rundir import default_run_dir, prepare_run_dir
 from distillkit.runtime import (
     PreparedData,
     Reporter,
+    RunScope,
     device_for,
     environment,
-    make_run_context,
     model_factory,
     peak_memory_mb,
     prepare_data,
     resolve_device,
+    run_scope,
     stage_seed,
 )
+from distillkit.setcheck import check_set_fits, check_synthetic_set
 
-#: The library API: each stage's public functions, importable from one place.
+#: The library API: each stage's public functions, importable from one place. The functions
+#: defined here take a whole ``RunConfig`` and unpack it for the stages, which take their own
+#: section and a :class:`RunScope` (``train_expert_store``) or a ``DistillJob`` (``distill``,
+#: ``build_distiller``).
 __all__ = [
+    "DistillJob",
     "DistillResult",
     "PreparedData",
     "Reporter",
+    "RunScope",
+    "build_distiller",
     "check_ipc",
     "check_set_fits",
     "check_synthetic_set",
@@ -57,14 +67,13 @@ __all__ = [
     "default_store_dir",
     "device_for",
     "distill",
+    "distill_job",
     "environment",
     "evaluate",
     "evaluate_random_real",
     "expert_key",
     "initial_set",
     "load_expert_slices",
-    "make_distiller",
-    "make_run_context",
     "merge_evaluation",
     "model_factory",
     "peak_memory_mb",
@@ -75,12 +84,39 @@ __all__ = [
     "resolve_device",
     "result_summary",
     "run",
+    "run_scope",
     "save_distilled",
     "save_distilled_set",
     "stage_seed",
     "stop_requests",
+    "train_expert_store",
     "train_experts",
 ]
+
+
+def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[str, Any]:
+    """The key of the expert store a run's config needs (see :func:`.pipeline.expert_key`)."""
+    last_needed = last_needed_epoch(config.distill)
+    return pipeline.expert_key(config.experts, last_needed, run_scope(config, host), data)
+
+
+def train_experts(
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> TrajectoryStore:
+    """The expert stage for a run's config: train ``experts.count`` experts, reusing finished ones."""
+    last_needed = last_needed_epoch(config.distill)
+    return train_expert_store(config.experts, last_needed, run_scope(config, host), data, store_dir, reporter)
+
+
+def distill_job(
+    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore
+) -> DistillJob:
+    """The distillation stage's inputs for a run's config: ``distill(distill_job(...), out_dir)``."""
+    return DistillJob(config.distill, run_scope(config, host), data, store, expert_key(config, data, host))
 
 
 def random_real_set(
@@ -106,7 +142,7 @@ def evaluate_random_real(
     config: RunConfig, data: PreparedData, reporter: Reporter | None = None
 ) -> dict[str, EvalResult]:
     """The random-real baseline under the run's protocol, at lr α₀ (``distill.lr_init``)."""
-    real_x, real_y = random_real_set(config, data, device_for(config))
+    real_x, real_y = random_real_set(config, data, device_for(config.device, config.deterministic))
     return evaluate(
         config, data, real_x, real_y, config.distill.lr_init, reporter=reporter, label="random-real"
     )
@@ -124,9 +160,9 @@ def evaluate(
 ) -> dict[str, EvalResult]:
     """Evaluate one set on each model of ``models`` (default: ``evaluate.models`` or the run's model)."""
     reporter = reporter or Reporter()
-    device = device_for(config)
+    device = device_for(config.device, config.deterministic)
     models = list(models or config.evaluate.models or (config.model.name,))
-    make = model_factory(config, data)
+    make = model_factory(data)
     augment = DSA(config.data.augment)
     results = {}
     reporter.start(f"evaluate {label}", len(models) * config.evaluate.runs)
@@ -146,54 +182,6 @@ def evaluate(
         )
     reporter.finish()
     return results
-
-
-def check_synthetic_set(images: torch.Tensor, labels: torch.Tensor, lr: float, data: PreparedData) -> None:
-    """Refuse a set that cannot be evaluated on ``data`` (shape, labels, finiteness, lr) in one line."""
-    check_set_fits(
-        images,
-        labels,
-        lr,
-        data.dataset.name,
-        data.dataset.image_shape,
-        data.dataset.num_classes,
-        hint="pass the dataset the set was distilled from (--dataset)",
-    )
-
-
-def check_set_fits(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    lr: float,
-    dataset: str,
-    image_shape: Sequence[int],
-    num_classes: int,
-    hint: str | None = None,
-) -> None:
-    """:func:`check_synthetic_set` against a shape and class count (e.g. a set's own metadata)."""
-    import math
-
-    from distillkit.errors import StoreError
-
-    shape, classes = tuple(image_shape), num_classes
-    if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0:
-        raise StoreError(
-            f"the set's images have shape {tuple(images.shape)}, but {dataset} needs "
-            f"[N, {shape[0]}, {shape[1]}, {shape[2]}] with N > 0",
-            hint=hint,
-        )
-    if labels.shape != (len(images),) or labels.is_floating_point():
-        raise StoreError(
-            f"the set needs {len(images)} integer labels, got {labels.dtype} {tuple(labels.shape)}"
-        )
-    if int(labels.min()) < 0 or int(labels.max()) >= classes:
-        raise StoreError(
-            f"the set's labels span {int(labels.min())}..{int(labels.max())}, outside 0..{classes - 1}"
-        )
-    if not bool(torch.isfinite(images).all()):
-        raise StoreError("the set's images hold NaN or infinite values")
-    if not (math.isfinite(lr) and lr > 0):
-        raise StoreError(f"the set's learning rate must be a positive finite number, got {lr}")
 
 
 def merge_evaluation(out_dir: Path, results: dict[str, dict[str, Any]], config: RunConfig) -> None:
@@ -288,20 +276,23 @@ def run(
     evaluates it once per seed instead of once per arm).
     """
     reporter = reporter or Reporter()
-    device = device_for(config)
-    data = prepare_data(config)  # bad data or ipc fail here, before an --overwrite touches a file
-    check_ipc(config, data)
+    scope = run_scope(config, host)
+    data = prepare_data(config.data)  # bad data or ipc fail here, before an --overwrite touches a file
+    check_ipc(config.distill.ipc, data)
     if not resume:
         record_invocation(out_dir, config, "run", store_dir, sources)
     timings: dict[str, float] = {}
+    last_needed = last_needed_epoch(config.distill)
     tick = time.perf_counter()
     if store_dir is not None and (store_dir / "manifest.json").exists():
         store = TrajectoryStore.open(store_dir)
     else:
-        store = train_experts(config, host, data, store_dir, reporter)
+        store = train_expert_store(config.experts, last_needed, scope, data, store_dir, reporter)
     timings["experts"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    result = distill(config, host, data, store, out_dir, reporter, resume=resume)
+    key = pipeline.expert_key(config.experts, last_needed, scope, data)
+    job = DistillJob(config.distill, scope, data, store, key)
+    result = distill(job, out_dir, reporter, resume=resume)
     timings["distill"] = time.perf_counter() - tick
     save_distilled(out_dir, config, host, data, result, store)
     tick = time.perf_counter()
@@ -326,17 +317,17 @@ def run(
     timings["evaluate"] = time.perf_counter() - tick
     summary["timings_s"] = timings
     summary["distill_s_per_iter"] = result.seconds_per_iteration
-    summary.update(peak_memory_mb(device))
+    summary.update(peak_memory_mb(scope.device))
     summary["expert_store"] = str(store.root)
     atomic_write_json(out_dir / "results.json", summary)
     atomic_write_json(
         out_dir / "run.json",
         {
             "environment": environment(),
-            "device": str(device),
+            "device": str(scope.device),
             "plugins": [r.as_dict() for r in host.records.values()],
             "timings_s": timings,
-            **peak_memory_mb(device),
+            **peak_memory_mb(scope.device),
         },
     )
     return summary

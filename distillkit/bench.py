@@ -30,7 +30,6 @@ import torch
 
 from distillkit import api, errors
 from distillkit.config import RunConfig, flatten_table, to_dict
-from distillkit.data.augment import DSA
 from distillkit.errors import ConfigError, DistillkitError, RunFailed
 from distillkit.experts.store import TrajectoryStore
 from distillkit.experts.train import train_expert
@@ -138,10 +137,10 @@ def matmul_peak_gflops(device: torch.device, n: int | None = None, repeats: int 
 def expert_throughput(config: RunConfig, host: PluginHost, data: api.PreparedData) -> dict[str, Any]:
     """Train one fresh expert for one epoch (test pass included when ``experts.evaluate_each_epoch``)."""
     one_epoch = replace(config.experts, epochs=1)
-    device = api.resolve_device(config.device)
-    run = api.make_run_context(config, host, device, api.stage_seed(config.seed, "bench-expert"), None)
-    model = api.model_factory(config, data)(config.model.name, api.stage_seed(config.seed, "bench-init"))
-    result = train_expert(run, host.hook, model, data.train, data.test, one_epoch, DSA(config.data.augment))
+    scope = api.run_scope(config, host)
+    model = api.model_factory(data)(scope.model, scope.seed_for("bench-init"))
+    run = scope.context("bench-expert")
+    result = train_expert(run, host.hook, model, data.train, data.test, one_epoch, scope.augment)
     images = len(data.train_images)
     return {
         "images": images,
@@ -240,7 +239,7 @@ def run_bench(
     points = sweep_points(config, settings)
     # Like `distillkit run`: an existing store is used as is, otherwise experts are trained (or reused).
     has_store = store_dir is not None and (store_dir / "manifest.json").exists()
-    data = api.prepare_data(config) if settings.experts_throughput or not has_store else None
+    data = api.prepare_data(config.data) if settings.experts_throughput or not has_store else None
     if has_store:
         store = TrajectoryStore.open(store_dir)
     else:

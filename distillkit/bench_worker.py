@@ -3,7 +3,7 @@
 A process that has loaded data or trained experts keeps that peak for ever, so
 ``distillkit bench`` starts ``python -m distillkit.bench_worker SPEC RESULT``
 once per measured setting. The child resolves the config, builds the engine with
-:func:`distillkit.api.make_distiller` (what ``distillkit distill`` runs), then
+:func:`distillkit.api.build_distiller` (what ``distillkit distill`` runs), then
 times ``warmup + window`` calls of ``Distiller.step()`` and counts the FLOPs of
 one more.
 
@@ -136,8 +136,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     config, host = resolve_config(None, None, spec["overrides"], spec["plugins"])
     store = TrajectoryStore.open(Path(spec["store"]))
-    data = api.prepare_data(config)
-    distiller, _source = api.make_distiller(config, host, data, store)
+    data = api.prepare_data(config.data)
+    distiller, _source = api.build_distiller(api.distill_job(config, host, data, store))
     data.release_images()  # as `distillkit distill` does once the start set is drawn
     result = measure_distiller(distiller, spec["warmup"], spec["window"])
     result["threads"] = torch.get_num_threads()

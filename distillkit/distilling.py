@@ -1,4 +1,8 @@
-"""The distillation stage: the initial set, the engine, and the checkpointed, resumable loop around it."""
+"""The distillation stage: the initial set, the engine, and the checkpointed, resumable loop around it.
+
+It works from a :class:`DistillJob`: its own config section, the run's :class:`RunScope`,
+the data and the expert store with the key that store must have.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +22,17 @@ import torch
 
 from distillkit.artifacts import save_synthetic
 from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
-from distillkit.config import RunConfig
+from distillkit.config import DistillConfig, last_needed_epoch
 from distillkit.context import RunContext
-from distillkit.data.augment import DSA
 from distillkit.engine.loop import Distiller, DivergenceError, IterationResult
 from distillkit.engine.student import FlatStudent
 from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
-from distillkit.experts.pipeline import expert_key, load_expert_slices
+from distillkit.experts.pipeline import load_expert_slices
 from distillkit.experts.store import TrajectoryStore
 from distillkit.hookcalls import call_each, first_init
-from distillkit.host import PluginHost
 from distillkit.models.flat import load_flat
 from distillkit.rundir import being_trained
-from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
+from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
 
 
 @dataclass
@@ -55,34 +57,46 @@ class DistillResult:
         return statistics.median(times) if times else float("nan")
 
 
-def check_ipc(config: RunConfig, data: PreparedData) -> None:
+@dataclass(frozen=True)
+class DistillJob:
+    """The distillation stage's inputs (build one from a run's config with ``api.distill_job``)."""
+
+    cfg: DistillConfig
+    scope: RunScope
+    data: PreparedData
+    store: TrajectoryStore
+    #: The key the store must have (what the run's config would train); checked before any use.
+    expert_key: dict[str, Any]
+
+
+def check_ipc(ipc: int, data: PreparedData) -> None:
     """ipc must not exceed the smallest class (checked before any expert is trained)."""
     counts = torch.bincount(data.dataset.train_labels, minlength=data.dataset.num_classes)
     smallest = int(counts.min())
-    if config.distill.ipc > smallest:
+    if ipc > smallest:
         raise DataError(
-            f"ipc={config.distill.ipc} is larger than the smallest class ({smallest} images)",
+            f"ipc={ipc} is larger than the smallest class ({smallest} images)",
             hint=f"use --ipc {smallest} or less",
         )
 
 
 def initial_set(
-    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, run: RunContext
+    ipc: int, scope: RunScope, data: PreparedData, store: TrajectoryStore, run: RunContext
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Ask ``init_synthetic`` (first non-None answer; the core default is last) for the start set."""
     first = store.finished()[0]
-    make = model_factory(config, data)
-    check_ipc(config, data)
+    make = model_factory(data)
+    check_ipc(ipc, data)
     ctx = data.init_context(
-        config.distill.ipc,
+        ipc,
         expert_params=lambda e: store.load(first, [e if e >= 0 else store.num_epochs(first)])[0],
         expert_epochs_available=store.num_epochs(first),
-        make_model=lambda: make(config.model.name, stage_seed(config.seed, "init-model")),
+        make_model=lambda: make(scope.model, scope.seed_for("init-model")),
         load_flat=load_flat,
     )
-    count = config.distill.ipc * data.dataset.num_classes
+    count = ipc * data.dataset.num_classes
     init = first_init(
-        call_each(host.hook, "init_synthetic", run=run, ctx=ctx),
+        call_each(scope.host.hook, "init_synthetic", run=run, ctx=ctx),
         count,
         data.dataset.image_shape,
         data.dataset.num_classes,
@@ -90,34 +104,29 @@ def initial_set(
     return init.images, init.labels, init.source
 
 
-def make_distiller(
-    config: RunConfig,
-    host: PluginHost,
-    data: PreparedData,
-    store: TrajectoryStore,
+def build_distiller(
+    job: DistillJob,
     out_dir: Path | None = None,
     initial: tuple[torch.Tensor, torch.Tensor, str] | None = None,
 ) -> tuple[Distiller, str]:
-    """Check the store, load the expert slices, initialise the synthetic set; return the engine.
+    """Check the store against the job's key, load the expert slices, initialise the set; return the engine.
 
     ``initial`` skips the ``init_synthetic`` hook (a resumed run restores its images
     anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
     """
-    device = device_for(config)
+    cfg, scope, data, store = job.cfg, job.scope, job.data, job.store
     if being_trained(store.root):
         raise StoreError(
             f"the trajectory store {store.root} is still being trained by another process "
             f"({len(store.finished())} experts finished so far)",
             hint="wait for that training to finish (or run `distillkit run`, which waits for it)",
         )
-    store.check_compatible(expert_key(config, data, host))
-    experts = load_expert_slices(store, config)
-    run = make_run_context(config, host, device, stage_seed(config.seed, "distill"), out_dir)
-    images, labels, source = initial or initial_set(config, host, data, store, run)
-    make = model_factory(config, data)
-    student = FlatStudent(make(config.model.name, 0).to(device), config.distill.channels_last)
-    augment = DSA(config.data.augment)
-    distiller = Distiller(run, host, student, images, labels, experts, config.distill, augment)
+    store.check_compatible(job.expert_key)
+    experts = load_expert_slices(store, last_needed_epoch(cfg))
+    run = scope.context("distill", out_dir=out_dir)
+    images, labels, source = initial or initial_set(cfg.ipc, scope, data, store, run)
+    student = FlatStudent(model_factory(data)(scope.model, 0).to(scope.device), cfg.channels_last)
+    distiller = Distiller(run, scope.host, student, images, labels, experts, cfg, scope.augment)
     return distiller, source
 
 
@@ -187,10 +196,7 @@ def _resume_state(out_dir: Path, reporter: Reporter) -> tuple[Checkpoint, list[d
 
 
 def distill(
-    config: RunConfig,
-    host: PluginHost,
-    data: PreparedData,
-    store: TrajectoryStore,
+    job: DistillJob,
     out_dir: Path | None = None,
     reporter: Reporter | None = None,
     resume: bool = False,
@@ -216,18 +222,18 @@ def distill(
         checkpoint, lines = _resume_state(out_dir, reporter)
         saved = checkpoint.current.tensors
         initial = (saved["images"], saved["labels"], checkpoint.progress["init_source"])
-        distiller, source = make_distiller(config, host, data, store, out_dir, initial)
+        distiller, source = build_distiller(job, out_dir, initial)
         distiller.load_state(checkpoint.current)
         distiller.last_good = checkpoint.last_good
         reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}")
     else:
-        distiller, source = make_distiller(config, host, data, store, out_dir)
+        distiller, source = build_distiller(job, out_dir)
     if release_data:
-        data.release_images()
+        job.data.release_images()
     history = [IterationResult(**{k: v for k, v in line.items() if k != "seconds"}) for line in lines]
     times = [float(line["seconds"]) for line in lines]
-    every = config.distill.checkpoint_every
-    reporter.start("distill", config.distill.iterations, every=config.distill.log_every)
+    every = job.cfg.checkpoint_every
+    reporter.start("distill", job.cfg.iterations, every=job.cfg.log_every)
     reporter.advance(distiller.iteration)
     metrics_file = open(out_dir / "metrics.jsonl", "a" if resume else "w") if out_dir else None  # noqa: SIM115
 
@@ -239,7 +245,7 @@ def distill(
 
     try:
         with stop_requests(enabled=out_dir is not None) as stop:
-            while distiller.iteration < config.distill.iterations:
+            while distiller.iteration < job.cfg.iterations:
                 tick = time.perf_counter()
                 try:
                     result = distiller.step()

@@ -49,17 +49,9 @@ class Resolved:
     sources: dict[str, str]
 
 
-def resolve_config(
-    preset: str | Sequence[str] | None = None,
-    config_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    plugins: Sequence[str] | None = None,
-    host: PluginHost | None = None,
-    extra_plugins: Sequence[Any] = (),
-    default_dataset: str = "digits",
-) -> tuple[RunConfig, PluginHost]:
-    """The run's config and plugin host by the layer rule above (see :func:`resolve_layers`)."""
-    resolved = resolve_layers(preset, config_file, overrides, plugins, host, extra_plugins, default_dataset)
+def resolve_config(*args: Any, **kwargs: Any) -> tuple[RunConfig, PluginHost]:
+    """:func:`resolve_layers` (same arguments) without the per-key sources: ``(config, host)``."""
+    resolved = resolve_layers(*args, **kwargs)
     return resolved.config, resolved.host
 
 

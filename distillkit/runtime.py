@@ -1,7 +1,9 @@
-"""What every stage shares: the prepared data, fresh models, the device, seeds, the run context.
+"""What every stage shares: the prepared data, fresh models, the device, seeds, the run scope.
 
 Split out of :mod:`distillkit.api` so the expert, distillation and evaluation stages can
-use it without importing each other.
+use it without importing each other. Stages take their own config section and a
+:class:`RunScope` (the few run-wide values), never the whole ``RunConfig``: a stage's
+inputs can be read off its signature. :mod:`distillkit.api` does the unpacking.
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ import os
 import platform
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from distillkit import __version__
-from distillkit.config import RunConfig
 from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
+from distillkit.data.augment import DSA
 from distillkit.data.pixels import Images, NormalisedPixels
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
 from distillkit.models import build_model
+
+if TYPE_CHECKING:
+    from distillkit.config import DataConfig, RunConfig
 
 
 class Reporter:
@@ -95,10 +101,10 @@ class PreparedData:
         return self.dataset.to_pixels(images)
 
 
-def prepare_data(config: RunConfig) -> PreparedData:
+def prepare_data(cfg: DataConfig) -> PreparedData:
     """Load the configured dataset and apply ZCA if asked (fitted on train, applied to test)."""
-    dataset = load_dataset(config.data.dataset, config.data.data_path or None, config.data.download)
-    if config.data.zca:
+    dataset = load_dataset(cfg.dataset, cfg.data_path or None, cfg.download)
+    if cfg.zca:
         # ZCA works on whole float sets: materialise them (``[:]``) for the fit and the transform.
         train, test = dataset.train_images[:], dataset.test_images[:]
         zca = ZCA.fit(train)
@@ -106,7 +112,7 @@ def prepare_data(config: RunConfig) -> PreparedData:
     return PreparedData(dataset, dataset.train_images, dataset.test_images, None)
 
 
-def model_factory(config: RunConfig, data: PreparedData):
+def model_factory(data: PreparedData) -> Callable[[str, int], torch.nn.Module]:
     """``make(name, seed)`` builds a freshly, reproducibly initialised network for this dataset."""
     channels, height, width = data.dataset.image_shape
 
@@ -138,14 +144,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def device_for(config: RunConfig) -> torch.device:
+def device_for(name: str, deterministic: bool) -> torch.device:
     """The run's device, with deterministic kernels switched on when ``deterministic`` is set.
 
     CPU kernels here are deterministic already; cuDNN and cuBLAS are not by default,
     so a resumed CUDA run matches an uninterrupted one bit for bit only with this on.
     """
-    device = resolve_device(config.device)
-    if config.deterministic:
+    device = resolve_device(name)
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -158,15 +164,45 @@ def stage_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def make_run_context(
-    config: RunConfig, host: PluginHost, device: torch.device, seed: int, out_dir: Path | None
-) -> RunContext:
-    return RunContext(
-        config=config,
-        device=device,
-        generator=torch.Generator(device=device).manual_seed(seed),
-        out_dir=out_dir,
-        plugin_configs=dict(host.configs),
+@dataclass(frozen=True)
+class RunScope:
+    """The run-wide values every stage takes beside its own config section.
+
+    ``plugin_view`` is the whole config only because plugins see it (``RunContext.config``);
+    stage code never reads it. Build one with :func:`run_scope`.
+    """
+
+    seed: int
+    model: str
+    device: torch.device
+    augment: DSA
+    host: PluginHost
+    plugin_view: RunConfig
+
+    def seed_for(self, *parts: object) -> int:
+        """The seed of one stage or item (see :func:`stage_seed`)."""
+        return stage_seed(self.seed, *parts)
+
+    def context(self, *seed_parts: object, out_dir: Path | None = None) -> RunContext:
+        """A hook ``RunContext`` whose generator is seeded for ``seed_parts`` of this run."""
+        return RunContext(
+            config=self.plugin_view,
+            device=self.device,
+            generator=torch.Generator(device=self.device).manual_seed(self.seed_for(*seed_parts)),
+            out_dir=out_dir,
+            plugin_configs=dict(self.host.configs),
+        )
+
+
+def run_scope(config: RunConfig, host: PluginHost) -> RunScope:
+    """The scope of a run: its seed, architecture, device (made deterministic if asked), DSA and plugins."""
+    return RunScope(
+        seed=config.seed,
+        model=config.model.name,
+        device=device_for(config.device, config.deterministic),
+        augment=DSA(config.data.augment),
+        host=host,
+        plugin_view=config,
     )
 
 

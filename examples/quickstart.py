@@ -55,12 +55,12 @@ def main() -> None:
         plugins=["bil"],
         extra_plugins=[ConstantInnerWeight(1.0)],
     )
-    data = api.prepare_data(config)
+    data = api.prepare_data(config.data)
     # 2. Experts (cached under ~/.cache/distillkit, or $DISTILLKIT_CACHE).
     store = api.train_experts(config, host, data)
     # 3. Distillation.
     out = api.prepare_run_dir(args.out, overwrite=True)
-    result = api.distill(config, host, data, store, out)
+    result = api.distill(api.distill_job(config, host, data, store), out)
     api.save_distilled(out, config, host, data, result, store)
     # 4. Evaluation beside the random-real baseline.
     distilled = api.evaluate(config, data, result.images, result.labels, result.lr)

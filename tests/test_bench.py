@@ -39,7 +39,7 @@ def _config(**extra):
 
 @pytest.fixture(scope="module")
 def data():
-    return api.prepare_data(_config()[0])
+    return api.prepare_data(_config()[0].data)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_flops_of_one_iteration_scale_with_syn_steps_and_include_double_backward
     flops = {}
     for steps in (2, 4):
         config, host = _config(**{"distill.syn_steps": steps})
-        distiller, _ = api.make_distiller(config, host, data, store)
+        distiller, _ = api.build_distiller(api.distill_job(config, host, data, store))
         flops[steps] = count_step_flops(distiller)
         if steps == 2:
             with FlopCounterMode(display=False) as forward, torch.no_grad():

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
 import distillkit
 from distillkit import api
+from distillkit.config import last_needed_epoch
 from distillkit.errors import StoreError
 from distillkit.experts.store import TrajectoryStore
+from distillkit.hookspecs import hookimpl
 
 #: Experts that train in about a second on a busy CPU (small net, no augmentation or evaluation).
 TINY = {
@@ -34,7 +37,7 @@ def resolve(**overrides: object):
 @pytest.fixture(scope="module")
 def data() -> api.PreparedData:
     config, _ = resolve()
-    return api.prepare_data(config)
+    return api.prepare_data(config.data)
 
 
 def test_needed_epochs_store_what_distillation_and_init_read(tmp_path: Path, data: api.PreparedData) -> None:
@@ -47,7 +50,7 @@ def test_needed_epochs_store_what_distillation_and_init_read(tmp_path: Path, dat
     assert "stored_epochs" not in full.key and full.stored_epochs(0) == list(range(5))
     # Same seed, same training: the kept rows are exactly the full trajectory's rows.
     assert torch.equal(store.load(0), full.load(0, [0, 1, 2, 4]))
-    (slice_,) = api.load_expert_slices(store, config)
+    (slice_,) = api.load_expert_slices(store, last_needed_epoch(config.distill))
     assert torch.equal(slice_, full.load(0, range(3)))
     size = (tmp_path / "needed" / "expert_000.safetensors").stat().st_size
     assert 0.75 < size / (tmp_path / "all" / "expert_000.safetensors").stat().st_size < 0.85  # 4 of 5 rows
@@ -72,7 +75,7 @@ def test_store_lacking_needed_epochs_is_a_clear_error(tmp_path: Path, data: api.
     store = api.train_experts(config, host, data, tmp_path / "s")
     longer, _ = resolve(**{"distill.max_start_epoch": 2})
     with pytest.raises(StoreError, match=r"stores epochs 0\.\.2, 4, but distillation needs 0\.\.3") as info:
-        api.load_expert_slices(store, longer)
+        api.load_expert_slices(store, last_needed_epoch(longer.distill))
     assert "store_epochs=all" in info.value.hint
     # Training for the longer distillation has another key, so it cannot reuse this store.
     config_longer, host_longer = resolve(**{"experts.store_epochs": "needed", "distill.max_start_epoch": 2})
@@ -164,3 +167,25 @@ def test_the_store_keeps_each_epochs_training_means_and_plugin_terms(tmp_path: P
         assert {"loss", "ce", "loss/clip", "loss/gp", "test_acc"} <= set(row) and row["test_acc"] == acc
         assert row["loss"] == pytest.approx(row["loss/clip"] * row["ce"] + row["loss/gp"], rel=1e-4)
     assert history[0]["loss/clip"] == pytest.approx(0.5) and history[2]["loss/clip"] == pytest.approx(0.6)
+
+
+class LogsStepIndex:
+    """An expert_loss plugin that adds nothing and logs the step index (a tensor) and epoch (a float)."""
+
+    name: ClassVar[str] = "logs-step"
+
+    @hookimpl
+    def expert_loss(self, run, ctx):
+        run.log("logs-step/step", torch.tensor(float(ctx.step)))
+        run.log("logs-step/epoch", float(ctx.epoch))
+
+
+def test_values_logged_from_expert_loss_are_the_epochs_means_in_the_history(tmp_path: Path, data) -> None:
+    config, host = distillkit.resolve_config(
+        preset="digits", overrides={**TINY, "experts.epochs": 2}, extra_plugins=[LogsStepIndex()]
+    )
+    store = api.train_experts(config, host, data, tmp_path / "s")
+    steps = -(-len(data.train_images) // config.experts.batch_size)
+    for epoch, row in enumerate(store.manifest.experts[0]["history"]):
+        assert row["logs-step/step"] == pytest.approx((steps - 1) / 2)
+        assert row["logs-step/epoch"] == epoch

@@ -98,7 +98,7 @@ def test_png_export_holds_the_denormalised_pixels(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     images, labels, _lr, meta, _extra = load_synthetic(run_dir)
     config = from_dict(json.loads((run_dir / "config.json").read_text()))
-    data = prepare_data(config)
+    data = prepare_data(config.data)
     ncls, ipc = data.dataset.num_classes, config.distill.ipc
     files = sorted(out.rglob("*.png"))
     assert len(files) == ncls * ipc == len(images)

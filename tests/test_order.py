@@ -14,10 +14,10 @@ FIVE = ["smooth", "kmeans-init", "bil", "itm", "wp"]
 def _tiny_run(order: list[str], store_dir) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     overrides = dict(item.split("=", 1) for item in TINY[1::2]) | {"experts.epochs": "3"}
     config, host = resolve_config("digits", None, overrides, order)
-    data = api.prepare_data(config)
+    data = api.prepare_data(config.data)
     store = api.train_experts(config, host, data, store_dir)
     trajectory = store.load(0, list(range(store.num_epochs(0) + 1)))
-    result = api.distill(config, host, data, store)
+    result = api.distill(api.distill_job(config, host, data, store))
     return trajectory, result.images, result.labels, result.lr
 
 

@@ -175,7 +175,7 @@ def as_floats(data: api.PreparedData) -> api.PreparedData:
 
 def test_experts_and_evaluation_match_the_float_copy(tmp_path: Path) -> None:
     config, host = distillkit.resolve_config(preset="digits", overrides=TINY)
-    lazy = api.prepare_data(config)
+    lazy = api.prepare_data(config.data)
     assert isinstance(lazy.train_images, NormalisedPixels)
     floats = as_floats(lazy)
     stores = [
@@ -197,8 +197,8 @@ def test_init_plugins_pick_the_same_images_from_pixels(name: str) -> None:
         herding = pytest.importorskip("distillkit_herding")
         plugin = herding.HerdingInit(herding.HerdingInit.Config())
     config, _ = distillkit.resolve_config(preset="digits", overrides=TINY)
-    lazy = api.prepare_data(config)
-    make = api.model_factory(config, lazy)
+    lazy = api.prepare_data(config.data)
+    make = api.model_factory(lazy)
     flat = parameters_to_vector(make(config.model.name, 0).parameters()).detach()
     chosen = {}
     for kind, data in (("lazy", lazy), ("floats", as_floats(lazy))):
@@ -233,7 +233,7 @@ def test_prepare_data_peak_memory_stays_near_the_pixel_size() -> None:
         from distillkit.runtime import prepare_data
 
         config, _ = resolve_config("fmnist-cpu", None, {}, [])
-        data = prepare_data(config)
+        data = prepare_data(config.data)
         assert len(data.train_images) == 60000
         print((peak_kib() - before) / 1024)
         """
@@ -245,7 +245,7 @@ def test_prepare_data_peak_memory_stays_near_the_pixel_size() -> None:
 
 def test_release_frees_the_pixels_but_keeps_the_metadata() -> None:
     config, _ = distillkit.resolve_config(preset="digits")
-    data = api.prepare_data(config)
+    data = api.prepare_data(config.data)
     shape, count = data.dataset.image_shape, len(data.train_images)
     data.release_images()
     assert data.train_images.pixels.numel() == 0 and data.test_images.pixels.numel() == 0
@@ -258,9 +258,9 @@ def test_release_frees_the_pixels_but_keeps_the_metadata() -> None:
 def test_distill_with_released_data_gives_the_same_set(tmp_path: Path) -> None:
     """``distillkit distill`` frees the real images after init; the loop never reads them."""
     config, host = distillkit.resolve_config(preset="digits", overrides=TINY)
-    data = api.prepare_data(config)
+    data = api.prepare_data(config.data)
     store = api.train_experts(config, host, data, tmp_path / "store")
-    kept = api.distill(config, host, data, store)
-    released = api.distill(config, host, data, store, release_data=True)
+    kept = api.distill(api.distill_job(config, host, data, store))
+    released = api.distill(api.distill_job(config, host, data, store), release_data=True)
     assert data.train_images.released
     assert torch.equal(kept.images, released.images) and kept.lr == released.lr

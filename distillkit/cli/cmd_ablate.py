@@ -80,7 +80,7 @@ def ablate_cmd(
         arm_list = ablate.parse_arms(arms)
         seed_list = ablate.parse_seeds(seeds)
         overrides = collect_overrides(
-            sets, dataset, data_path, False, model, ipc, None, device, memory=memory
+            sets, dataset=dataset, data_path=data_path, model=model, ipc=ipc, device=device, memory=memory
         )
         if "seed" in overrides:
             raise ConfigError("ablate takes its seeds from --seeds, not --set seed=...")

@@ -73,7 +73,14 @@ def bench_cmd(
 
         key, values = parse_sweep(sweep) if sweep is not None else (None, ())
         overrides = collect_overrides(
-            sets, dataset, data_path, False, model, ipc, seed, device, memory=memory
+            sets,
+            dataset=dataset,
+            data_path=data_path,
+            model=model,
+            ipc=ipc,
+            seed=seed,
+            device=device,
+            memory=memory,
         )
         cfg, host, _sources = astuple(
             resolve(preset, config, overrides, plugins, default_dataset="fashion-mnist")

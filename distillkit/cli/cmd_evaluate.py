@@ -76,7 +76,13 @@ def evaluate_cmd(
             raise ConfigError("evaluate takes a RUN_DIR or --mtt FOLDER (one of them)")
         if mtt is not None:
             overrides = collect_overrides(
-                sets, dataset, data_path, False, model, None, seed, device, eval_models
+                sets,
+                dataset=dataset,
+                data_path=data_path,
+                model=model,
+                seed=seed,
+                device=device,
+                eval_models=eval_models,
             )
             cfg = resolve(preset, config, overrides, None).config
             images, labels, lr, tag = load_mtt_set(mtt, tag)
@@ -99,7 +105,7 @@ def evaluate_cmd(
             validate(cfg)
             images, labels, lr, meta, _extra = load_synthetic(run_dir)
             label, target = str(run_dir), run_dir
-        data = api.prepare_data(cfg)
+        data = api.prepare_data(cfg.data)
         if run_dir is not None and meta.get("dataset") not in (None, data.dataset.name):
             raise ConfigError(
                 f"{run_dir}: the synthetic set was distilled from {meta.get('dataset')}, but the run's "

@@ -54,7 +54,14 @@ def config_cmd(
         from distillkit.resolve import flat_values
 
         overrides = collect_overrides(
-            sets, dataset, data_path, False, model, ipc, seed, device, memory=memory
+            sets,
+            dataset=dataset,
+            data_path=data_path,
+            model=model,
+            ipc=ipc,
+            seed=seed,
+            device=device,
+            memory=memory,
         )
         resolved = resolve(preset, config, overrides, plugins)
         values = flat_values(resolved.config)

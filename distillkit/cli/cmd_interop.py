@@ -187,8 +187,6 @@ def import_mtt_buffer_cmd(
 ) -> None:
     """Convert MTT replay buffers into a trajectory store for `distill --experts` (same options)."""
     with cli_errors(debug):
-        from dataclasses import replace
-
         from distillkit import api
         from distillkit.errors import ConfigError
         from distillkit.experts.convert import import_mtt_buffer
@@ -204,12 +202,12 @@ def import_mtt_buffer_cmd(
             if path.resolve() in seen:
                 raise ConfigError(f"{path} is given twice", hint="each buffer file once")
             seen.add(path.resolve())
-        overrides = collect_overrides(sets, dataset, data_path, download, model, None, seed)
+        overrides = collect_overrides(
+            sets, dataset=dataset, data_path=data_path, download=download, model=model, seed=seed
+        )
         resolved = resolve(preset, config, overrides, plugins)
         cfg, host = resolved.config, resolved.host
-        # The key (as `distillkit experts` builds it) reads only the dataset's metadata and the
-        # config's data.zca, so the ZCA fit itself is skipped here.
-        data = api.prepare_data(replace(cfg, data=replace(cfg.data, zca=False)))
+        data = api.prepare_data(cfg.data)  # the key (as `distillkit experts` builds it) reads it
         key = api.expert_key(cfg, data, host)
         existing = store_dir / MANIFEST
         before = len(TrajectoryStore.open(store_dir).finished()) if existing.exists() else 0

@@ -67,7 +67,15 @@ def run_cmd(
     """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
     with cli_errors(debug):
         overrides = collect_overrides(
-            sets, dataset, data_path, download, model, ipc, seed, None, eval_models, memory
+            sets,
+            dataset=dataset,
+            data_path=data_path,
+            download=download,
+            model=model,
+            ipc=ipc,
+            seed=seed,
+            eval_models=eval_models,
+            memory=memory,
         )
         if resume is not None:
             _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
@@ -149,11 +157,19 @@ def experts_cmd(
 ) -> None:
     """Train expert trajectories into a store (finished experts with the same manifest are kept)."""
     with cli_errors(debug):
-        overrides = collect_overrides(sets, dataset, data_path, download, model, None, seed, device)
+        overrides = collect_overrides(
+            sets,
+            dataset=dataset,
+            data_path=data_path,
+            download=download,
+            model=model,
+            seed=seed,
+            device=device,
+        )
         cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins))
         from distillkit import api
 
-        data = api.prepare_data(cfg)
+        data = api.prepare_data(cfg.data)
         reporter = RichReporter(not quiet)
         try:
             store = api.train_experts(cfg, host, data, out_dir, reporter)
@@ -216,7 +232,9 @@ def distill_cmd(
 ) -> None:
     """Distill from an existing trajectory store; writes the synthetic set (no evaluation)."""
     with cli_errors(debug):
-        overrides = collect_overrides(sets, dataset, data_path, False, model, ipc, seed, None, memory=memory)
+        overrides = collect_overrides(
+            sets, dataset=dataset, data_path=data_path, model=model, ipc=ipc, seed=seed, memory=memory
+        )
         if resume is not None:
             _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
             cfg, host, invocation = _recorded(resume, "distill", device)
@@ -233,17 +251,16 @@ def distill_cmd(
         from distillkit.experts.store import TrajectoryStore
 
         store = TrajectoryStore.open(experts)
-        data = api.prepare_data(cfg)
-        api.check_ipc(cfg, data)
+        data = api.prepare_data(cfg.data)
+        api.check_ipc(cfg.distill.ipc, data)
         target = _claim_run_dir(cfg, out_dir, overwrite, resume)
         if resume is None:
             api.record_invocation(target, cfg, "distill", experts, sources)
         reporter = RichReporter(not quiet)
         try:
             with rundir.discard_on_bad_input(target):
-                result = api.distill(
-                    cfg, host, data, store, target, reporter, resume=resume is not None, release_data=True
-                )
+                job = api.distill_job(cfg, host, data, store)
+                result = api.distill(job, target, reporter, resume=resume is not None, release_data=True)
         finally:
             reporter.close()
         api.save_distilled(target, cfg, host, data, result, store)

@@ -88,6 +88,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 def collect_overrides(
     sets: list[str] | None,
+    *,
     dataset: str | None = None,
     data_path: Path | None = None,
     download: bool = False,

@@ -147,6 +147,11 @@ class DSA:
         self._ops = _parse_strategy(strategy)
 
     @property
+    def strategy(self) -> str:
+        """The strategy string as configured (``data.augment``), e.g. for a store's key."""
+        return self._strategy
+
+    @property
     def ops(self) -> tuple[str, ...]:
         """The strategy's op groups in order; empty for the identity."""
         return self._ops

@@ -1,0 +1,1 @@
+"""Expert trajectories: training (``train``, ``pipeline``), storing (``store``, ``quantise``), converting."""

@@ -1,4 +1,8 @@
-"""The expert stage: the store key, the cache location, training missing experts, loading slices."""
+"""The expert stage: the store key, the cache location, training missing experts, loading slices.
+
+It takes its own section (``ExpertsConfig``), the latest epoch distillation will match
+(``last_needed``, which decides what a store keeps) and the run's :class:`RunScope`.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +14,33 @@ from typing import Any
 
 import torch
 
-from distillkit.config import RunConfig, last_needed_epoch, to_dict
-from distillkit.data.augment import DSA
+from distillkit.config import ExpertsConfig, to_dict
 from distillkit.errors import StoreError
 from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import epochs_to_store, train_expert
-from distillkit.host import PluginHost
 from distillkit.models.flat import param_layout
 from distillkit.rundir import exclusive
-from distillkit.runtime import PreparedData, Reporter, device_for, make_run_context, model_factory, stage_seed
+from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
 
 
-def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[str, Any]:
+def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: PreparedData) -> dict[str, Any]:
     """Everything that determines the trajectories; equal keys ⇒ a store can be reused."""
-    model = model_factory(config, data)(config.model.name, 0)
+    model = model_factory(data)(scope.model, 0)
     layout = param_layout(model)
+    host = scope.host
     expert_plugins = {
         name: to_dict(host.configs.get(name))
         for name, record in host.records.items()
         if "expert_loss" in record.hooks
     }
-    experts = to_dict(config.experts)
+    experts = to_dict(cfg)
     experts.pop("count")
     experts.pop("store_epochs")  # what it selects is the key's "stored_epochs"
-    kept = epochs_to_store(config.experts, last_needed_epoch(config.distill))
+    kept = epochs_to_store(cfg, last_needed)
     # Listed only when some epochs are left out, so an all-epochs store keeps its key (and
     # cache folder); a store of fewer epochs is never reused for a longer distillation.
-    stored = {"stored_epochs": kept} if len(kept) < config.experts.epochs + 1 else {}
+    stored = {"stored_epochs": kept} if len(kept) < cfg.epochs + 1 else {}
     return {
         "dataset": data.dataset.name,
         "image_shape": list(data.dataset.image_shape),
@@ -46,16 +49,16 @@ def expert_key(config: RunConfig, data: PreparedData, host: PluginHost) -> dict[
         "preprocessing": {
             "mean": list(data.dataset.mean),
             "std": list(data.dataset.std),
-            "zca": config.data.zca,
-            "augment": config.data.augment,
+            "zca": data.zca is not None,
+            "augment": scope.augment.strategy,
         },
-        "model": config.model.name,
+        "model": scope.model,
         "param_layout": [[s.name, list(s.shape)] for s in layout],
-        "epochs": config.experts.epochs,
+        "epochs": cfg.epochs,
         "num_params": sum(s.numel for s in layout),
         "experts": experts,
-        "store_dtype": config.experts.store_dtype,
-        "seed": config.seed,
+        "store_dtype": cfg.store_dtype,
+        "seed": scope.seed,
         "expert_plugins": expert_plugins,
         **stored,
     }
@@ -68,57 +71,55 @@ def default_store_dir(key: dict[str, Any]) -> Path:
     return root / "experts" / f"{key['dataset'].replace('/', '_').replace(':', '_')}-{digest}"
 
 
-def train_experts(
-    config: RunConfig,
-    host: PluginHost,
+def train_expert_store(
+    cfg: ExpertsConfig,
+    last_needed: int,
+    scope: RunScope,
     data: PreparedData,
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
 ) -> TrajectoryStore:
-    """Train ``experts.count`` experts into a store, reusing every expert already finished there.
+    """Train ``cfg.count`` experts into a store, reusing every expert already finished there.
 
     Each epoch also leaves a partial checkpoint in the store, so an interrupted
     expert resumes from its last complete epoch (see :mod:`distillkit.experts.partial`).
     """
     reporter = reporter or Reporter()
-    key = expert_key(config, data, host)
+    key = expert_key(cfg, last_needed, scope, data)
     store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
-    if set(range(config.experts.count)) <= set(store.finished()):
+    if set(range(cfg.count)) <= set(store.finished()):
         return store  # nothing to train, nothing to write: a read-only cache serves as it is
     # One trainer per store: a second process waits, then reuses what the first finished.
     with exclusive(store.root):
         store = TrajectoryStore.open(store.root)
-        _train_missing_experts(config, host, data, store, reporter)
+        _train_missing_experts(cfg, scope, data, store, reporter)
     return store
 
 
 def _train_missing_experts(
-    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore, reporter: Reporter
+    cfg: ExpertsConfig, scope: RunScope, data: PreparedData, store: TrajectoryStore, reporter: Reporter
 ) -> None:
     """Train every expert the store lacks, resuming a partially trained one from its last epoch."""
-    device = device_for(config)
-    make = model_factory(config, data)
-    augment = DSA(config.data.augment)
-    todo = [i for i in range(config.experts.count) if i not in store.finished()]
-    if len(todo) < config.experts.count:
-        reporter.note(f"reusing {config.experts.count - len(todo)} finished experts in {store.root}")
+    make = model_factory(data)
+    todo = [i for i in range(cfg.count) if i not in store.finished()]
+    if len(todo) < cfg.count:
+        reporter.note(f"reusing {cfg.count - len(todo)} finished experts in {store.root}")
     for index in store.finished():  # a crash right after write_expert can leave one behind
         PartialCheckpoint(store.root, index).discard()
-    reporter.start("experts", len(todo) * config.experts.epochs)
+    reporter.start("experts", len(todo) * cfg.epochs)
     for index in todo:
-        run = make_run_context(config, host, device, stage_seed(config.seed, "expert", index), None)
         checkpoint = PartialCheckpoint(store.root, index)
         resume = checkpoint.resume(reporter.note)
         if resume is not None:
             reporter.advance(resume.epoch)
         result = train_expert(
-            run,
-            host.hook,
-            make(config.model.name, stage_seed(config.seed, "expert-init", index)),
+            scope.context("expert", index),
+            scope.host.hook,
+            make(scope.model, scope.seed_for("expert-init", index)),
             data.train,
             data.test,
-            config.experts,
-            augment,
+            cfg,
+            scope.augment,
             on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
             keep=store.key.get("stored_epochs"),
             resume=resume,
@@ -130,9 +131,8 @@ def _train_missing_experts(
     reporter.finish()
 
 
-def load_expert_slices(store: TrajectoryStore, config: RunConfig) -> list[torch.Tensor]:
-    """Epochs 0..T⁺−1+M of every expert: the only part distillation can touch, kept in memory."""
-    needed = last_needed_epoch(config.distill)
+def load_expert_slices(store: TrajectoryStore, needed: int) -> list[torch.Tensor]:
+    """Epochs 0..``needed`` (T⁺−1+M) of every expert: all distillation can touch, kept in memory."""
     experts = []
     for index in store.finished():
         if store.num_epochs(index) < needed:

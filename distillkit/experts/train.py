@@ -31,7 +31,8 @@ class ExpertResult:
     """A trained expert: ``trajectory[i]`` = flat parameters after ``kept[i]`` epochs (all by default).
 
     ``history`` has one entry per epoch: the means over its steps of the total loss, the base
-    cross-entropy and every plugin's named part (``loss/<name>``), plus ``test_acc`` when measured.
+    cross-entropy, every plugin's named part (``loss/<name>``) and every value a plugin gave
+    ``run.log`` (under its own name), plus ``test_acc`` when measured.
     """
 
     trajectory: torch.Tensor
@@ -46,6 +47,13 @@ class EpochMeans:
     def __init__(self) -> None:
         self.sums: dict[str, Any] = {}
         self.steps = 0
+        self.logged: dict[str, tuple[Any, int]] = {}
+
+    def log(self, name: str, value: Any) -> None:
+        """``run.log`` during expert training: the epoch's mean of each name goes to the history."""
+        value = value.detach() if isinstance(value, torch.Tensor) else float(value)
+        total, count = self.logged.get(name, (0.0, 0))
+        self.logged[name] = (total + value, count + 1)
 
     def add(self, loss: torch.Tensor, base: torch.Tensor, parts: dict[str, Any]) -> None:
         values = {"loss": loss.detach(), "ce": base.detach()}
@@ -58,6 +66,7 @@ class EpochMeans:
 
     def means(self, epoch: int, test_acc: float | None) -> dict[str, float]:
         row = {"epoch": epoch, **{k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}}
+        row.update({name: float(total) / count for name, (total, count) in self.logged.items()})
         return {**row, "test_acc": test_acc} if test_acc is not None else row
 
 
@@ -135,6 +144,7 @@ def train_expert(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * cfg.lr_decay_factor
         means = EpochMeans()
+        run.log = means.log
         order = torch.randperm(len(images), generator=generator, device=generator.device).to(device)
         for step, idx in enumerate(order.split(cfg.batch_size)):
             raw = images[idx]

@@ -43,9 +43,11 @@ def main(argv: list[str]) -> None:
     overrides = dict(item.split("=", 1) for item in sets)
     config, host = resolve_config(preset, None, overrides, None)
     report("distillkit imported")
-    data = api.prepare_data(config)
+    data = api.prepare_data(config.data)
     report("data loaded")
-    distiller, _ = api.make_distiller(config, host, data, TrajectoryStore.open(Path(store_dir)))
+    distiller, _ = api.build_distiller(
+        api.distill_job(config, host, data, TrajectoryStore.open(Path(store_dir)))
+    )
     report("engine built")
     data.release_images()
     report("real images released")
