@@ -1,4 +1,4 @@
-"""Files a run leaves behind: the synthetic set, image grids, exports, and atomic writes.
+"""Files a run leaves behind: the synthetic set, image grids, and atomic writes.
 
 Every write goes to a temporary file in the destination directory and is then
 renamed over the target, so an interrupted run never leaves a half-written file
@@ -14,7 +14,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from distillkit.errors import StoreError
+from distillkit.errors import DistillkitError, StoreError
 
 FORMAT_VERSION = 1
 SYNTHETIC_TENSORS = "synthetic.safetensors"
@@ -101,6 +101,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def read_json(path: Path, error: type[DistillkitError], missing: str, hint: str | None = None) -> Any:
+    """``path``'s JSON data, or ``error`` in one line: ``missing`` when absent, the reason when unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(missing, hint=hint) from None
+    except (OSError, ValueError) as exc:
+        raise error(f"{path} cannot be read as JSON ({exc})") from None
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON (key order kept, so files read top-down) atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
@@ -116,7 +126,7 @@ def file_sha256(path: Path) -> str:
 # --------------------------------------------------------------------- synthetic set
 
 
-def _cpu_copy(tensor: Tensor) -> Tensor:
+def cpu_copy(tensor: Tensor) -> Tensor:
     """A contiguous CPU tensor that owns its memory (safetensors refuses shared storage)."""
     return tensor.detach().to("cpu", copy=True).contiguous()
 
@@ -140,10 +150,10 @@ def save_synthetic(
     if clash:
         raise ValueError(f"extra_tensors may not use the reserved names {clash}")
     tensors = {
-        "images": _cpu_copy(images),
-        "labels": _cpu_copy(labels),
+        "images": cpu_copy(images),
+        "labels": cpu_copy(labels),
         "lr": torch.tensor(float(lr), dtype=torch.float32),
-        **{name: _cpu_copy(value) for name, value in extra.items()},
+        **{name: cpu_copy(value) for name, value in extra.items()},
     }
     data = save_safetensors(tensors)
     atomic_write_bytes(out_dir / SYNTHETIC_TENSORS, data)
@@ -201,7 +211,7 @@ def load_synthetic(out_dir: Path) -> tuple[Tensor, Tensor, float, dict, dict[str
 # --------------------------------------------------------------------- pictures
 
 
-def _to_uint8(pixels: Tensor) -> Tensor:
+def to_uint8(pixels: Tensor) -> Tensor:
     """[n, C, H, W] floats in [0, 1] → [n, H, W, C] uint8 on the CPU."""
     if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
         raise ValueError(f"expected pixels [n, 1|3, H, W], got {tuple(pixels.shape)}")
@@ -209,13 +219,13 @@ def _to_uint8(pixels: Tensor) -> Tensor:
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _to_image(hwc: Tensor) -> Image.Image:
+def to_image(hwc: Tensor) -> Image.Image:
     """A PIL image from an [H, W, C] uint8 tensor (grey for one channel)."""
     array = hwc.numpy()
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 
-def _save_png(path: Path, image: Image.Image) -> None:
+def save_png(path: Path, image: Image.Image) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
@@ -227,7 +237,7 @@ def save_grid(path: Path, pixels: Tensor, labels: Tensor, num_classes: int) -> N
     factor so each cell is at least 32 px and stays readable; cells are
     separated by a 2 px border.
     """
-    images = _to_uint8(pixels)
+    images = to_uint8(pixels)
     label_list = [int(v) for v in labels.reshape(-1).tolist()]
     n, height, width, channels = images.shape
     if len(label_list) != n:
@@ -251,7 +261,7 @@ def save_grid(path: Path, pixels: Tensor, labels: Tensor, num_classes: int) -> N
         big = image.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
         canvas[top : top + cell_h, left : left + cell_w] = big
         column[label] += 1
-    _save_png(Path(path), _to_image(canvas))
+    save_png(Path(path), to_image(canvas))
 
 
 def synthetic_pixels(images: Tensor, meta: dict, extra_tensors: dict[str, Tensor]) -> Tensor:
@@ -286,115 +296,3 @@ def synthetic_pixels(images: Tensor, meta: dict, extra_tensors: dict[str, Tensor
             )
         images = ZCA.from_state_dict(state).inverse(images)
     return denormalise(images, mean, std)
-
-
-def export_mtt(out_dir: Path, images: Tensor, labels: Tensor, lr: Tensor | float) -> None:
-    """Write ``images_best.pt``, ``labels_best.pt`` and ``lr_best.pt`` as MTT's evaluators expect.
-
-    Plain tensors only, so the files load with ``torch.load(weights_only=True)``.
-    """
-    out_dir = Path(out_dir)
-    lr_tensor = torch.as_tensor(lr, dtype=torch.float32)
-    for name, tensor in (("images", images), ("labels", labels), ("lr", lr_tensor)):
-        with atomic_path(out_dir / f"{name}_best.pt") as tmp:
-            torch.save(_cpu_copy(tensor), tmp)
-
-
-def class_dirname(name: str) -> str:
-    """A class name usable as one directory level (no separators, never empty or dots)."""
-    cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
-    return cleaned or "_"
-
-
-def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, class_names: Sequence[str]) -> None:
-    """Write ``out_dir/<class>/<i>.png`` (``i`` counts within a class), the ImageFolder layout."""
-    out_dir = Path(out_dir)
-    images = _to_uint8(pixels)
-    label_list = [int(v) for v in labels.reshape(-1).tolist()]
-    if len(label_list) != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {len(label_list)} labels")
-    counts: dict[int, int] = {}
-    for image, label in zip(images, label_list, strict=True):
-        index = counts.get(label, 0)
-        counts[label] = index + 1
-        _save_png(out_dir / class_dirname(class_names[label]) / f"{index}.png", _to_image(image))
-
-
-def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, float, str]:
-    """Read another tool's ``images_<tag>.pt``, ``labels_<tag>.pt`` and ``lr_<tag>.pt`` (MTT, AST, DATM).
-
-    Loaded with ``torch.load(weights_only=True)``, so only tensors are accepted and
-    nothing is unpickled. ``tag`` defaults to ``best`` when present, otherwise the
-    only (or highest numbered) tag in the folder. Returns ``(images, labels, lr, tag)``.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise StoreError(f"{folder} is not a folder", hint="--mtt takes the folder holding images_<tag>.pt")
-    tags = sorted(p.name[len("images_") : -len(".pt")] for p in folder.glob("images_*.pt"))
-    if tag is None:
-        if not tags:
-            raise StoreError(
-                f"{folder} holds no images_<tag>.pt", hint="MTT saves images_best.pt and friends"
-            )
-        numbered = sorted((int(t), t) for t in tags if t.isdigit())
-        tag = "best" if "best" in tags else numbered[-1][1] if numbered else tags[0] if len(tags) == 1 else ""
-        if not tag:
-            raise StoreError(f"{folder} holds several sets ({', '.join(tags)})", hint="pick one with --tag")
-    images, labels, lr = (_load_tensor(folder / f"{name}_{tag}.pt") for name in ("images", "labels", "lr"))
-    if images.dim() != 4 or not images.is_floating_point():
-        raise StoreError(
-            f"{folder / f'images_{tag}.pt'}: expected float images [N, C, H, W], got "
-            f"{images.dtype} {tuple(images.shape)}"
-        )
-    if labels.dim() != 1 or labels.is_floating_point() or len(labels) != len(images):
-        raise StoreError(
-            f"{folder / f'labels_{tag}.pt'}: expected {len(images)} integer labels, got "
-            f"{labels.dtype} {tuple(labels.shape)}"
-        )
-    if lr.numel() != 1:
-        raise StoreError(
-            f"{folder / f'lr_{tag}.pt'}: expected one learning rate, got shape {tuple(lr.shape)}"
-        )
-    return images.detach().float(), labels.long(), float(lr.detach().reshape(())), tag
-
-
-def _load_tensor(path: Path) -> Tensor:
-    """One tensor from a ``.pt`` file, refusing anything that is not a plain tensor."""
-    import pickle
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user
-            warnings.simplefilter("ignore")
-            value = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise StoreError(f"{path} is missing") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise StoreError(
-            f"{path} is not a tensor-only file ({describe_load_failure(exc)})",
-            hint="only tensors are loaded (torch.load weights_only=True)",
-        ) from None
-    if not isinstance(value, Tensor):
-        raise StoreError(f"{path} holds a {type(value).__name__}, not a tensor")
-    return value
-
-
-def describe_load_failure(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, in a few words on one line.
-
-    torch's own text runs over several lines and suggests ``weights_only=False``, which
-    distillkit never does; the object that was refused (a pickled class) is what matters.
-    """
-    import pickle
-
-    text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        return f"it holds a pickled {found.group(1)} object, which is never unpickled"
-    if isinstance(exc, pickle.UnpicklingError):
-        return "not a tensor file torch can read without unpickling objects"
-    if isinstance(exc, EOFError):
-        return "the file is empty or truncated"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    first = lines[0] if lines else type(exc).__name__
-    return first.split(". ")[0][:160]

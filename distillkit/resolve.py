@@ -202,18 +202,17 @@ def recorded_run(run_dir: Path, device: str | None = None) -> tuple[RunConfig, P
 
     ``device`` may differ from the recorded one (resume a CPU run on a GPU); nothing else may.
     """
-    import json
+    from distillkit.artifacts import read_json
 
-    try:
-        recorded = json.loads((run_dir / "config.json").read_text())
-        invocation = json.loads((run_dir / "invocation.json").read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{run_dir} is not a resumable run directory: {Path(exc.filename).name} is missing",
+    recorded, invocation = (
+        read_json(
+            run_dir / name,
+            ConfigError,
+            f"{run_dir} is not a resumable run directory: {name} is missing",
             hint="--resume takes the --out directory of a run started by distillkit 0.1 or later",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the recorded run in {run_dir}: {exc}") from None
+        )
+        for name in ("config.json", "invocation.json")
+    )
     config = from_dict(recorded)
     if device is not None:
         config = replace(config, device=device)

@@ -14,13 +14,12 @@ from distillkit.artifacts import (
     SYNTHETIC_TENSORS,
     atomic_path,
     atomic_write_json,
-    export_mtt,
-    export_png_folder,
     load_synthetic,
     save_grid,
     save_synthetic,
 )
 from distillkit.errors import StoreError
+from distillkit.interop import export_mtt, export_png_folder
 
 
 def _synthetic(n_classes: int = 3, ipc: int = 2, channels: int = 1, size: int = 8):

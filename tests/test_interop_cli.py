@@ -15,10 +15,11 @@ import torch
 from conftest import TINY, invoke, one_line_error
 from PIL import Image
 
-from distillkit.artifacts import load_mtt_set, load_synthetic, save_synthetic
+from distillkit.artifacts import load_synthetic, save_synthetic
 from distillkit.config import from_dict
 from distillkit.data.zca import ZCA
 from distillkit.experts.store import TrajectoryStore
+from distillkit.interop import load_mtt_set
 from distillkit.runtime import prepare_data
 
 

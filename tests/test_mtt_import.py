@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from distillkit.artifacts import export_mtt, load_mtt_set
 from distillkit.cli import app
 from distillkit.errors import StoreError
+from distillkit.interop import export_mtt, load_mtt_set
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}

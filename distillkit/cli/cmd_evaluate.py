@@ -67,8 +67,9 @@ def evaluate_cmd(
     """Evaluate a distilled set again (other architectures with --eval-models), or another tool's (--mtt)."""
     with cli_errors(debug):
         from distillkit import api
-        from distillkit.artifacts import load_mtt_set, load_synthetic
+        from distillkit.artifacts import load_synthetic, read_json
         from distillkit.config import ConfigError, apply_overrides, from_dict
+        from distillkit.interop import load_mtt_set
         from distillkit.rundir import lock_run_dir
         from distillkit.validation import validate
 
@@ -96,10 +97,7 @@ def evaluate_cmd(
             if not (run_dir / "config.json").exists():
                 raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
             lock_run_dir(run_dir)
-            try:
-                recorded = json.loads((run_dir / "config.json").read_text())
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"{run_dir / 'config.json'} cannot be read as JSON ({exc})") from None
+            recorded = read_json(run_dir / "config.json", ConfigError, f"{run_dir} has no config.json")
             cfg = from_dict(recorded)
             cfg = apply_overrides(cfg, collect_overrides(sets, device=device, eval_models=eval_models), set())
             validate(cfg)

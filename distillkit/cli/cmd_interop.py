@@ -56,7 +56,8 @@ def export_cmd(
 ) -> None:
     """Export a run's synthetic set for other tools: MTT's .pt files or an ImageFolder of PNGs."""
     with cli_errors(debug):
-        from distillkit.artifacts import export_mtt, export_png_folder, synthetic_pixels
+        from distillkit.artifacts import synthetic_pixels
+        from distillkit.interop import export_mtt, export_png_folder
 
         if fmt not in EXPORT_FORMATS:
             from distillkit.errors import ConfigError
@@ -153,7 +154,7 @@ def _drop_stale_pngs(out_dir: Path, labels: Tensor, class_names: list[str]) -> N
     Only with ``--overwrite`` can the folder hold any; without it a later ImageFolder
     reader would count those images as part of this set.
     """
-    from distillkit.artifacts import class_dirname
+    from distillkit.interop import class_dirname
 
     counts = [0] * len(class_names)
     for label in labels.tolist():

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from distillkit.artifacts import describe_load_failure
 from distillkit.errors import StoreError
 from distillkit.experts.store import (
     MANIFEST,
@@ -18,6 +17,7 @@ from distillkit.experts.store import (
     show_value,
     store_dtype_of,
 )
+from distillkit.interop import describe_load_failure
 
 
 def _flatten_mtt(trajectory: Any, layout: list | None, where: str) -> torch.Tensor:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256, save_tensor_file
+from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256, read_json, save_tensor_file
 from distillkit.errors import StoreError
 from distillkit.experts import quantise
 
@@ -284,15 +284,12 @@ class TrajectoryStore:
         """Open an existing store; a missing or unreadable manifest is a StoreError."""
         root = Path(root)
         path = root / MANIFEST
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StoreError(
-                f"{root} is not a trajectory store: {MANIFEST} is missing.",
-                hint="Pass the directory that `distillkit experts` wrote, or train experts first.",
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path} cannot be read as JSON ({exc}).") from exc
+        raw = read_json(
+            path,
+            StoreError,
+            f"{root} is not a trajectory store: {MANIFEST} is missing.",
+            hint="Pass the directory that `distillkit experts` wrote, or train experts first.",
+        )
         return cls(root, StoreManifest.from_json(raw, path))
 
     def finished(self) -> list[int]:
