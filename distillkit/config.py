@@ -158,6 +158,11 @@ class EvaluateConfig:
     lr_decay_factor: float = 0.1
     #: Momentum from epoch epochs // 2 on (-1: keep ``momentum``; official AST code: 0.8).
     momentum_after_decay: float = -1.0
+    #: Train the ``runs`` networks of a model as one packed computation: "on", "off" (one after
+    #: another) or "auto" = on with CUDA, off on CPU (where it measured slower). Each network keeps its
+    #: seed, random stream and SGD; only float rounding differs (as on other hardware). Models it
+    #: cannot pack (batch norm, ...) always train one at a time.
+    parallel: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)

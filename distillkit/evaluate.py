@@ -3,12 +3,18 @@
 K seeded networks, SGD (momentum 0.9, weight decay 5e-4), learning rate = the
 learned α, lr × 0.1 after half the epochs, DSA on every batch, accuracy on the
 real test set after the LAST epoch (nothing is selected on test accuracy).
+
+``evaluate.parallel`` trains the networks of one model as one packed computation
+(:mod:`distillkit.ensemble`) instead of one after another: each network gets the same
+initialisation, random stream and SGD maths. Only float rounding differs (other kernels); over
+300 epochs that moves an accuracy by a few test images, as a 1e-7 nudge of the weights would.
+Models that cannot be packed (batch norm, ...) are trained one at a time whatever the setting.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +23,7 @@ from torch import nn
 
 from distillkit.config import EvaluateConfig
 from distillkit.data.pixels import Images
+from distillkit.ensemble import Member, NotPackable, PackedNetworks, pack, packed_accuracy, train_packed
 from distillkit.experts.train import accuracy
 
 
@@ -79,6 +86,31 @@ def train_on_set(
     return model
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """One image set to evaluate; its ``runs`` networks are seeded ``seed``, ``seed + 1``, …"""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+    seed: int
+
+
+#: Images of the first set that :func:`distillkit.ensemble.pack` checks the packing on.
+CHECK_IMAGES = 8
+
+
+def packs_on(cfg: EvaluateConfig, device: torch.device) -> bool:
+    """Whether ``evaluate.parallel`` asks for packed training on ``device``.
+
+    "auto" packs on CUDA only: on CPU one network already keeps the cores busy and packed training
+    measured slower (docs/performance.md, "Batched evaluation").
+    """
+    if cfg.parallel == "auto":
+        return device.type == "cuda"
+    return cfg.parallel == "on"
+
+
 def evaluate_set(
     make_model: Callable[[str, int], nn.Module],
     model_name: str,
@@ -93,13 +125,96 @@ def evaluate_set(
     on_run: Callable[[float], None] = lambda acc: None,
 ) -> EvalResult:
     """Train ``cfg.runs`` fresh ``model_name`` networks (seeds ``seed + k``) and test each once at the end."""
+    sets = [EvalSet(images, labels, lr, seed)]
+    (result,) = evaluate_sets(make_model, model_name, sets, test, cfg, augment, device, on_run)
+    return result
+
+
+def evaluate_sets(
+    make_model: Callable[[str, int], nn.Module],
+    model_name: str,
+    sets: Sequence[EvalSet],
+    test: tuple[Images, torch.Tensor],
+    cfg: EvaluateConfig,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    device: torch.device,
+    on_run: Callable[[float], None] = lambda acc: None,
+) -> list[EvalResult]:
+    """:func:`evaluate_set` for several sets on one architecture, one result per set, in order.
+
+    When packing is on (:func:`packs_on`), the networks of all sets with the same number of images
+    train as ONE packed computation (e.g. a distilled and a random-real set of one ipc: 2 × runs
+    networks); each network's accuracy is what :func:`evaluate_set` gives it alone, up to float
+    rounding. ``on_run`` gets every network's accuracy, set by set and k = 0, 1, … within a set.
+    """
     test_x, test_y = (t.to(device) for t in test)
-    accs = []
-    for k in range(cfg.runs):
-        generator = torch.Generator(device=device).manual_seed(seed + k)
-        model = make_model(model_name, seed + k).to(device)
-        train_on_set(model, images.to(device), labels.to(device), lr, cfg, augment, generator)
-        acc = accuracy(model, test_x, test_y)
-        accs.append(acc)
-        on_run(acc)
-    return EvalResult(model_name, tuple(accs))
+    sets = [EvalSet(s.images.to(device), s.labels.to(device), s.lr, s.seed) for s in sets]
+    packed = None
+    if cfg.runs > 0 and sets and packs_on(cfg, device):
+        packed = _packed_runs(make_model, model_name, sets, (test_x, test_y), cfg, augment, device)
+    results = []
+    for index, item in enumerate(sets):
+        if packed is not None:
+            accs = packed(index)
+            for acc in accs:
+                on_run(acc)
+        else:
+            accs = []
+            for k in range(cfg.runs):
+                generator = _generator(device, item.seed + k)
+                model = make_model(model_name, item.seed + k).to(device)
+                train_on_set(model, item.images, item.labels, item.lr, cfg, augment, generator)
+                acc = accuracy(model, test_x, test_y)
+                accs.append(acc)
+                on_run(acc)
+        results.append(EvalResult(model_name, tuple(accs)))
+    return results
+
+
+def _packed_runs(
+    make_model: Callable[[str, int], nn.Module],
+    model_name: str,
+    sets: Sequence[EvalSet],
+    test: tuple[Images, torch.Tensor],
+    cfg: EvaluateConfig,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    device: torch.device,
+) -> Callable[[int], list[float]] | None:
+    """Pack the networks of ``sets`` by set size; ``None`` when the model cannot be packed.
+
+    Every group is packed (and checked) before any trains, so a refusal falls back for all sets
+    alike. The returned function trains a set's group the first time one of its sets is asked for
+    and gives that set's accuracies.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, item in enumerate(sets):
+        groups.setdefault(tuple(item.images.shape), []).append(index)
+    packed: dict[tuple[int, ...], PackedNetworks] = {}
+    for key, members in groups.items():
+        seeds = [sets[i].seed + k for i in members for k in range(cfg.runs)]
+        models = [make_model(model_name, seed).to(device) for seed in seeds]
+        try:
+            packed[key] = pack(models, sets[members[0]].images[:CHECK_IMAGES].detach())
+        except NotPackable:
+            return None
+    done: dict[int, list[float]] = {}
+
+    def accuracies(index: int) -> list[float]:
+        if index not in done:
+            key = tuple(sets[index].images.shape)
+            members = [
+                Member(sets[i].images, sets[i].labels, sets[i].lr, _generator(device, sets[i].seed + k))
+                for i in groups[key]
+                for k in range(cfg.runs)
+            ]
+            trained = train_packed(packed.pop(key), members, cfg, augment)
+            accs = packed_accuracy(trained, *test)
+            for position, i in enumerate(groups[key]):
+                done[i] = accs[position * cfg.runs : (position + 1) * cfg.runs]
+        return done[index]
+
+    return accuracies
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
