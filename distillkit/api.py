@@ -28,7 +28,7 @@ from distillkit.distilling import (
     save_distilled_set,
     stop_requests,
 )
-from distillkit.evaluate import EvalResult, evaluate_set
+from distillkit.evaluate import EvalResult, EvalSet, evaluate_sets
 from distillkit.experts import pipeline
 from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
 from distillkit.experts.store import TrajectoryStore
@@ -70,6 +70,7 @@ __all__ = [
     "distill_job",
     "environment",
     "evaluate",
+    "evaluate_many",
     "evaluate_random_real",
     "expert_key",
     "initial_set",
@@ -159,27 +160,43 @@ def evaluate(
     label: str = "distilled",
 ) -> dict[str, EvalResult]:
     """Evaluate one set on each model of ``models`` (default: ``evaluate.models`` or the run's model)."""
+    return evaluate_many(config, data, {label: (images, labels, lr)}, models, reporter)[label]
+
+
+def evaluate_many(
+    config: RunConfig,
+    data: PreparedData,
+    sets: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
+    models: Sequence[str] | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, dict[str, EvalResult]]:
+    """Evaluate several sets (label → images, labels, lr) on each model; ``{label: {model: result}}``.
+
+    The sets of one model are evaluated together, so with ``evaluate.parallel`` packing their
+    networks train as one computation (e.g. the distilled and the random-real set of a run).
+    """
     reporter = reporter or Reporter()
     device = device_for(config.device, config.deterministic)
     models = list(models or config.evaluate.models or (config.model.name,))
     make = model_factory(data)
     augment = DSA(config.data.augment)
-    results = {}
-    reporter.start(f"evaluate {label}", len(models) * config.evaluate.runs)
+    results: dict[str, dict[str, EvalResult]] = {label: {} for label in sets}
+    reporter.start(f"evaluate {' + '.join(sets)}", len(models) * len(sets) * config.evaluate.runs)
     for name in models:
-        results[name] = evaluate_set(
+        seed = stage_seed(config.seed, "evaluate", name)
+        items = [EvalSet(images, labels, lr, seed) for images, labels, lr in sets.values()]
+        answers = evaluate_sets(
             make,
             name,
-            images,
-            labels,
-            lr,
+            items,
             data.test,
             config.evaluate,
             augment,
             device,
-            stage_seed(config.seed, "evaluate", name),
-            on_run=lambda acc: reporter.advance(acc=acc),
+            lambda acc: reporter.advance(acc=acc),
         )
+        for label, result in zip(sets, answers, strict=True):
+            results[label][name] = result
     reporter.finish()
     return results
 
@@ -305,10 +322,12 @@ def run(
         "final_loss": result.history[-1].loss if result.history else None,
     }
     if config.evaluate.runs > 0:
-        distilled = evaluate(config, data, result.images, result.labels, result.lr, reporter=reporter)
-        summary["distilled"] = result_summary(distilled)
+        sets = {"distilled": (result.images, result.labels, result.lr)}
         if baseline:
-            summary["random_real"] = result_summary(evaluate_random_real(config, data, reporter))
+            real_x, real_y = random_real_set(config, data, scope.device)
+            sets["random_real"] = (real_x, real_y, config.distill.lr_init)
+        for label, results in evaluate_many(config, data, sets, reporter=reporter).items():
+            summary[label] = result_summary(results)
         summary["protocol"] = {
             "distilled_lr": result.lr,
             "random_real_lr": config.distill.lr_init,
