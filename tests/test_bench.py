@@ -135,3 +135,16 @@ def test_bad_sweep_is_one_line_with_exit_code_2(sweep, message):
     result = runner.invoke(app, ["bench", "--preset", "digits", "--sweep", sweep], env=ENV)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_whole_run_times_every_stage_and_counts_the_evaluation_networks():
+    from distillkit.bench import whole_run_stages
+
+    config, host = _config(**{"distill.iterations": 2, "evaluate.runs": 2, "evaluate.epochs": 3})
+    figures = whole_run_stages(config, host, api.Reporter())
+    assert set(figures["stages_s"]) == {"experts", "distill", "evaluate"}
+    assert all(seconds > 0 for seconds in figures["stages_s"].values())
+    assert figures["wall_s"] >= sum(figures["stages_s"].values())
+    assert figures["evaluation_networks"] == 4 and figures["images_per_set"] == 10  # ipc 1 × 10 digits
+    expected = 4 * 10 * 3 / figures["stages_s"]["evaluate"]
+    assert figures["evaluation_network_images_per_s"] == pytest.approx(expected)

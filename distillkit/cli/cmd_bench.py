@@ -59,6 +59,14 @@ def bench_cmd(
         bool,
         typer.Option("--skip-experts-throughput", help="Do not time one fresh expert epoch.", metavar=""),
     ] = False,
+    whole_run: Annotated[
+        bool,
+        typer.Option(
+            "--whole-run",
+            help="Also time one whole run (fresh experts, distillation, evaluation) in a temporary folder.",
+            metavar="",
+        ),
+    ] = False,
     dataset: Dataset = None,
     data_path: DataPath = None,
     model: Model = None,
@@ -90,7 +98,7 @@ def bench_cmd(
         from distillkit.artifacts import atomic_write_json
         from distillkit.bench import run_bench
 
-        settings = BenchSettings(warmup, window, key, values, not skip_experts_throughput)
+        settings = BenchSettings(warmup, window, key, values, not skip_experts_throughput, whole_run)
         reporter = RichReporter(not quiet)
         try:
             result = run_bench(cfg, host, settings, experts, reporter)

@@ -199,6 +199,17 @@ def print_bench(result: dict[str, Any]) -> None:
             f"experts: {experts['images_per_s']:.0f} images/s, "
             f"{experts['seconds_per_epoch']:.1f} s per epoch of {experts['images']} images{test}"
         )
+    whole = result.get("whole_run")
+    if whole:
+        stages = whole["stages_s"]
+        rate = whole["evaluation_network_images_per_s"]
+        rate_text = f", {rate:.0f} network-images/s" if rate else ""
+        out.print(
+            f"whole run: {whole['wall_s']:.1f} s — experts {stages['experts']:.1f} s, distill "
+            f"{stages['distill']:.1f} s, evaluate {stages['evaluate']:.1f} s "
+            f"({whole['evaluation_networks']} networks × {whole['images_per_set']} images"
+            f"{rate_text}, evaluate.parallel={whole['evaluate_parallel']})"
+        )
     out.print(
         f"[dim]torch {env['torch']} · {env['threads']} threads · {env['device']} · {env['cpu']}"
         f"{' · ' + env['gpu'] if 'gpu' in env else ''}[/]"
