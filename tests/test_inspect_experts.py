@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -100,10 +101,14 @@ def test_several_stores_side_by_side_with_recipe_labels(stores) -> None:
     assert "[2] ‖Δθ‖²" in result.output
 
 
-def test_identical_recipes_are_told_apart_by_folder(stores) -> None:
+def test_identical_recipes_are_told_apart_by_folder(stores, tmp_path: Path) -> None:
     first, second = inspect_json(stores["plain"], stores["sparse"])["stores"]
     assert first["label"] == "sgd, no momentum, lr 0.01 (plain)"
     assert second["label"] == "sgd, no momentum, lr 0.01 (sparse)"
+    copy = tmp_path / "[bold]copy"  # printed as it is, not read as rich markup
+    shutil.copytree(stores["sparse"], copy)
+    result = invoke("inspect-experts", stores["plain"], copy)
+    assert result.exit_code == 0 and "lr 0.01 ([bold]copy)" in result.output, result.output
 
 
 def test_plugin_options_that_differ_are_named_in_the_labels(stores) -> None:

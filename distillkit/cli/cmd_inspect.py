@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from distillkit.cli.app import app, cli_errors, out
@@ -93,8 +94,8 @@ def summary_table(measured: list[StoreSmoothness]) -> Table:
         ratio = None if m.avg_var is None or not baseline else m.avg_var / baseline
         table.add_row(
             f"[{i}]",
-            m.label,
-            m.root.name,
+            escape(m.label),
+            escape(m.root.name),
             str(len(m.experts)),
             str(m.epochs),
             _num(m.avg_var),

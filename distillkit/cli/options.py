@@ -162,5 +162,5 @@ EvalSets = Annotated[
 ]
 PlotFile = Annotated[
     Path | None,
-    typer.Option("--plot", help="Also write a PNG figure here (needs matplotlib: distillkit[plots])."),
+    typer.Option("--plot", help="Also write a PNG figure here (needs matplotlib: distillkit\\[plots])."),
 ]
