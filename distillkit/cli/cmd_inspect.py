@@ -71,15 +71,13 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def _spread(values: list[float], fmt: str, scale: float = 1.0) -> str:
+def _spread(store: StoreSmoothness, epoch: int, what: str, fmt: str, scale: float = 1.0) -> str:
     """Mean over experts, ± their standard deviation when there are several."""
-    if not values:
+    mean, std = store.mean_std(epoch, what)
+    if mean is None:
         return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return format(scale * mean, fmt)
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return f"{format(scale * mean, fmt)} ± {format(scale * std, fmt)}"
+    text = format(scale * mean, fmt)
+    return text if std is None else f"{text} ± {format(scale * std, fmt)}"
 
 
 def summary_table(measured: list[StoreSmoothness]) -> Table:
@@ -91,7 +89,6 @@ def summary_table(measured: list[StoreSmoothness]) -> Table:
             table.add_column(column, justify="right", overflow="fold")
     baseline = measured[0].avg_var
     for i, m in enumerate(measured, 1):
-        ratio = None if m.avg_var is None or not baseline else m.avg_var / baseline
         table.add_row(
             f"[{i}]",
             escape(m.label),
@@ -99,7 +96,7 @@ def summary_table(measured: list[StoreSmoothness]) -> Table:
             str(len(m.experts)),
             str(m.epochs),
             _num(m.avg_var),
-            "-" if ratio is None else f"{ratio:.2f}",
+            _num(m.ratio_to(baseline), ".2f"),
             _pct(m.final_test_acc),
         )
     return table
@@ -116,9 +113,9 @@ def epoch_table(measured: list[StoreSmoothness]) -> Table:
         cells = [str(t)]
         for m in measured:
             cells += [
-                _spread(m.at(t, "change"), ".4g"),
-                _spread(m.at(t, "test_acc"), ".2f", 100),
-                _spread(m.at(t, "train_acc"), ".2f", 100),
+                _spread(m, t, "change", ".4g"),
+                _spread(m, t, "test_acc", ".2f", 100),
+                _spread(m, t, "train_acc", ".2f", 100),
             ]
         table.add_row(*cells)
     return table

@@ -75,6 +75,16 @@ class StoreSmoothness:
         """The experts' values of ``what`` (change, test_acc, train_acc) at ``epoch``, where recorded."""
         return [getattr(e, what)[epoch] for e in self.experts if epoch in getattr(e, what)]
 
+    def mean_std(self, epoch: int, what: str) -> tuple[float | None, float | None]:
+        """Mean and (population) standard deviation over experts of ``what`` at ``epoch``."""
+        values = self.at(epoch, what)
+        return _mean(values), _std(values)
+
+    def ratio_to(self, baseline: float | None) -> float | None:
+        """AvgVar relative to ``baseline``'s (the paper's "× 46" against plain SGD)."""
+        avg_var = self.avg_var
+        return None if avg_var is None or not baseline else avg_var / baseline
+
     def to_json(self, baseline: float | None = None) -> dict[str, Any]:
         """Every number, per epoch and per expert (``null`` where nothing was stored or recorded)."""
 
@@ -85,19 +95,16 @@ class StoreSmoothness:
         for t in range(self.epochs):
             row: dict[str, Any] = {"epoch": t}
             for what in ("change", "test_acc", "train_acc"):
-                values = self.at(t, what)
-                row[f"{what}_mean"] = _mean(values)
-                row[f"{what}_std"] = _std(values)
+                row[f"{what}_mean"], row[f"{what}_std"] = self.mean_std(t, what)
                 row[what] = per_expert(t, what)
             per_epoch.append(row)
-        avg_var = self.avg_var
         return {
             "store": str(self.root),
             "label": self.label,
             "experts": len(self.experts),
             "epochs": self.epochs,
-            "avg_var": avg_var,
-            "avg_var_ratio": None if avg_var is None or not baseline else avg_var / baseline,
+            "avg_var": self.avg_var,
+            "avg_var_ratio": self.ratio_to(baseline),
             "final_test_acc": self.final_test_acc,
             "missing_epochs": self.missing,
             "per_expert": [

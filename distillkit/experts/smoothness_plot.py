@@ -33,11 +33,8 @@ def require_matplotlib() -> ModuleType:
 def _series(store: StoreSmoothness, what: str) -> tuple[list[int], list[float]]:
     """Epochs and the mean over experts; an epoch without values becomes a gap (NaN) in the line."""
     epochs = list(range(store.epochs))
-    values = []
-    for t in epochs:
-        found = store.at(t, what)
-        values.append(sum(found) / len(found) if found else float("nan"))
-    return epochs, values
+    means = [store.mean_std(t, what)[0] for t in epochs]
+    return epochs, [math.nan if m is None else m for m in means]
 
 
 def plot_smoothness(stores: Sequence[StoreSmoothness], path: Path) -> None:
