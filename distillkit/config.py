@@ -76,8 +76,9 @@ class ExpertsConfig:
     lr_decay: Literal["none", "half", "ast-code"] = "none"
     #: What ``lr_decay`` multiplies the expert lr by, in (0, 1].
     lr_decay_factor: float = 0.5
-    #: Test the expert after every epoch (false: once, after the last).
-    evaluate_each_epoch: bool = True
+    #: Test the expert every this many epochs and always after the last (0: only after the last);
+    #: the accuracies go to the store manifest. Not part of the store key: tests change no trajectory.
+    eval_every: int = 1
     #: Number format of stored trajectories: float16/bfloat16 halve the bytes; int8 (closed-loop
     #: residual codes) is about a quarter of MTT's float32 format.
     store_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"
@@ -301,6 +302,17 @@ def check_choices(config: Any, prefix: str = "") -> None:
                 raise choice_error(key, value, allowed)
 
 
+#: Keys of earlier versions, with what replaces them (the error for an old config file says so).
+RENAMED_KEYS = {
+    "experts.evaluate_each_epoch": "experts.eval_every (1: test after every epoch, 0: only after the last)",
+}
+
+
+def _old_key_hint(key: str) -> str | None:
+    renamed = RENAMED_KEYS.get(key)
+    return f"renamed: use {renamed}" if renamed else suggest(key, config_keys())
+
+
 def config_keys() -> list[str]:
     """All core keys, dotted (``distill.ipc``), for help texts and suggestions."""
     keys = list(TOP_LEVEL)
@@ -334,7 +346,7 @@ def apply_overrides(
             cls = hints[head]
             sub = _field_types(cls)
             if rest not in sub:
-                raise ConfigError(f"unknown config key '{key}'", hint=suggest(key, config_keys()))
+                raise ConfigError(f"unknown config key '{key}'", hint=_old_key_hint(key))
             section_updates.setdefault(head, {})[rest] = coerce(raw, sub[rest], key)
             continue
         if plugin_names is not None and head not in plugin_names:
@@ -395,7 +407,7 @@ DATASET_KEYS = frozenset(
         "experts.count",
         "experts.epochs",
         "experts.batch_size",
-        "experts.evaluate_each_epoch",
+        "experts.eval_every",
         "experts.store_dtype",
         "experts.store_epochs",
         "evaluate.runs",
@@ -457,5 +469,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise ConfigError("a recorded config must be a JSON object with a plugin_options object of objects")
     flat = flatten_table({k: v for k, v in data.items() if k != "plugin_options"})
+    if "experts.evaluate_each_epoch" in flat:  # recorded before eval_every: the same tests
+        flat["experts.eval_every"] = 1 if flat.pop("experts.evaluate_each_epoch") else 0
     config = apply_overrides(RunConfig(), flat)
     return dataclasses.replace(config, plugin_options={k: dict(v) for k, v in options.items()})

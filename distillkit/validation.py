@@ -43,6 +43,7 @@ def validate(config: RunConfig) -> None:
         "distill.batch_syn": config.distill.batch_syn,
         "distill.graph_steps": config.distill.graph_steps,
         "evaluate.runs": config.evaluate.runs,
+        "experts.eval_every": config.experts.eval_every,
     }
     for key, value in non_negative.items():
         if value < 0:

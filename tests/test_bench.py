@@ -20,11 +20,11 @@ from distillkit.resolve import resolve_config
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 
-#: Smaller than conftest.TINY: one 3-epoch expert without test passes, start epoch 0 only.
+#: Smaller than conftest.TINY: one 3-epoch expert tested only after its last epoch, start epoch 0 only.
 SMALL = {
     "experts.count": 1,
     "experts.epochs": 3,
-    "experts.evaluate_each_epoch": False,
+    "experts.eval_every": 0,
     "distill.max_start_epoch": 1,
     "distill.syn_steps": 3,
 }

@@ -16,7 +16,7 @@ from distillkit.errors import StoreError
 from distillkit.experts.store import TrajectoryStore
 from distillkit.hookspecs import hookimpl
 
-#: Experts that train in about a second on a busy CPU (small net, no augmentation or evaluation).
+#: Experts that train in about a second on a busy CPU (small net, no augmentation, one test pass).
 TINY = {
     "device": "cpu",
     "model.name": "convnet-w8-d1",
@@ -24,7 +24,7 @@ TINY = {
     "experts.count": 1,
     "experts.epochs": 4,
     "experts.batch_size": 256,
-    "experts.evaluate_each_epoch": False,
+    "experts.eval_every": 0,
     "distill.max_start_epoch": 1,
     "distill.expert_epochs": 2,
 }
@@ -91,7 +91,7 @@ RESUME = {
     "experts.epochs": 3,
     "experts.momentum": 0.9,
     "experts.lr_decay": "half",  # from epoch 3 // 2 = 1
-    "experts.evaluate_each_epoch": True,
+    "experts.eval_every": 1,
     "data.augment": "color_crop_cutout_scale_rotate",
 }
 
@@ -157,7 +157,7 @@ def test_corrupt_partial_checkpoint_starts_the_expert_over(tmp_path: Path, data:
 def test_the_store_keeps_each_epochs_training_means_and_plugin_terms(tmp_path: Path, data) -> None:
     config, host = distillkit.resolve_config(
         preset="digits",
-        overrides={**TINY, "experts.epochs": 3, "experts.evaluate_each_epoch": True},
+        overrides={**TINY, "experts.epochs": 3, "experts.eval_every": 1},
         plugins=["smooth"],
     )
     store = api.train_experts(config, host, data, tmp_path / "s")

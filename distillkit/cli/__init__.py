@@ -11,6 +11,7 @@ from distillkit.cli import (  # noqa: F401 (registers)
     cmd_bench,
     cmd_evaluate,
     cmd_info,
+    cmd_inspect,
     cmd_interop,
     cmd_run,
 )

@@ -160,3 +160,7 @@ EvalSets = Annotated[
         help="Override an evaluate.* key; repeatable. e.g. evaluate.runs=10, evaluate.epochs=1000.",
     ),
 ]
+PlotFile = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Also write a PNG figure here (needs matplotlib: distillkit\\[plots])."),
+]

@@ -37,6 +37,7 @@ def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: Prep
     experts = to_dict(cfg)
     experts.pop("count")
     experts.pop("store_epochs")  # what it selects is the key's "stored_epochs"
+    experts.pop("eval_every")  # test passes change no trajectory, so a store serves any setting
     kept = epochs_to_store(cfg, last_needed)
     # Listed only when some epochs are left out, so an all-epochs store keeps its key (and
     # cache folder); a store of fewer epochs is never reused for a longer distillation.

@@ -31,8 +31,9 @@ class ExpertResult:
     """A trained expert: ``trajectory[i]`` = flat parameters after ``kept[i]`` epochs (all by default).
 
     ``history`` has one entry per epoch: the means over its steps of the total loss, the base
-    cross-entropy, every plugin's named part (``loss/<name>``) and every value a plugin gave
-    ``run.log`` (under its own name), plus ``test_acc`` when measured.
+    cross-entropy, the accuracy on the (augmented) training batches (``train_acc``), every plugin's
+    named part (``loss/<name>``) and every value a plugin gave ``run.log`` (under its own name),
+    plus ``test_acc`` when the epoch was tested (``experts.eval_every``); ``test_acc`` lists those.
     """
 
     trajectory: torch.Tensor
@@ -55,8 +56,10 @@ class EpochMeans:
         total, count = self.logged.get(name, (0.0, 0))
         self.logged[name] = (total + value, count + 1)
 
-    def add(self, loss: torch.Tensor, base: torch.Tensor, parts: dict[str, Any]) -> None:
-        values = {"loss": loss.detach(), "ce": base.detach()}
+    def add(
+        self, loss: torch.Tensor, base: torch.Tensor, parts: dict[str, Any], correct: torch.Tensor
+    ) -> None:
+        values = {"loss": loss.detach(), "ce": base.detach(), "train_acc": correct.float().mean()}
         values.update(
             {f"loss/{k}": v.detach() if isinstance(v, torch.Tensor) else v for k, v in parts.items()}
         )
@@ -76,6 +79,12 @@ def epochs_to_store(cfg: ExpertsConfig, last_needed: int) -> list[int]:
     if cfg.store_epochs == "all":
         return list(range(cfg.epochs + 1))
     return sorted({*range(min(last_needed, cfg.epochs) + 1), cfg.epochs})
+
+
+def is_test_epoch(cfg: ExpertsConfig, epoch: int) -> bool:
+    """Whether the expert is tested after 0-based ``epoch``: every ``eval_every``-th and the last."""
+    last = epoch == cfg.epochs - 1
+    return last or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
 
 
 def make_optimizer(model: nn.Module, cfg: ExpertsConfig) -> torch.optim.Optimizer:
@@ -170,14 +179,14 @@ def train_expert(
                 ),
             )
             loss, parts = combine_expert_loss(base, results)
-            means.add(loss, base, parts)
+            means.add(loss, base, parts, logits.detach().argmax(1) == labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         if epoch + 1 in kept:
             snapshots.append(flatten_params(model))
         acc = None
-        if test is not None and cfg.evaluate_each_epoch:
+        if test is not None and is_test_epoch(cfg, epoch):
             acc = accuracy(model, test[0].to(device), test[1].to(device))
             test_acc.append(acc)
         history.append(means.means(epoch, acc))
@@ -185,7 +194,5 @@ def train_expert(
             seconds = earlier_seconds + time.perf_counter() - began
             on_checkpoint(capture(epoch + 1, model, optimizer, run, snapshots, test_acc, seconds, history))
         on_epoch(epoch, acc)
-    if test is not None and not cfg.evaluate_each_epoch:
-        test_acc.append(accuracy(model, test[0].to(device), test[1].to(device)))
     seconds = earlier_seconds + time.perf_counter() - began
     return ExpertResult(torch.stack(snapshots).cpu(), test_acc, seconds, history)

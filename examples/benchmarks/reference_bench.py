@@ -87,7 +87,7 @@ REFERENCE_EQUIVALENTS: list[tuple[str, Any, str]] = [
     ("experts.weight_decay", 0.0, "buffer.py --l2 default 0"),
     ("experts.batch_size", 256, "buffer.py --batch_train default 256"),
     ("experts.lr_decay", "none", "buffer.py: no --decay"),
-    ("experts.evaluate_each_epoch", True, "buffer.py: test pass after every epoch"),
+    ("experts.eval_every", 1, "buffer.py: test pass after every epoch"),
     ("distill.syn_steps", 20, "--syn_steps=20"),
     ("distill.expert_epochs", 2, "--expert_epochs=2"),
     ("distill.max_start_epoch", 5, "--max_start_epoch=5"),
@@ -516,7 +516,7 @@ def distillkit_expert(plan: Plan) -> dict[str, Any]:
         "peak_rss_mb": job.peak_rss_mb,
         "load_average": job.load,
         "measured": "manifest 'seconds' of the expert / epochs: training with the test pass after "
-        "each epoch (experts.evaluate_each_epoch) and the per-epoch partial checkpoints; "
+        "each epoch (experts.eval_every = 1) and the per-epoch partial checkpoints; "
         "data loading excluded",
     }
 
