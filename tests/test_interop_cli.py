@@ -1,4 +1,4 @@
-"""`export` and `import-mtt-buffer`: round trips through MTT's file formats, and what is refused."""
+"""`export` and `import-experts`: round trips through MTT's file formats, and what is refused."""
 
 from __future__ import annotations
 
@@ -178,13 +178,14 @@ def test_imported_mtt_buffer_is_accepted_by_distill(tiny, tmp_path):
     pt_file = tmp_path / "replay_buffer_0.pt"
     torch.save(mtt_buffer(source), pt_file)
     store_dir = tmp_path / "imported"
-    result = invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY)
+    result = invoke("import-experts", pt_file, "--out", store_dir, *TINY)
     assert result.exit_code == 0, result.output
-    assert "imported 1 expert (4 epochs each) from 1 file" in result.output
+    assert "imported 1 expert (4 epochs each) from 1 file (1 trajectory)" in result.output
     imported = TrajectoryStore.open(store_dir)
     assert imported.key == source.key  # the key `distillkit run` built with the same options
     assert torch.equal(imported.load(0), source.load(0))
-    again = invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY)
+    assert imported.manifest.experts[0]["source"] == "mtt:replay_buffer_0.pt[0]"
+    again = invoke("import-experts", pt_file, "--out", store_dir, *TINY)
     assert again.exit_code == 0 and "imported 0 experts" in again.output and "1 already" in again.output
 
     run = tmp_path / "distilled"
@@ -197,10 +198,55 @@ def test_import_with_other_epochs_names_the_fix(tiny, tmp_path):
     pt_file = tmp_path / "replay_buffer_0.pt"
     torch.save(mtt_buffer(TrajectoryStore.open(tiny[1])), pt_file)
     longer = [arg.replace("experts.epochs=4", "experts.epochs=6") for arg in TINY]
-    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "s", *longer)
+    result = invoke("import-experts", pt_file, "--out", tmp_path / "s", *longer)
     one_line_error(result, 2, "holds 4 epochs")
     assert "experts.epochs=4" in result.output
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("source", ["ftd", "datm"])
+def test_ftd_and_datm_buffers_import_with_their_trainer_in_the_key(tiny, tmp_path, source):
+    """FTD and DATM save MTT's layout; their GSAM-trained experts get a key that says so."""
+    native = TrajectoryStore.open(tiny[1])
+    buffer = mtt_buffer(native)
+    files = [tmp_path / "replay_buffer_0.pt", tmp_path / "replay_buffer_1.pt"]
+    torch.save(buffer, files[0])
+    torch.save(buffer + buffer, files[1])
+    store_dir = tmp_path / source
+    result = invoke("import-experts", *files, "--source", source, "--out", store_dir, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "imported 3 experts (4 epochs each) from 2 files (1 + 2 trajectories)" in result.output
+    assert f"the store key records trainer '{source}-gsam'" in result.output
+    imported = TrajectoryStore.open(store_dir)
+    assert imported.key == {**native.key, "trainer": f"{source}-gsam"}
+    assert [e["source"] for e in imported.manifest.experts] == [
+        f"{source}:replay_buffer_0.pt[0]",
+        f"{source}:replay_buffer_1.pt[0]",
+        f"{source}:replay_buffer_1.pt[1]",
+    ]
+    assert all(torch.equal(imported.load(i), native.load(0)) for i in range(3))
+    # distillkit's own (plain SGD) experts are never mixed into a GSAM store ...
+    more = [arg.replace("experts.count=1", "experts.count=4") for arg in TINY]
+    mixed = invoke("experts", *more, "--out", store_dir, "--quiet")
+    one_line_error(mixed, 2, f'trainer is "{source}-gsam" there but missing now')
+    # ... but distillation reads it, as it reads any store of the run's dataset and network.
+    run = tmp_path / "run"
+    result = invoke("distill", "--experts", store_dir, *TINY, "--out", run, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_import_mtt_buffer_is_a_deprecated_alias(tiny, tmp_path):
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    torch.save(mtt_buffer(TrajectoryStore.open(tiny[1])), pt_file)
+    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "store", *TINY)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (
+        lines[0]
+        == "note: import-mtt-buffer is deprecated; use `distillkit import-experts` (the same options)."
+    )
+    assert lines[1].startswith("imported 1 expert (4 epochs each) from 1 file")
+    assert TrajectoryStore.open(tmp_path / "store").key == TrajectoryStore.open(tiny[1]).key
 
 
 # -- (d) refused buffers: nothing unpickled, nothing written -----------------------------------
@@ -210,24 +256,49 @@ def test_import_with_other_epochs_names_the_fix(tiny, tmp_path):
     ("content", "fragment"),
     [
         (lambda: [Sneaky(w=torch.zeros(1))], "pickled"),
-        (lambda: collections.OrderedDict(w=torch.zeros(1)), "not an MTT replay buffer"),
+        (
+            lambda: collections.OrderedDict(w=torch.zeros(1)),
+            "it holds a dict of 1 named tensor (a state_dict)",
+        ),
         (lambda: [[[torch.zeros(3, 3)]] * 5], "parameter tensors"),
         (lambda: [], "no trajectories"),
+        (
+            lambda: [[{"w": torch.zeros(1)}] * 5],
+            "snapshot 0 is a dict of 1 named tensor (a state_dict), not a list of parameter tensors",
+        ),
+        (lambda: [[torch.zeros(9)] * 5], "snapshot 0 is a float32 tensor of shape [9], not a list of"),
+        (lambda: [torch.zeros(5, 9)], "[0] is a float32 tensor of shape [5, 9], not a trajectory"),
     ],
-    ids=["object", "state-dict", "layout", "empty"],
+    ids=[
+        "object",
+        "state-dict",
+        "layout",
+        "empty",
+        "named-snapshot",
+        "flat-snapshot",
+        "tensor",
+    ],
 )
 def test_bad_buffers_are_refused_and_nothing_is_written(tmp_path, content, fragment):
     pt_file = tmp_path / "replay_buffer_0.pt"
     torch.save(content(), pt_file)
     store_dir = tmp_path / "store"
-    one_line_error(invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY), 2, fragment)
+    one_line_error(invoke("import-experts", pt_file, "--out", store_dir, *TINY), 2, fragment)
     assert not store_dir.exists()
+
+
+def test_one_trajectory_without_the_outer_list_is_named(tiny, tmp_path):
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    torch.save(mtt_buffer(TrajectoryStore.open(tiny[1]))[0], pt_file)
+    result = invoke("import-experts", pt_file, "--out", tmp_path / "store", *TINY)
+    one_line_error(result, 2, "holds one trajectory (a list of 5 lists), not a list of trajectories")
+    assert "torch.save([trajectory], path)" in result.output and not (tmp_path / "store").exists()
 
 
 def test_raw_pickle_that_would_run_code_is_refused(tmp_path):
     pt_file = tmp_path / "replay_buffer_0.pt"
     pt_file.write_bytes(b"cbuiltins\nopen\n(Vran-code\nVw\ntR.")  # open('ran-code', 'w') if unpickled
-    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "store", *TINY)
+    result = invoke("import-experts", pt_file, "--out", tmp_path / "store", *TINY)
     one_line_error(result, 2, "pickled")
     assert not (tmp_path / "store").exists() and not Path("ran-code").exists()
 
@@ -236,9 +307,12 @@ def test_missing_or_repeated_buffer_files_are_refused(tmp_path):
     real = tmp_path / "replay_buffer_0.pt"
     torch.save([], real)
     one_line_error(
-        invoke("import-mtt-buffer", tmp_path / "nope.pt", "--out", tmp_path / "s", *TINY), 2, "missing"
+        invoke("import-experts", tmp_path / "nope.pt", "--out", tmp_path / "s", *TINY), 2, "missing"
     )
-    one_line_error(invoke("import-mtt-buffer", real, real, "--out", tmp_path / "s", *TINY), 2, "twice")
+    one_line_error(invoke("import-experts", real, real, "--out", tmp_path / "s", *TINY), 2, "twice")
+    one_line_error(
+        invoke("import-experts", real, "--source", "tesla", "--out", tmp_path / "s"), 2, "--source"
+    )
     assert not (tmp_path / "s").exists()
 
 
