@@ -14,9 +14,12 @@ import pytest
 import torch
 from conftest import TINY, invoke, one_line_error
 from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.transforms.functional import pil_to_tensor
 
-from distillkit.artifacts import load_synthetic, save_synthetic
+from distillkit.artifacts import load_synthetic, save_synthetic, synthetic_pixels
 from distillkit.config import from_dict
+from distillkit.data.datasets import _FASHION_NAMES
 from distillkit.data.zca import ZCA
 from distillkit.experts.store import TrajectoryStore
 from distillkit.interop import load_mtt_set
@@ -152,6 +155,95 @@ def test_png_export_of_a_zca_set_without_its_transform_is_refused(tmp_path):
     assert not out.exists()
     # The whitened images themselves still export (as MTT stores them).
     assert invoke("export", tmp_path / "run", "--format", "mtt", "--out", out).exit_code == 0
+
+
+# -- (b2) export --format imagefolder: what torchvision and Hugging Face load -------------------
+
+
+def exported_pixels(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The set's [0, 1] pixels (as the export draws them), its labels and class names."""
+    images, labels, _lr, meta, extra = load_synthetic(run_dir)
+    return synthetic_pixels(images, meta, extra).clamp(0, 1), labels, meta["class_names"]
+
+
+def assert_loaded_as_exported(loaded: list[tuple[torch.Tensor, int]], run_dir: Path) -> None:
+    """Every exported image comes back once, under its own label, within 8-bit quantisation."""
+    pixels, labels, _names = exported_pixels(run_dir)
+    assert sorted(label for _, label in loaded) == sorted(labels.tolist())
+    unmatched = list(range(len(pixels)))
+    for image, label in loaded:
+        close = [
+            n for n in unmatched if labels[n] == label and (image - pixels[n]).abs().max() <= 0.5 / 255 + 1e-6
+        ]
+        assert close, f"an image of label {label} matches no exported image of that label"
+        unmatched.remove(close[0])
+    assert unmatched == []
+
+
+def test_imagefolder_export_loads_in_torchvision(run_dir, tmp_path):
+    out = tmp_path / "folder"
+    result = invoke("export", run_dir, "--format", "imagefolder", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"ImageFolder('{out / 'train'}')" in result.output and "note:" not in result.output
+    folder = ImageFolder(str(out / "train"), loader=lambda path: Image.open(path).convert("L"))
+    names = exported_pixels(run_dir)[2]
+    assert folder.classes == names  # digits: "0".."9" already sort in label order
+    loaded = [(pil_to_tensor(image).float() / 255, label) for image, label in folder]
+    assert_loaded_as_exported(loaded, run_dir)
+
+
+def test_imagefolder_export_loads_in_hugging_face_datasets(run_dir, tmp_path):
+    datasets = pytest.importorskip(
+        "datasets", reason="Hugging Face datasets is optional (pip install datasets)"
+    )
+    from torchvision.transforms.functional import pil_to_tensor
+
+    out = tmp_path / "folder"
+    assert invoke("export", run_dir, "--format", "imagefolder", "--out", out).exit_code == 0
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "hf"))
+    assert list(loaded) == ["train"]
+    train = loaded["train"]
+    assert train.features["label"].names == exported_pixels(run_dir)[2]
+    assert_loaded_as_exported([(pil_to_tensor(r["image"]).float() / 255, r["label"]) for r in train], run_dir)
+
+
+def test_imagefolder_classes_that_do_not_sort_get_their_label_in_front(tmp_path):
+    """FashionMNIST's names sort as "Ankle boot", "Bag", ...: a loader would renumber the classes."""
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(20, 3, 6, 6, generator=generator), torch.arange(20) % 10
+    meta = {
+        "dataset": "fashion-like",
+        "image_shape": [3, 6, 6],
+        "class_names": list(_FASHION_NAMES),
+        "normalisation": {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]},
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    save_synthetic(run, images, labels, 0.01, meta)
+    out = tmp_path / "folder"
+    result = invoke("export", run, "--format", "imagefolder", "--out", out)
+    assert result.exit_code == 0, result.output
+    folder = ImageFolder(str(out / "train"))
+    assert folder.classes[:2] == ["0-T-shirt_top", "1-Trouser"] and folder.classes[9] == "9-Ankle boot"
+    assert_loaded_as_exported([(pil_to_tensor(im).float() / 255, label) for im, label in folder], run)
+
+
+def test_imagefolder_export_names_a_class_hugging_face_would_read_as_a_split(tmp_path):
+    meta = {
+        "dataset": "tiny",
+        "image_shape": [1, 4, 4],
+        "class_names": ["cat", "test"],
+        "normalisation": {"mean": [0.5], "std": [0.25]},
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    save_synthetic(run, torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), 0.01, meta)
+    result = invoke("export", run, "--format", "imagefolder", "--out", tmp_path / "folder")
+    assert result.exit_code == 0, result.output
+    assert "note: Hugging Face also reads the class folder 'test' as a split name" in result.output
+    assert "data_files={'train':" in result.output
 
 
 # -- (c) an MTT buffer made from a real store, imported, then distilled from -------------------
