@@ -1,4 +1,4 @@
-"""Other tools' files: MTT's ``images/labels/lr_<tag>.pt`` sets and PNG class folders.
+"""Other tools' files: MTT's ``images/labels/lr_<tag>.pt`` sets and PNG class folders (ImageFolder).
 
 Reading is tensor-only (``torch.load(weights_only=True)``): nothing is ever unpickled.
 Writing goes through :func:`distillkit.artifacts.atomic_path`, like every file of a run.
@@ -29,14 +29,56 @@ def export_mtt(out_dir: Path, images: Tensor, labels: Tensor, lr: Tensor | float
             torch.save(cpu_copy(tensor), tmp)
 
 
+#: The words Hugging Face ``datasets`` reads as split names in a path (``data_files.py``).
+_HF_SPLIT_WORDS = (
+    "train",
+    "training",
+    "validation",
+    "valid",
+    "dev",
+    "val",
+    "test",
+    "testing",
+    "eval",
+    "evaluation",
+)
+
+
 def class_dirname(name: str) -> str:
     """A class name usable as one directory level (no separators, never empty or dots)."""
     cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
     return cleaned or "_"
 
 
-def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, class_names: Sequence[str]) -> None:
-    """Write ``out_dir/<class>/<i>.png`` (``i`` counts within a class), the ImageFolder layout."""
+def class_folders(class_names: Sequence[str]) -> list[str]:
+    """The folder of each class, ``[label] -> name``, such that sorting the names gives label order.
+
+    torchvision's ``ImageFolder`` and Hugging Face's ``imagefolder`` both number classes by their
+    sorted folder names. The class names are used as they are where they already sort in label
+    order and stay distinct (digits, CIFAR-10); otherwise (FashionMNIST: "T-shirt/top", "Trouser",
+    ...) each gets its zero-padded label in front ("0-T-shirt_top"), so a loader's labels are the
+    dataset's, and those of its real test set.
+    """
+    names = [class_dirname(name) for name in class_names]
+    if names == sorted(names) and len(set(names)) == len(names):
+        return names
+    digits = len(str(len(names) - 1))
+    return [f"{label:0{digits}d}-{name}" for label, name in enumerate(names)]
+
+
+def hf_split_words(folders: Sequence[str]) -> list[str]:
+    """Folders whose names Hugging Face ``datasets`` would also read as a split (train, test, val...).
+
+    Its ``imagefolder`` builder takes a split word in any path part, set off by ``-._``, a space
+    or digits, for a split of that name (case-sensitive), so such a class also shows up as an
+    extra split beside ``train``.
+    """
+    pattern = re.compile(rf"(?:^|[-._ 0-9])(?:{'|'.join(_HF_SPLIT_WORDS)})(?:$|[-._ 0-9])")
+    return [name for name in folders if pattern.search(name)]
+
+
+def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, folders: Sequence[str]) -> None:
+    """Write ``out_dir/<folder of the class>/<i>.png`` (``i`` counts within a class): ImageFolder's layout."""
     out_dir = Path(out_dir)
     images = to_uint8(pixels)
     label_list = [int(v) for v in labels.reshape(-1).tolist()]
@@ -46,7 +88,7 @@ def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, class_names
     for image, label in zip(images, label_list, strict=True):
         index = counts.get(label, 0)
         counts[label] = index + 1
-        save_png(out_dir / class_dirname(class_names[label]) / f"{index}.png", to_image(image))
+        save_png(out_dir / folders[label] / f"{index}.png", to_image(image))
 
 
 def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, float, str]:

@@ -19,7 +19,7 @@ from distillkit.artifacts import (
     save_synthetic,
 )
 from distillkit.errors import StoreError
-from distillkit.interop import export_mtt, export_png_folder
+from distillkit.interop import class_folders, export_mtt, export_png_folder
 
 
 def _synthetic(n_classes: int = 3, ipc: int = 2, channels: int = 1, size: int = 8):
@@ -115,9 +115,11 @@ def test_export_mtt_loads_with_weights_only(tmp_path: Path) -> None:
 
 def test_export_png_folder(tmp_path: Path) -> None:
     images, labels = _synthetic(n_classes=3, ipc=2, channels=3)
-    export_png_folder(tmp_path, images, labels, ["cat", "dog", "a/b"])
+    folders = class_folders(["cat", "dog", "a/b"])
+    assert folders == ["0-cat", "1-dog", "2-a_b"]  # "a_b" would sort first: labels go in front
+    export_png_folder(tmp_path, images, labels, folders)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
-    assert files == ["a_b/0.png", "a_b/1.png", "cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
-    with Image.open(tmp_path / "dog" / "1.png") as picture:
+    assert files == ["0-cat/0.png", "0-cat/1.png", "1-dog/0.png", "1-dog/1.png", "2-a_b/0.png", "2-a_b/1.png"]
+    with Image.open(tmp_path / "1-dog" / "1.png") as picture:
         assert picture.size == (8, 8)
         assert picture.mode == "RGB"

@@ -171,6 +171,7 @@ COMMANDS = [
     "bench",
     "convert-store",
     "export",
+    "import-experts",
     "import-mtt-buffer",
 ]
 

@@ -1,4 +1,4 @@
-"""`export` and `import-mtt-buffer`: round trips through MTT's file formats, and what is refused."""
+"""`export` and `import-experts`: round trips through MTT's file formats, and what is refused."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import pytest
 import torch
 from conftest import TINY, invoke, one_line_error
 from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.transforms.functional import pil_to_tensor
 
-from distillkit.artifacts import load_synthetic, save_synthetic
+from distillkit.artifacts import load_synthetic, save_synthetic, synthetic_pixels
 from distillkit.config import from_dict
+from distillkit.data.datasets import _FASHION_NAMES
 from distillkit.data.zca import ZCA
 from distillkit.experts.store import TrajectoryStore
 from distillkit.interop import load_mtt_set
@@ -154,6 +157,95 @@ def test_png_export_of_a_zca_set_without_its_transform_is_refused(tmp_path):
     assert invoke("export", tmp_path / "run", "--format", "mtt", "--out", out).exit_code == 0
 
 
+# -- (b2) export --format imagefolder: what torchvision and Hugging Face load -------------------
+
+
+def exported_pixels(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The set's [0, 1] pixels (as the export draws them), its labels and class names."""
+    images, labels, _lr, meta, extra = load_synthetic(run_dir)
+    return synthetic_pixels(images, meta, extra).clamp(0, 1), labels, meta["class_names"]
+
+
+def assert_loaded_as_exported(loaded: list[tuple[torch.Tensor, int]], run_dir: Path) -> None:
+    """Every exported image comes back once, under its own label, within 8-bit quantisation."""
+    pixels, labels, _names = exported_pixels(run_dir)
+    assert sorted(label for _, label in loaded) == sorted(labels.tolist())
+    unmatched = list(range(len(pixels)))
+    for image, label in loaded:
+        close = [
+            n for n in unmatched if labels[n] == label and (image - pixels[n]).abs().max() <= 0.5 / 255 + 1e-6
+        ]
+        assert close, f"an image of label {label} matches no exported image of that label"
+        unmatched.remove(close[0])
+    assert unmatched == []
+
+
+def test_imagefolder_export_loads_in_torchvision(run_dir, tmp_path):
+    out = tmp_path / "folder"
+    result = invoke("export", run_dir, "--format", "imagefolder", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"ImageFolder('{out / 'train'}')" in result.output and "note:" not in result.output
+    folder = ImageFolder(str(out / "train"), loader=lambda path: Image.open(path).convert("L"))
+    names = exported_pixels(run_dir)[2]
+    assert folder.classes == names  # digits: "0".."9" already sort in label order
+    loaded = [(pil_to_tensor(image).float() / 255, label) for image, label in folder]
+    assert_loaded_as_exported(loaded, run_dir)
+
+
+def test_imagefolder_export_loads_in_hugging_face_datasets(run_dir, tmp_path):
+    datasets = pytest.importorskip(
+        "datasets", reason="Hugging Face datasets is optional (pip install datasets)"
+    )
+    from torchvision.transforms.functional import pil_to_tensor
+
+    out = tmp_path / "folder"
+    assert invoke("export", run_dir, "--format", "imagefolder", "--out", out).exit_code == 0
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "hf"))
+    assert list(loaded) == ["train"]
+    train = loaded["train"]
+    assert train.features["label"].names == exported_pixels(run_dir)[2]
+    assert_loaded_as_exported([(pil_to_tensor(r["image"]).float() / 255, r["label"]) for r in train], run_dir)
+
+
+def test_imagefolder_classes_that_do_not_sort_get_their_label_in_front(tmp_path):
+    """FashionMNIST's names sort as "Ankle boot", "Bag", ...: a loader would renumber the classes."""
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(20, 3, 6, 6, generator=generator), torch.arange(20) % 10
+    meta = {
+        "dataset": "fashion-like",
+        "image_shape": [3, 6, 6],
+        "class_names": list(_FASHION_NAMES),
+        "normalisation": {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]},
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    save_synthetic(run, images, labels, 0.01, meta)
+    out = tmp_path / "folder"
+    result = invoke("export", run, "--format", "imagefolder", "--out", out)
+    assert result.exit_code == 0, result.output
+    folder = ImageFolder(str(out / "train"))
+    assert folder.classes[:2] == ["0-T-shirt_top", "1-Trouser"] and folder.classes[9] == "9-Ankle boot"
+    assert_loaded_as_exported([(pil_to_tensor(im).float() / 255, label) for im, label in folder], run)
+
+
+def test_imagefolder_export_names_a_class_hugging_face_would_read_as_a_split(tmp_path):
+    meta = {
+        "dataset": "tiny",
+        "image_shape": [1, 4, 4],
+        "class_names": ["cat", "test"],
+        "normalisation": {"mean": [0.5], "std": [0.25]},
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    save_synthetic(run, torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), 0.01, meta)
+    result = invoke("export", run, "--format", "imagefolder", "--out", tmp_path / "folder")
+    assert result.exit_code == 0, result.output
+    assert "note: Hugging Face also reads the class folder 'test' as a split name" in result.output
+    assert "data_files={'train':" in result.output
+
+
 # -- (c) an MTT buffer made from a real store, imported, then distilled from -------------------
 
 
@@ -178,13 +270,14 @@ def test_imported_mtt_buffer_is_accepted_by_distill(tiny, tmp_path):
     pt_file = tmp_path / "replay_buffer_0.pt"
     torch.save(mtt_buffer(source), pt_file)
     store_dir = tmp_path / "imported"
-    result = invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY)
+    result = invoke("import-experts", pt_file, "--out", store_dir, *TINY)
     assert result.exit_code == 0, result.output
-    assert "imported 1 expert (4 epochs each) from 1 file" in result.output
+    assert "imported 1 expert (4 epochs each) from 1 file (1 trajectory)" in result.output
     imported = TrajectoryStore.open(store_dir)
     assert imported.key == source.key  # the key `distillkit run` built with the same options
     assert torch.equal(imported.load(0), source.load(0))
-    again = invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY)
+    assert imported.manifest.experts[0]["source"] == "mtt:replay_buffer_0.pt[0]"
+    again = invoke("import-experts", pt_file, "--out", store_dir, *TINY)
     assert again.exit_code == 0 and "imported 0 experts" in again.output and "1 already" in again.output
 
     run = tmp_path / "distilled"
@@ -197,10 +290,55 @@ def test_import_with_other_epochs_names_the_fix(tiny, tmp_path):
     pt_file = tmp_path / "replay_buffer_0.pt"
     torch.save(mtt_buffer(TrajectoryStore.open(tiny[1])), pt_file)
     longer = [arg.replace("experts.epochs=4", "experts.epochs=6") for arg in TINY]
-    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "s", *longer)
+    result = invoke("import-experts", pt_file, "--out", tmp_path / "s", *longer)
     one_line_error(result, 2, "holds 4 epochs")
     assert "experts.epochs=4" in result.output
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("source", ["ftd", "datm"])
+def test_ftd_and_datm_buffers_import_with_their_trainer_in_the_key(tiny, tmp_path, source):
+    """FTD and DATM save MTT's layout; their GSAM-trained experts get a key that says so."""
+    native = TrajectoryStore.open(tiny[1])
+    buffer = mtt_buffer(native)
+    files = [tmp_path / "replay_buffer_0.pt", tmp_path / "replay_buffer_1.pt"]
+    torch.save(buffer, files[0])
+    torch.save(buffer + buffer, files[1])
+    store_dir = tmp_path / source
+    result = invoke("import-experts", *files, "--source", source, "--out", store_dir, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "imported 3 experts (4 epochs each) from 2 files (1 + 2 trajectories)" in result.output
+    assert f"the store key records trainer '{source}-gsam'" in result.output
+    imported = TrajectoryStore.open(store_dir)
+    assert imported.key == {**native.key, "trainer": f"{source}-gsam"}
+    assert [e["source"] for e in imported.manifest.experts] == [
+        f"{source}:replay_buffer_0.pt[0]",
+        f"{source}:replay_buffer_1.pt[0]",
+        f"{source}:replay_buffer_1.pt[1]",
+    ]
+    assert all(torch.equal(imported.load(i), native.load(0)) for i in range(3))
+    # distillkit's own (plain SGD) experts are never mixed into a GSAM store ...
+    more = [arg.replace("experts.count=1", "experts.count=4") for arg in TINY]
+    mixed = invoke("experts", *more, "--out", store_dir, "--quiet")
+    one_line_error(mixed, 2, f'trainer is "{source}-gsam" there but missing now')
+    # ... but distillation reads it, as it reads any store of the run's dataset and network.
+    run = tmp_path / "run"
+    result = invoke("distill", "--experts", store_dir, *TINY, "--out", run, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_import_mtt_buffer_is_a_deprecated_alias(tiny, tmp_path):
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    torch.save(mtt_buffer(TrajectoryStore.open(tiny[1])), pt_file)
+    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "store", *TINY)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (
+        lines[0]
+        == "note: import-mtt-buffer is deprecated; use `distillkit import-experts` (the same options)."
+    )
+    assert lines[1].startswith("imported 1 expert (4 epochs each) from 1 file")
+    assert TrajectoryStore.open(tmp_path / "store").key == TrajectoryStore.open(tiny[1]).key
 
 
 # -- (d) refused buffers: nothing unpickled, nothing written -----------------------------------
@@ -210,24 +348,49 @@ def test_import_with_other_epochs_names_the_fix(tiny, tmp_path):
     ("content", "fragment"),
     [
         (lambda: [Sneaky(w=torch.zeros(1))], "pickled"),
-        (lambda: collections.OrderedDict(w=torch.zeros(1)), "not an MTT replay buffer"),
+        (
+            lambda: collections.OrderedDict(w=torch.zeros(1)),
+            "it holds a dict of 1 named tensor (a state_dict)",
+        ),
         (lambda: [[[torch.zeros(3, 3)]] * 5], "parameter tensors"),
         (lambda: [], "no trajectories"),
+        (
+            lambda: [[{"w": torch.zeros(1)}] * 5],
+            "snapshot 0 is a dict of 1 named tensor (a state_dict), not a list of parameter tensors",
+        ),
+        (lambda: [[torch.zeros(9)] * 5], "snapshot 0 is a float32 tensor of shape [9], not a list of"),
+        (lambda: [torch.zeros(5, 9)], "[0] is a float32 tensor of shape [5, 9], not a trajectory"),
     ],
-    ids=["object", "state-dict", "layout", "empty"],
+    ids=[
+        "object",
+        "state-dict",
+        "layout",
+        "empty",
+        "named-snapshot",
+        "flat-snapshot",
+        "tensor",
+    ],
 )
 def test_bad_buffers_are_refused_and_nothing_is_written(tmp_path, content, fragment):
     pt_file = tmp_path / "replay_buffer_0.pt"
     torch.save(content(), pt_file)
     store_dir = tmp_path / "store"
-    one_line_error(invoke("import-mtt-buffer", pt_file, "--out", store_dir, *TINY), 2, fragment)
+    one_line_error(invoke("import-experts", pt_file, "--out", store_dir, *TINY), 2, fragment)
     assert not store_dir.exists()
+
+
+def test_one_trajectory_without_the_outer_list_is_named(tiny, tmp_path):
+    pt_file = tmp_path / "replay_buffer_0.pt"
+    torch.save(mtt_buffer(TrajectoryStore.open(tiny[1]))[0], pt_file)
+    result = invoke("import-experts", pt_file, "--out", tmp_path / "store", *TINY)
+    one_line_error(result, 2, "holds one trajectory (a list of 5 lists), not a list of trajectories")
+    assert "torch.save([trajectory], path)" in result.output and not (tmp_path / "store").exists()
 
 
 def test_raw_pickle_that_would_run_code_is_refused(tmp_path):
     pt_file = tmp_path / "replay_buffer_0.pt"
     pt_file.write_bytes(b"cbuiltins\nopen\n(Vran-code\nVw\ntR.")  # open('ran-code', 'w') if unpickled
-    result = invoke("import-mtt-buffer", pt_file, "--out", tmp_path / "store", *TINY)
+    result = invoke("import-experts", pt_file, "--out", tmp_path / "store", *TINY)
     one_line_error(result, 2, "pickled")
     assert not (tmp_path / "store").exists() and not Path("ran-code").exists()
 
@@ -236,9 +399,12 @@ def test_missing_or_repeated_buffer_files_are_refused(tmp_path):
     real = tmp_path / "replay_buffer_0.pt"
     torch.save([], real)
     one_line_error(
-        invoke("import-mtt-buffer", tmp_path / "nope.pt", "--out", tmp_path / "s", *TINY), 2, "missing"
+        invoke("import-experts", tmp_path / "nope.pt", "--out", tmp_path / "s", *TINY), 2, "missing"
     )
-    one_line_error(invoke("import-mtt-buffer", real, real, "--out", tmp_path / "s", *TINY), 2, "twice")
+    one_line_error(invoke("import-experts", real, real, "--out", tmp_path / "s", *TINY), 2, "twice")
+    one_line_error(
+        invoke("import-experts", real, "--source", "tesla", "--out", tmp_path / "s"), 2, "--source"
+    )
     assert not (tmp_path / "s").exists()
 
 

@@ -378,7 +378,7 @@ def test_no_pickle_is_loaded_except_the_mtt_import_with_weights_only():
             ):
                 calls.append((path.relative_to(root).as_posix(), name, keywords.get("weights_only")))
     assert sorted(calls) == [
-        ("distillkit/experts/convert.py", "torch.load", "True"),  # an MTT replay buffer
+        ("distillkit/experts/replay.py", "torch.load", "True"),  # an MTT/FTD/DATM replay buffer
         ("distillkit/interop.py", "torch.load", "True"),  # another tool's synthetic set
     ]
 

@@ -13,7 +13,8 @@ from safetensors import safe_open
 from distillkit.errors import StoreError
 from distillkit.experts import quantise
 from distillkit.experts import store as store_module
-from distillkit.experts.convert import convert_store, import_mtt_buffer
+from distillkit.experts.convert import convert_store
+from distillkit.experts.replay import import_replay_buffers
 from distillkit.experts.store import MANIFEST, TrajectoryStore, expert_filename
 
 LAYOUT = [["conv.weight", [4, 1, 3, 3]], ["conv.bias", [4]], ["fc.weight", [2, 100]]]
@@ -262,21 +263,21 @@ def _mtt_trajectory(seed: int) -> list[list[torch.Tensor]]:
     return [[torch.randn(*shape, generator=generator) for _, shape in LAYOUT] for _ in range(EPOCHS + 1)]
 
 
-def test_import_mtt_buffer(tmp_path: Path) -> None:
+def test_import_replay_buffers(tmp_path: Path) -> None:
     buffers = [[_mtt_trajectory(0), _mtt_trajectory(1)], [_mtt_trajectory(2)]]
     files = []
     for n, buffer in enumerate(buffers):
         files.append(tmp_path / f"replay_buffer_{n}.pt")
         torch.save(buffer, files[-1])
-    store = import_mtt_buffer(files, tmp_path / "store", make_key())
+    store = import_replay_buffers(files, tmp_path / "store", make_key()).store
     assert store.finished() == [0, 1, 2]
     flat = [trajectory for buffer in buffers for trajectory in buffer]
     for index, trajectory in enumerate(flat):
         expected = torch.stack([torch.cat([t.reshape(-1) for t in snap]) for snap in trajectory])
         assert torch.equal(store.load(index), expected)
-    assert store.manifest.experts[2]["source"] == "replay_buffer_1.pt[0]"
+    assert store.manifest.experts[2]["source"] == "mtt:replay_buffer_1.pt[0]"
     # Importing again into the same store keeps (and does not rewrite) the experts.
-    again = import_mtt_buffer(files, tmp_path / "store", make_key())
+    again = import_replay_buffers(files, tmp_path / "store", make_key()).store
     assert again.manifest.experts == store.manifest.experts
 
 
@@ -286,15 +287,17 @@ def test_import_rejects_wrong_layout_and_non_buffers(tmp_path: Path) -> None:
     trajectory[2][1] = torch.zeros(5)
     torch.save([trajectory], bad)
     with pytest.raises(StoreError, match=r"snapshot 2 does not fit the store layout: param_layout\[1\]"):
-        import_mtt_buffer([bad], tmp_path / "s1", make_key())
+        import_replay_buffers([bad], tmp_path / "s1", make_key())
     not_a_buffer = tmp_path / "replay_buffer_1.pt"
     torch.save({"a": torch.zeros(1)}, not_a_buffer)
-    with pytest.raises(StoreError, match="expected a list of trajectories"):
-        import_mtt_buffer([not_a_buffer], tmp_path / "s2", make_key())
+    with pytest.raises(
+        StoreError, match=r"is not a replay buffer: it holds a dict of 1 named tensor \(a state_dict\)"
+    ):
+        import_replay_buffers([not_a_buffer], tmp_path / "s2", make_key())
     garbage = tmp_path / "replay_buffer_2.pt"
     garbage.write_bytes(b"not a pickle")
-    with pytest.raises(StoreError, match="cannot be read as an MTT replay buffer"):
-        import_mtt_buffer([garbage], tmp_path / "s3", make_key())
+    with pytest.raises(StoreError, match="cannot be read as a replay buffer"):
+        import_replay_buffers([garbage], tmp_path / "s3", make_key())
 
 
 # -- int8 residual store ------------------------------------------------------------------

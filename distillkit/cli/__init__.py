@@ -10,6 +10,7 @@ from distillkit.cli import (  # noqa: F401 (registers)
     cmd_ablate,
     cmd_bench,
     cmd_evaluate,
+    cmd_import,
     cmd_info,
     cmd_inspect,
     cmd_interop,

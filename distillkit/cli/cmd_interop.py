@@ -1,4 +1,4 @@
-"""``export`` and ``import-mtt-buffer``: files other tools read, and trajectories they wrote."""
+"""``export``: a run's synthetic set as files other tools read (imports: :mod:`.cmd_import`)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from distillkit.cli.options import (
-    ConfigFile,
-    DataPath,
-    Dataset,
-    Debug,
-    Download,
-    Model,
-    Plugins,
-    Preset,
-    Seed,
-    Sets,
-    collect_overrides,
-    resolve,
-)
+from distillkit.cli.options import Debug
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 from distillkit.cli.app import app, cli_errors, out
 
-EXPORT_FORMATS = ("mtt", "png")
+EXPORT_FORMATS = ("mtt", "png", "imagefolder")
+#: The split folder of ``--format imagefolder`` (Hugging Face reads it as the split's name).
+IMAGEFOLDER_SPLIT = "train"
 MTT_FILES = ("images_best.pt", "labels_best.pt", "lr_best.pt")
 _PNG_NAME = re.compile(r"^(\d+)\.png$")
 
@@ -42,7 +31,9 @@ def export_cmd(
             "--format",
             "-f",
             help="mtt: images_best.pt, labels_best.pt, lr_best.pt (the normalised images the networks "
-            "see, as MTT/AST/DATM evaluators read them); png: OUT/<class>/<i>.png in pixel space.",
+            "see, as MTT/AST/DATM evaluators read them); png: OUT/<class>/<i>.png in pixel space; "
+            "imagefolder: OUT/train/<class>/<i>.png, for torchvision's ImageFolder and Hugging Face's "
+            "imagefolder.",
         ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
@@ -54,10 +45,10 @@ def export_cmd(
     ] = False,
     debug: Debug = False,
 ) -> None:
-    """Export a run's synthetic set for other tools: MTT's .pt files or an ImageFolder of PNGs."""
+    """Export a run's synthetic set for other tools: MTT's .pt files, PNG class folders, an image dataset."""
     with cli_errors(debug):
         from distillkit.artifacts import synthetic_pixels
-        from distillkit.interop import export_mtt, export_png_folder
+        from distillkit.interop import class_folders, export_mtt, export_png_folder, hf_split_words
 
         if fmt not in EXPORT_FORMATS:
             from distillkit.errors import ConfigError
@@ -79,16 +70,36 @@ def export_cmd(
             )
         else:
             pixels = synthetic_pixels(images, meta, extra)  # refuses a ZCA set without its transform
-            names = meta["class_names"]
-            export_png_folder(out_dir, pixels, labels, names)
-            _drop_stale_pngs(out_dir, labels, names)
+            folders = class_folders(meta["class_names"])
+            root = out_dir / IMAGEFOLDER_SPLIT if fmt == "imagefolder" else out_dir
+            export_png_folder(root, pixels, labels, folders)
+            _drop_stale_pngs(root, labels, folders)
             classes = len(set(labels.tolist()))
-            out.print(f"{len(images)} PNGs in {classes} class folders → {out_dir}", highlight=False)
+            out.print(f"{len(images)} PNGs in {classes} class folders → {root}", highlight=False)
             if whitened:
                 out.print(
                     "the PNGs show the ZCA-inverted images (the networks see the whitened ones)",
                     highlight=False,
                 )
+            if fmt == "imagefolder":
+                _print_loaders(out_dir, hf_split_words(folders))
+
+
+def _print_loaders(out_dir: Path, split_like: list[str]) -> None:
+    """How torchvision and Hugging Face load the folder, and a class name the latter misreads."""
+    out.print(
+        f"load it with torchvision.datasets.ImageFolder('{out_dir / IMAGEFOLDER_SPLIT}') or "
+        f"datasets.load_dataset('imagefolder', data_dir='{out_dir}')['train']",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if split_like:
+        out.print(
+            f"note: Hugging Face also reads the class folder {split_like[0]!r} as a split name; use "
+            f"data_files={{'train': '{out_dir / IMAGEFOLDER_SPLIT}/**'}} instead of data_dir",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _read_run_set(run_dir: Path) -> tuple[Tensor, Tensor, float, dict[str, Any], dict[str, Tensor]]:
@@ -148,79 +159,20 @@ def _check_out_dir(out_dir: Path, run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _drop_stale_pngs(out_dir: Path, labels: Tensor, class_names: list[str]) -> None:
+def _drop_stale_pngs(root: Path, labels: Tensor, folders: list[str]) -> None:
     """Remove ``<class>/<i>.png`` beyond this set's count, left by an earlier, larger export.
 
     Only with ``--overwrite`` can the folder hold any; without it a later ImageFolder
     reader would count those images as part of this set.
     """
-    from distillkit.interop import class_dirname
-
-    counts = [0] * len(class_names)
+    counts = [0] * len(folders)
     for label in labels.tolist():
         counts[int(label)] += 1
-    for label, name in enumerate(class_names):
-        folder = out_dir / class_dirname(name)
+    for label, name in enumerate(folders):
+        folder = root / name
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
             found = _PNG_NAME.match(path.name)
             if found and path.is_file() and int(found.group(1)) >= counts[label]:
                 path.unlink()
-
-
-@app.command("import-mtt-buffer")
-def import_mtt_buffer_cmd(
-    files: Annotated[
-        list[Path], typer.Argument(help="MTT replay_buffer_*.pt files; experts are numbered in this order.")
-    ],
-    store_dir: Annotated[Path, typer.Option("--out", "-o", help="Trajectory store folder (new or resumed).")],
-    dataset: Dataset = None,
-    data_path: DataPath = None,
-    download: Download = False,
-    model: Model = None,
-    plugins: Plugins = None,
-    preset: Preset = None,
-    config: ConfigFile = None,
-    sets: Sets = None,
-    seed: Seed = None,
-    debug: Debug = False,
-) -> None:
-    """Convert MTT replay buffers into a trajectory store for `distill --experts` (same options)."""
-    with cli_errors(debug):
-        from distillkit import api
-        from distillkit.errors import ConfigError
-        from distillkit.experts.convert import import_mtt_buffer
-        from distillkit.experts.store import MANIFEST, TrajectoryStore
-
-        seen: set[Path] = set()
-        for path in files:  # before the dataset is loaded, and before anything is written
-            if not path.is_file():
-                raise ConfigError(
-                    f"{path} is missing" if not path.exists() else f"{path} is not a file",
-                    hint="pass MTT's replay_buffer_*.pt files",
-                )
-            if path.resolve() in seen:
-                raise ConfigError(f"{path} is given twice", hint="each buffer file once")
-            seen.add(path.resolve())
-        overrides = collect_overrides(
-            sets, dataset=dataset, data_path=data_path, download=download, model=model, seed=seed
-        )
-        resolved = resolve(preset, config, overrides, plugins)
-        cfg, host = resolved.config, resolved.host
-        data = api.prepare_data(cfg.data)  # the key (as `distillkit experts` builds it) reads it
-        key = api.expert_key(cfg, data, host)
-        existing = store_dir / MANIFEST
-        before = len(TrajectoryStore.open(store_dir).finished()) if existing.exists() else 0
-        store = import_mtt_buffer(files, store_dir, key)
-        total = len(store.finished())
-        kept = f", {before} already there" if before else ""
-        sources = f"{len(files)} file{'s' if len(files) != 1 else ''}"
-        count = total - before
-        out.print(
-            f"imported {count} expert{'s' if count != 1 else ''} ({store.key['epochs']} epochs each{kept}) "
-            f"from {sources} "
-            f"→ {store.root}",
-            highlight=False,
-            soft_wrap=True,
-        )

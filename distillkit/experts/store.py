@@ -27,7 +27,7 @@ read lazily: distillation needs only a few epochs per iteration, and
 ``safe_open(...).get_slice`` reads just those rows. Each file's sha256 is
 recorded in the manifest and checked once per process before first use.
 MTT's pickled ``replay_buffer_*.pt`` files are accepted only through
-:func:`distillkit.experts.convert.import_mtt_buffer`.
+:mod:`distillkit.experts.replay` (MTT, FTD and DATM).
 
 Longer than 400 lines because one class owns the on-disk format (write, verify,
 lazy partial loads, the compatibility check against a run); split, the format's
