@@ -17,7 +17,7 @@ Jobs, strictly one after another, each under ``/usr/bin/time -v`` (peak RSS of t
    (time of its last "Epoch" line - time of its "DC augmentation parameters" line, printed just
    before training starts) / epochs, i.e. training with the test pass after each epoch, dataset
    building excluded; the whole process's wall time / epochs is reported beside it;
-2. ``distillkit import-mtt-buffer`` turns that ``replay_buffer_0.pt`` into a store, so both codes
+2. ``distillkit import-experts`` turns that ``replay_buffer_0.pt`` into a store, so both codes
    distill from the SAME expert;
 3. ``distillkit experts`` trains one expert at the same settings (its manifest's ``seconds``,
    test passes included, / epochs; the process wall time / epochs beside it);
@@ -464,7 +464,7 @@ def import_buffer(plan: Plan, buffer: Path) -> Path:
     store = plan.out / "store-from-reference"
     shutil.rmtree(store, ignore_errors=True)
     cmd = distillkit_cmd(
-        "import-mtt-buffer",
+        "import-experts",
         str(buffer),
         "--out",
         str(store),
@@ -479,7 +479,7 @@ def import_buffer(plan: Plan, buffer: Path) -> Path:
         "--set",
         f"distill.max_start_epoch={plan.max_start_epoch}",
     )
-    run_job("import-mtt-buffer", cmd, plan.out, plan.env, plan.logs)
+    run_job("import-experts", cmd, plan.out, plan.env, plan.logs)
     return store
 
 
