@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillkit.config import EvaluateConfig
+from distillkit.packed_sgd import PackedSGD
 
 __all__ = [
     "CHANNELWISE",
@@ -288,56 +289,6 @@ def _close(packed: Tensor, alone: Tensor, scale: Tensor) -> bool:
         return True
     bound = 1e-9 * scale.detach().abs().max() + 1e-30
     return bool((packed.detach() - alone.detach()).abs().max() <= bound)
-
-
-class PackedSGD:
-    """``torch.optim.SGD`` (momentum, weight decay, no dampening or Nesterov) on stacked parameters.
-
-    The same tensor operations in the same order as ``torch.optim.SGD``'s single-tensor step, so each
-    network's slice follows its own SGD exactly: ``d = g + wd·p``; with momentum ≠ 0, ``buf = d`` on
-    the first such step, else ``buf = momentum·buf + d``, and ``d = buf``; then ``p -= lr·d``, with
-    ``lrs[k]`` for network k. ``lrs`` and ``momentum`` may change between steps, as a param group's
-    may (momentum 0 skips the buffers and leaves them as they are, as torch does).
-    """
-
-    def __init__(
-        self, params: Sequence[Tensor], lrs: Sequence[float], momentum: float, weight_decay: float
-    ) -> None:
-        self.params = list(params)
-        self.lrs = list(lrs)
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.buffers: list[Tensor | None] = [None] * len(self.params)
-
-    @torch.no_grad()
-    def step(self, grads: Sequence[Tensor]) -> None:
-        spans = _runs(self.lrs)
-        for i, (param, grad) in enumerate(zip(self.params, grads, strict=True)):
-            if self.weight_decay != 0:
-                grad = grad.add(param, alpha=self.weight_decay)
-            if self.momentum != 0:
-                buffer = self.buffers[i]
-                if buffer is None:
-                    buffer = self.buffers[i] = torch.clone(grad).detach()
-                else:
-                    buffer.mul_(self.momentum).add_(grad)
-                grad = buffer
-            for start, stop, lr in spans:
-                if start == 0 and stop == len(param):
-                    param.add_(grad, alpha=-lr)
-                else:
-                    param[start:stop].add_(grad[start:stop], alpha=-lr)
-
-
-def _runs(values: Sequence[float]) -> list[tuple[int, int, float]]:
-    """Maximal runs of equal values as (start, stop, value): one in-place update per run."""
-    runs: list[tuple[int, int, float]] = []
-    for index, value in enumerate(values):
-        if runs and runs[-1][2] == value:
-            runs[-1] = (runs[-1][0], index + 1, value)
-        else:
-            runs.append((index, index + 1, value))
-    return runs
 
 
 @dataclass(frozen=True)

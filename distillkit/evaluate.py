@@ -151,7 +151,8 @@ def evaluate_sets(
     sets = [EvalSet(s.images.to(device), s.labels.to(device), s.lr, s.seed) for s in sets]
     packed = None
     if cfg.runs > 0 and sets and packs_on(cfg, device):
-        packed = _packed_runs(make_model, model_name, sets, (test_x, test_y), cfg, augment, device)
+        build = lambda seed: make_model(model_name, seed).to(device)  # noqa: E731
+        packed = _packed_runs(build, sets, (test_x, test_y), cfg, augment, device)
     results = []
     for index, item in enumerate(sets):
         if packed is not None:
@@ -172,15 +173,14 @@ def evaluate_sets(
 
 
 def _packed_runs(
-    make_model: Callable[[str, int], nn.Module],
-    model_name: str,
+    build: Callable[[int], nn.Module],
     sets: Sequence[EvalSet],
     test: tuple[Images, torch.Tensor],
     cfg: EvaluateConfig,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     device: torch.device,
 ) -> Callable[[int], list[float]] | None:
-    """Pack the networks of ``sets`` by set size; ``None`` when the model cannot be packed.
+    """Pack the networks of ``sets`` (``build(seed)`` makes one) by set size; ``None`` when they cannot be.
 
     Every group is packed (and checked) before any trains, so a refusal falls back for all sets
     alike. The returned function trains a set's group the first time one of its sets is asked for
@@ -192,7 +192,7 @@ def _packed_runs(
     packed: dict[tuple[int, ...], PackedNetworks] = {}
     for key, members in groups.items():
         seeds = [sets[i].seed + k for i in members for k in range(cfg.runs)]
-        models = [make_model(model_name, seed).to(device) for seed in seeds]
+        models = [build(seed) for seed in seeds]
         try:
             packed[key] = pack(models, sets[members[0]].images[:CHECK_IMAGES].detach())
         except NotPackable:
