@@ -151,7 +151,10 @@ def evaluate_sets(
     sets = [EvalSet(s.images.to(device), s.labels.to(device), s.lr, s.seed) for s in sets]
     packed = None
     if cfg.runs > 0 and sets and packs_on(cfg, device):
-        build = lambda seed: make_model(model_name, seed).to(device)  # noqa: E731
+
+        def build(seed: int) -> nn.Module:
+            return make_model(model_name, seed).to(device)
+
         packed = _packed_runs(build, sets, (test_x, test_y), cfg, augment, device)
     results = []
     for index, item in enumerate(sets):

@@ -22,6 +22,18 @@ TINY = [
 ]  # fmt: skip
 
 
+#: Library overrides for experts that train in about a second on a busy CPU (small net, no augmentation).
+TINY_EXPERTS = {
+    "device": "cpu",
+    "model.name": "convnet-w8-d1",
+    "data.augment": "none",
+    "experts.count": 1,
+    "experts.epochs": 4,
+    "distill.max_start_epoch": 1,
+    "distill.expert_epochs": 2,
+}
+
+
 CLI_ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 
 

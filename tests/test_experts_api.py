@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from conftest import TINY_EXPERTS
 
 import distillkit
 from distillkit import api
@@ -16,18 +17,8 @@ from distillkit.errors import StoreError
 from distillkit.experts.store import TrajectoryStore
 from distillkit.hookspecs import hookimpl
 
-#: Experts that train in about a second on a busy CPU (small net, no augmentation, one test pass).
-TINY = {
-    "device": "cpu",
-    "model.name": "convnet-w8-d1",
-    "data.augment": "none",
-    "experts.count": 1,
-    "experts.epochs": 4,
-    "experts.batch_size": 256,
-    "experts.eval_every": 0,
-    "distill.max_start_epoch": 1,
-    "distill.expert_epochs": 2,
-}
+#: The shared tiny experts with one test pass, after the last epoch.
+TINY = {**TINY_EXPERTS, "experts.batch_size": 256, "experts.eval_every": 0}
 
 
 def resolve(**overrides: object):

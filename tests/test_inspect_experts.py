@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import invoke, one_line_error
+from conftest import TINY_EXPERTS, invoke, one_line_error
 
 import distillkit
 from distillkit import api
@@ -17,16 +17,8 @@ from distillkit.config import ExpertsConfig, from_dict, to_dict
 from distillkit.experts.store import TrajectoryStore
 from distillkit.experts.train import is_test_epoch
 
-#: Experts that train in about a second on a busy CPU: small net, no augmentation, 4 epochs.
-TINY = {
-    "device": "cpu",
-    "model.name": "convnet-w8-d1",
-    "data.augment": "none",
-    "experts.count": 1,
-    "experts.epochs": 4,
-    "distill.max_start_epoch": 1,
-    "distill.expert_epochs": 2,
-}
+#: The shared tiny experts (4 epochs), tested after every epoch.
+TINY = TINY_EXPERTS
 
 
 def resolve(plugins: list[str] | None = None, **overrides: object):

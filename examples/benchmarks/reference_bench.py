@@ -406,6 +406,21 @@ class Plan:
         # start epoch in 0..max_start-1 and start + expert_epochs <= epochs
         return min(DISTILL_SETTINGS["max_start_epoch"][1], self.expert_epochs - 1)
 
+    def expert_options(self) -> list[str]:
+        """The options that describe the protocol's expert to `distillkit` (import and training alike)."""
+        return [
+            "--preset",
+            "fmnist-cpu",
+            "--data-path",
+            str(self.data),
+            "--set",
+            f"experts.epochs={self.expert_epochs}",
+            "--set",
+            f"distill.expert_epochs={self.distill_settings()['expert_epochs']}",
+            "--set",
+            f"distill.max_start_epoch={self.max_start_epoch}",
+        ]
+
     def distill_settings(self) -> dict[str, Any]:
         values = {flag: value for flag, (_key, value) in DISTILL_SETTINGS.items()}
         values["max_start_epoch"] = self.max_start_epoch
@@ -468,16 +483,7 @@ def import_buffer(plan: Plan, buffer: Path) -> Path:
         str(buffer),
         "--out",
         str(store),
-        "--preset",
-        "fmnist-cpu",
-        "--data-path",
-        str(plan.data),
-        "--set",
-        f"experts.epochs={plan.expert_epochs}",
-        "--set",
-        f"distill.expert_epochs={plan.distill_settings()['expert_epochs']}",
-        "--set",
-        f"distill.max_start_epoch={plan.max_start_epoch}",
+        *plan.expert_options(),
     )
     run_job("import-experts", cmd, plan.out, plan.env, plan.logs)
     return store
@@ -488,18 +494,9 @@ def distillkit_expert(plan: Plan) -> dict[str, Any]:
     shutil.rmtree(store, ignore_errors=True)  # else its finished expert would be reused, not timed
     cmd = distillkit_cmd(
         "experts",
-        "--preset",
-        "fmnist-cpu",
-        "--data-path",
-        str(plan.data),
+        *plan.expert_options(),
         "--set",
         "experts.count=1",
-        "--set",
-        f"experts.epochs={plan.expert_epochs}",
-        "--set",
-        f"distill.expert_epochs={plan.distill_settings()['expert_epochs']}",
-        "--set",
-        f"distill.max_start_epoch={plan.max_start_epoch}",
         "--out",
         str(store),
         "--quiet",
