@@ -301,6 +301,21 @@ def test_subset_images_are_short_side_resized_then_centre_cropped(tmp_path: Path
     assert image[1, :, 1:-1].min() > 0.95 and image[[0, 2], :, 1:-1].max() < 0.05
 
 
+def test_subset_crops_equal_torchvision_resize_and_center_crop(tmp_path: Path) -> None:
+    import torchvision.transforms as T
+
+    from distillkit.data.images import decode_center_crops
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i, (width, height) in enumerate([(129, 300), (301, 129), (128, 128), (700, 131), (257, 255)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(paths[-1])
+    reference = T.Compose([T.Resize(128), T.CenterCrop(128)])
+    expected = [np.asarray(reference(Image.open(p).convert("RGB"))).transpose(2, 0, 1) for p in paths]
+    assert np.array_equal(decode_center_crops(paths, 128), np.stack(expected))
+
+
 def test_subset_missing_wnid_folder_names_class_and_subset(tmp_path: Path) -> None:
     root = write_fake_dataset("imagemeow", tmp_path)
     shutil.rmtree(root / "val" / "n02129604")
