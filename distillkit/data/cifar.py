@@ -47,6 +47,8 @@ class _Layout:
 
 @dataclass(frozen=True)
 class _CifarSpec:
+    """One CIFAR set: its two layouts, where its labels and names are, and the binary archive."""
+
     binary: _Layout
     python: _Layout
     label_bytes: int  # binary records: CIFAR-100 stores coarse then fine label
@@ -57,7 +59,7 @@ class _CifarSpec:
     md5: str
 
 
-CIFAR_SETS = {
+_CIFAR_SETS = {
     "cifar10": _CifarSpec(
         _Layout(
             "cifar-10-batches-bin",
@@ -156,7 +158,7 @@ def _splits(
 
 def load_cifar(name: str, root: Path | None, download: bool) -> ImageDataset:
     """CIFAR ``name`` from whichever layout is under ``root`` (binary first), downloading if asked."""
-    spec = CIFAR_SETS[name]
+    spec = _CIFAR_SETS[name]
     root = require_root(name, root, f"{spec.binary.folder}/ or {spec.python.folder}/")
     folder = _find(spec.binary, name, root)
     if folder is None and _find(spec.python, name, root) is None and download:
