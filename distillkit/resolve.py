@@ -213,6 +213,11 @@ def recorded_run(run_dir: Path, device: str | None = None) -> tuple[RunConfig, P
         )
         for name in ("config.json", "invocation.json")
     )
+    if not isinstance(invocation, dict) or not invocation.get("command"):
+        raise ConfigError(
+            f"{run_dir} is not a resumable run directory: invocation.json names no starting command",
+            hint="--resume takes the --out directory of `distillkit run` or `distillkit distill`",
+        )
     config = from_dict(recorded)
     if device is not None:
         config = replace(config, device=device)
