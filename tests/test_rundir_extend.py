@@ -129,6 +129,14 @@ def test_snapshots_are_sets_evaluated_on_validation(snapped):
     assert first[3]["normalisation"] == final[3]["normalisation"]  # what export needs
 
 
+def test_evaluating_snapshots_leaves_the_distilled_set_unchanged(val_store, tmp_path):
+    plain, evaluated = tmp_path / "plain", tmp_path / "evaluated"
+    _distill(val_store, plain, *_iterations(4), *VAL, *SNAP)
+    _distill(val_store, evaluated, *_iterations(4), *VAL, *SNAP, *SNAP_EVAL)
+    assert torch.equal(load_synthetic(plain)[0], load_synthetic(evaluated)[0])
+    assert "validation" not in read_index(plain)[0] and "validation" in read_index(evaluated)[0]
+
+
 def test_evaluate_and_export_read_a_snapshot(snapped, tmp_path):
     result = invoke("evaluate", snapped, "--snapshot", 2, "--runs", 1, "--epochs", 2, "--quiet")
     assert result.exit_code == 0, result.output
