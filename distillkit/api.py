@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from distillkit.artifacts import atomic_write_json, save_grid, save_synthetic
+from distillkit import evaluation_log
+from distillkit.artifacts import SYNTHETIC_TENSORS, atomic_write_json, save_grid, save_synthetic
 from distillkit.config import RunConfig, last_needed_epoch, to_dict
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
@@ -33,6 +34,14 @@ from distillkit.experts import pipeline
 from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
 from distillkit.experts.store import TrajectoryStore
 from distillkit.host import PluginHost
+from distillkit.records import (
+    evaluation_entry,
+    record_invocation,
+    record_resume,
+    snapshot_evaluator,
+    snapshot_writer,
+    synthetic_meta,
+)
 from distillkit.rundir import default_run_dir, prepare_run_dir
 from distillkit.runtime import (
     PreparedData,
@@ -72,24 +81,28 @@ __all__ = [
     "evaluate",
     "evaluate_many",
     "evaluate_random_real",
+    "evaluation_entry",
     "expert_key",
     "initial_set",
     "load_expert_slices",
-    "merge_evaluation",
     "model_factory",
     "peak_memory_mb",
     "prepare_data",
     "prepare_run_dir",
     "random_real_set",
     "record_invocation",
+    "record_resume",
     "resolve_device",
     "result_summary",
     "run",
     "run_scope",
     "save_distilled",
     "save_distilled_set",
+    "snapshot_evaluator",
+    "snapshot_writer",
     "stage_seed",
     "stop_requests",
+    "synthetic_meta",
     "train_expert_store",
     "train_experts",
 ]
@@ -201,42 +214,6 @@ def evaluate_many(
     return results
 
 
-def merge_evaluation(out_dir: Path, results: dict[str, dict[str, Any]], config: RunConfig) -> None:
-    """Add ``results`` (one entry per model) to ``out_dir/evaluation.json``, keeping earlier models."""
-    import json
-
-    path = Path(out_dir) / "evaluation.json"
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        earlier = {}
-    merged = {k: v for k, v in earlier.items() if isinstance(v, dict)} if isinstance(earlier, dict) else {}
-    for name, result in results.items():
-        merged[name] = {**result, "protocol": to_dict(config.evaluate)}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, merged)
-
-
-def record_invocation(
-    out_dir: Path,
-    config: RunConfig,
-    command: str,
-    store_dir: Path | None,
-    sources: dict[str, str] | None = None,
-) -> None:
-    """``config.json`` and ``invocation.json``: what ``--resume`` needs to continue this run.
-
-    ``sources`` (from :func:`distillkit.resolve.resolve_layers`) names the layer that set each
-    key; it is kept in ``config.json`` under ``"sources"`` so a user can see why a value is what it is.
-    """
-    recorded = to_dict(config)
-    if sources:
-        recorded["sources"] = sources
-    atomic_write_json(out_dir / "config.json", recorded)
-    experts = str(store_dir.resolve()) if store_dir is not None else None
-    atomic_write_json(out_dir / "invocation.json", {"command": command, "experts": experts})
-
-
 def result_summary(results: dict[str, EvalResult]) -> dict[str, Any]:
     first = next(iter(results.values()))
     return {**first.as_dict(), "models": {k: v.as_dict() for k, v in results.items()}}
@@ -251,21 +228,8 @@ def save_distilled(
     store: TrajectoryStore,
 ) -> None:
     """Write ``synthetic.safetensors``/``.json`` and ``grid.png`` for a distilled set."""
-    extra = {f"zca.{k}": v for k, v in data.zca.state_dict().items()} if data.zca else {}
-    meta = {
-        "dataset": data.dataset.name,
-        "image_shape": list(data.dataset.image_shape),
-        "class_names": list(data.dataset.class_names),
-        "normalisation": {"mean": list(data.dataset.mean), "std": list(data.dataset.std)},
-        "zca": data.zca is not None,
-        "model": config.model.name,
-        "ipc": config.distill.ipc,
-        "init": result.init_source,
-        "plugins": [r.as_dict() for r in host.records.values()],
-        "config": to_dict(config),
-        "expert_store": str(store.root),
-        "environment": environment(),
-    }
+    meta, extra = synthetic_meta(config, host, data, store)
+    meta |= {"init": result.init_source, "iteration": config.distill.iterations}
     save_synthetic(out_dir, result.images, result.labels, result.lr, meta, extra)
     save_grid(
         out_dir / "grid.png",
@@ -296,7 +260,9 @@ def run(
     scope = run_scope(config, host)
     data = prepare_data(config.data)  # bad data or ipc fail here, before an --overwrite touches a file
     check_ipc(config.distill.ipc, data)
-    if not resume:
+    if resume:
+        record_resume(out_dir, config, "run")
+    else:
         record_invocation(out_dir, config, "run", store_dir, sources)
     timings: dict[str, float] = {}
     last_needed = last_needed_epoch(config.distill)
@@ -309,7 +275,8 @@ def run(
     tick = time.perf_counter()
     key = pipeline.expert_key(config.experts, last_needed, scope, data)
     job = DistillJob(config.distill, scope, data, store, key)
-    result = distill(job, out_dir, reporter, resume=resume)
+    snapshots = snapshot_writer(config, host, data, store, out_dir)
+    result = distill(job, out_dir, reporter, resume=resume, snapshots=snapshots)
     timings["distill"] = time.perf_counter() - tick
     save_distilled(out_dir, config, host, data, result, store)
     tick = time.perf_counter()
@@ -326,8 +293,11 @@ def run(
         if baseline:
             real_x, real_y = random_real_set(config, data, scope.device)
             sets["random_real"] = (real_x, real_y, config.distill.lr_init)
-        for label, results in evaluate_many(config, data, sets, reporter=reporter).items():
+        evaluated = evaluate_many(config, data, sets, reporter=reporter)
+        for label, results in evaluated.items():
             summary[label] = result_summary(results)
+        final = {"kind": "final", "file": SYNTHETIC_TENSORS, "iteration": config.distill.iterations}
+        evaluation_log.append_entry(out_dir, evaluation_entry("run", config, final, evaluated, result.lr))
         summary["protocol"] = {
             "distilled_lr": result.lr,
             "random_real_lr": config.distill.lr_init,

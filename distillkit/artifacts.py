@@ -138,11 +138,13 @@ def save_synthetic(
     lr: float,
     meta: dict,
     extra_tensors: dict[str, Tensor] | None = None,
+    stem: str = "synthetic",
 ) -> None:
     """Write ``synthetic.safetensors`` and ``synthetic.json`` (meta + checksum) atomically.
 
     ``extra_tensors`` carries state needed to use the images, e.g. the ZCA
-    transform as ``zca.mean`` / ``zca.matrix`` / ``zca.inverse``.
+    transform as ``zca.mean`` / ``zca.matrix`` / ``zca.inverse``. ``stem`` names
+    other sets in the same format (``snapshots/iter-000200``).
     """
     out_dir = Path(out_dir)
     extra = dict(extra_tensors or {})
@@ -156,24 +158,26 @@ def save_synthetic(
         **{name: cpu_copy(value) for name, value in extra.items()},
     }
     data = save_safetensors(tensors)
-    atomic_write_bytes(out_dir / SYNTHETIC_TENSORS, data)
+    atomic_write_bytes(out_dir / f"{stem}.safetensors", data)
     sidecar = {
         **{k: v for k, v in meta.items() if k not in _RESERVED_META},
         "sha256": hashlib.sha256(data).hexdigest(),
         "format_version": FORMAT_VERSION,
     }
-    atomic_write_json(out_dir / SYNTHETIC_JSON, sidecar)
+    atomic_write_json(out_dir / f"{stem}.json", sidecar)
 
 
-def load_synthetic(out_dir: Path) -> tuple[Tensor, Tensor, float, dict, dict[str, Tensor]]:
+def load_synthetic(
+    out_dir: Path, stem: str = "synthetic"
+) -> tuple[Tensor, Tensor, float, dict, dict[str, Tensor]]:
     """Read a synthetic set written by :func:`save_synthetic`, refusing corrupt files.
 
     Returns ``(images, labels, lr, meta, extra_tensors)``; ``meta`` is what was
     saved, without the checksum and format version.
     """
     out_dir = Path(out_dir)
-    json_path = out_dir / SYNTHETIC_JSON
-    tensor_path = out_dir / SYNTHETIC_TENSORS
+    json_path = out_dir / f"{stem}.json"
+    tensor_path = out_dir / f"{stem}.safetensors"
     hint = "Re-run `distillkit distill` to write the synthetic set again."
     try:
         sidecar = json.loads(json_path.read_text(encoding="utf-8"))
@@ -193,7 +197,7 @@ def load_synthetic(out_dir: Path) -> tuple[Tensor, Tensor, float, dict, dict[str
         raise StoreError(f"{tensor_path} is missing.", hint=hint) from None
     if hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
         raise StoreError(
-            f"{tensor_path}: checksum mismatch with {SYNTHETIC_JSON} (file corrupt or truncated).",
+            f"{tensor_path}: checksum mismatch with {json_path.name} (file corrupt or truncated).",
             hint=hint,
         )
     try:

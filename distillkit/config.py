@@ -44,6 +44,12 @@ class DataConfig:
     #: (color, crop, cutout, flip, scale, rotate, brightness, saturation, contrast), one drawn per
     #: batch; "" or "none" = no augmentation.
     augment: str = DSA_DEFAULT
+    #: Fraction of each class of the training split held out as a validation split before experts,
+    #: initialisation or distillation see it (0: none). Only ``distill.snapshot_eval`` reads it; the
+    #: test split is never held out or used to select anything.
+    val_fraction: float = 0.0
+    #: Seed of the validation split (its own, so runs of every ``seed`` hold out the same images).
+    val_seed: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +136,14 @@ class DistillConfig:
     graph_steps: int = 0
     #: Write RUN_DIR/checkpoints/ every this many iterations (0: only on SIGINT/SIGTERM).
     checkpoint_every: int = 25
+    #: Save the synthetic set to RUN_DIR/snapshots/iter-NNNNNN.safetensors every this many
+    #: iterations, and the initial set (iteration 0) (0: off).
+    snapshot_every: int = 0
+    #: Train this many fresh networks on each snapshot and record their accuracy on the
+    #: validation split (needs ``data.val_fraction`` > 0) in snapshots/index.jsonl (0: off).
+    snapshot_eval: int = 0
+    #: Training epochs of each ``snapshot_eval`` network (otherwise the ``evaluate.*`` protocol).
+    snapshot_eval_epochs: int = 50
     #: Divergence guard: keep a rollback point every ``guard_every`` good iterations.
     guard_every: int = 10
     #: Rollbacks allowed before the run stops (with the last good set saved).

@@ -33,6 +33,7 @@ from distillkit.hookcalls import call_each, first_init
 from distillkit.models.flat import load_flat
 from distillkit.rundir import being_trained
 from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
+from distillkit.snapshots import Snapshots
 
 
 @dataclass
@@ -201,6 +202,7 @@ def distill(
     reporter: Reporter | None = None,
     resume: bool = False,
     release_data: bool = False,
+    snapshots: Snapshots | None = None,
 ) -> DistillResult:
     """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set.
 
@@ -209,7 +211,9 @@ def distill(
     ``resume=True`` continues from the newest checkpoint there, bit for bit. If the
     divergence guard gives up, the last good set is saved before the error propagates.
     ``release_data=True`` frees the real images once the start set is drawn (for callers
-    that do not need them afterwards, as ``distillkit distill``).
+    that do not need them afterwards, as ``distillkit distill``). ``snapshots`` saves the set
+    at iteration 0 and every ``distill.snapshot_every`` iterations, before the checkpoint of
+    that iteration, so a resume never finds a checkpoint without its snapshot.
     """
     reporter = reporter or Reporter()
     lines: list[dict[str, Any]] = []
@@ -237,6 +241,25 @@ def distill(
     reporter.advance(distiller.iteration)
     metrics_file = open(out_dir / "metrics.jsonl", "a" if resume else "w") if out_dir else None  # noqa: SIM115
 
+    def snapshot() -> None:
+        if snapshots is not None and snapshots.due(distiller.iteration):
+            entry = snapshots.save(
+                distiller.iteration,
+                distiller.images.detach(),
+                distiller.labels,
+                float(distiller.alpha.detach()),
+            )
+            if "validation" in entry:
+                mean, std = entry["validation"]["mean"], entry["validation"]["std"]
+                reporter.note(
+                    f"snapshot {distiller.iteration}: validation {100 * mean:.2f} ± {100 * std:.2f} %"
+                )
+
+    if snapshots is not None:
+        snapshots.discard_after(distiller.iteration if resume else -1)
+        if not resume:
+            snapshot()
+
     def save_state() -> None:
         if out_dir is not None and metrics_file is not None:
             metrics_file.flush()
@@ -257,8 +280,11 @@ def distill(
                 history.append(result)
                 for note in result.rollbacks:
                     reporter.note(f"divergence guard: {note}")
+                if result.rollbacks and snapshots is not None:
+                    snapshots.discard_after(distiller.iteration)  # those past the rollback point are redone
                 if metrics_file:
                     metrics_file.write(json.dumps({**result.__dict__, "seconds": times[-1]}) + "\n")
+                snapshot()
                 if every and distiller.iteration % every == 0:
                     save_state()
                 if stop:

@@ -56,7 +56,8 @@ class PluginRecord:
         }
 
 
-def _dist_of(ep: EntryPoint) -> tuple[str, str]:
+def distribution_of(ep: EntryPoint) -> tuple[str, str]:
+    """The (name, version) of the package providing ``ep``; "-" when unknown."""
     dist = getattr(ep, "dist", None)
     if dist is None:
         return "-", "-"
@@ -71,7 +72,7 @@ def discover(eps: Iterable[EntryPoint] | None = None) -> dict[str, EntryPoint]:
             previous = found[ep.name]
             if previous.value == ep.value:
                 continue
-            first, second = _dist_of(previous)[0], _dist_of(ep)[0]
+            first, second = distribution_of(previous)[0], distribution_of(ep)[0]
             raise PluginConflictError(
                 f"plugin '{ep.name}' is provided by two packages: {first} and {second}",
                 hint=f"uninstall one of them (pip uninstall {second})",
@@ -141,7 +142,7 @@ class PluginHost:
     def plugin_class(self, name: str) -> Any:
         """Import and return the class (or module) behind entry point ``name``."""
         ep = self._entry_point(name)
-        package, version = _dist_of(ep)
+        package, version = distribution_of(ep)
         try:
             return ep.load()
         except Exception as exc:
@@ -186,14 +187,14 @@ class PluginHost:
             cls = self.plugin_class(name)
             declared = getattr(cls, "name", name)
             if declared != name:
-                package, version = _dist_of(self.available[name])
+                package, version = distribution_of(self.available[name])
                 raise PluginError(
                     f"plugin '{name}' ({package} {version}) calls itself '{declared}'",
                     hint="the plugin's `name` must equal its entry-point name",
                 )
             config = build_plugin_config(name, cls, options.get(name, {}))
             plugin = self._instantiate(name, cls, config)
-            package, version = _dist_of(self.available[name])
+            package, version = distribution_of(self.available[name])
             self._register(name, plugin, config, package, version)
         for obj in extra:
             name = getattr(obj, "name", None) or type(obj).__name__
@@ -306,7 +307,7 @@ class PluginHost:
         """A record for every discovered plugin; a plugin that fails to load becomes an error row."""
         records = []
         for name, ep in self.available.items():
-            package, version = _dist_of(ep)
+            package, version = distribution_of(ep)
             try:
                 cls = ep.load()
                 probe = pluggy.PluginManager(hookspecs.PROJECT)

@@ -213,6 +213,11 @@ def recorded_run(run_dir: Path, device: str | None = None) -> tuple[RunConfig, P
         )
         for name in ("config.json", "invocation.json")
     )
+    if not isinstance(invocation, dict) or not invocation.get("command"):
+        raise ConfigError(
+            f"{run_dir} is not a resumable run directory: invocation.json names no starting command",
+            hint="--resume takes the --out directory of `distillkit run` or `distillkit distill`",
+        )
     config = from_dict(recorded)
     if device is not None:
         config = replace(config, device=device)
@@ -222,4 +227,31 @@ def recorded_run(run_dir: Path, device: str | None = None) -> tuple[RunConfig, P
     return config, host, invocation
 
 
-__all__ = ["Resolved", "flat_values", "recorded_run", "resolve_config", "resolve_layers"]
+#: The one key ``--resume`` may change: raising it extends a run from its final checkpoint.
+EXTENDABLE = "distill.iterations"
+
+
+def extended_config(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """``config`` with ``overrides`` applied, where only ``distill.iterations`` may change, and only upwards.
+
+    Keys given with their recorded value are accepted; any other change is refused naming the key.
+    """
+    updated = apply_overrides(config, overrides, set(config.plugins))
+    before, after = flat_values(config), flat_values(updated)
+    for key in sorted(set(before) | set(after)):
+        if key != EXTENDABLE and before.get(key) != after.get(key):
+            raise ConfigError(
+                f"--resume continues the recorded run: {key} would change from "
+                f"{before.get(key)!r} to {after.get(key)!r}",
+                hint=f"only {EXTENDABLE} may be raised (to extend the run); start a new run for other values",
+            )
+    if updated.distill.iterations < config.distill.iterations:
+        raise ConfigError(
+            f"{EXTENDABLE}={updated.distill.iterations} is below the run's {config.distill.iterations}: "
+            "a run can be extended, not shortened",
+            hint="evaluate or export an earlier set with --snapshot ITERATION",
+        )
+    return updated
+
+
+__all__ = ["Resolved", "extended_config", "flat_values", "recorded_run", "resolve_config", "resolve_layers"]

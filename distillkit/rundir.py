@@ -140,7 +140,8 @@ def _refuse_existing_run(out_dir: Path, overwrite: bool) -> None:
 
 
 def refuse_finished(run_dir: Path) -> None:
-    """``--resume`` on a finished run has nothing to do; it must not rewrite its results."""
+    """``--resume`` on a finished run has nothing to do (unless it extends the run); it must not rewrite
+    its results."""
     import json
 
     try:
@@ -151,7 +152,8 @@ def refuse_finished(run_dir: Path) -> None:
     if (Path(run_dir) / done).exists():
         raise ConfigError(
             f"{run_dir} holds a finished run ({done}): there is nothing to resume",
-            hint=f"evaluate it again with: distillkit evaluate {run_dir}",
+            hint=f"evaluate it again with: distillkit evaluate {run_dir}, or extend it with "
+            "--set distill.iterations=N (more than it ran)",
         )
 
 

@@ -24,6 +24,7 @@ from distillkit import __version__
 from distillkit.context import InitContext, RunContext
 from distillkit.data import ZCA, ImageDataset, load_dataset
 from distillkit.data.augment import DSA
+from distillkit.data.holdout import hold_out
 from distillkit.data.pixels import Images, NormalisedPixels
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
@@ -55,13 +56,18 @@ class PreparedData:
     """The dataset after preprocessing (normalisation, optional ZCA), ready for every stage.
 
     Without ZCA the images are the dataset's lazily normalised pixels; ``images[index]``
-    gives float tensors either way.
+    gives float tensors either way. With ``data.val_fraction`` the dataset's training split
+    is already the rest: ``val_*`` holds what was held out and ``holdout`` describes it
+    (it enters the expert store key).
     """
 
     dataset: ImageDataset
     train_images: Images
     test_images: Images
     zca: ZCA | None
+    val_images: Images | None = None
+    val_labels: torch.Tensor | None = None
+    holdout: dict[str, float | int] | None = None
 
     @property
     def train(self) -> tuple[Images, torch.Tensor]:
@@ -70,6 +76,13 @@ class PreparedData:
     @property
     def test(self) -> tuple[Images, torch.Tensor]:
         return self.test_images, self.dataset.test_labels
+
+    @property
+    def val(self) -> tuple[Images, torch.Tensor] | None:
+        """The validation split held out of train, or None."""
+        if self.val_images is None or self.val_labels is None:
+            return None
+        return self.val_images, self.val_labels
 
     def init_context(self, ipc: int, **expert_side: Any) -> InitContext:
         """The ``init_synthetic`` context for this data; ``expert_side`` fills the expert/model fields."""
@@ -102,14 +115,21 @@ class PreparedData:
 
 
 def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Load the configured dataset and apply ZCA if asked (fitted on train, applied to test)."""
+    """Load the dataset, hold out the validation split, apply ZCA if asked (fitted on what train is left)."""
     dataset = load_dataset(cfg.dataset, cfg.data_path or None, cfg.download)
+    val_images, val_labels, holdout = None, None, None
+    if cfg.val_fraction > 0:
+        dataset, (val_images, val_labels) = hold_out(dataset, cfg.val_fraction, cfg.val_seed)
+        holdout = {"val_fraction": cfg.val_fraction, "val_seed": cfg.val_seed}
     if cfg.zca:
         # ZCA works on whole float sets: materialise them (``[:]``) for the fit and the transform.
         train, test = dataset.train_images[:], dataset.test_images[:]
         zca = ZCA.fit(train)
-        return PreparedData(dataset, zca.transform(train), zca.transform(test), zca)
-    return PreparedData(dataset, dataset.train_images, dataset.test_images, None)
+        val = zca.transform(val_images[:]) if val_images is not None else None
+        return PreparedData(dataset, zca.transform(train), zca.transform(test), zca, val, val_labels, holdout)
+    return PreparedData(
+        dataset, dataset.train_images, dataset.test_images, None, val_images, val_labels, holdout
+    )
 
 
 def model_factory(data: PreparedData) -> Callable[[str, int], torch.nn.Module]:

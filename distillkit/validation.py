@@ -34,6 +34,7 @@ def validate(config: RunConfig) -> None:
         "distill.max_start_epoch": config.distill.max_start_epoch,
         "evaluate.epochs": config.evaluate.epochs,
         "evaluate.batch_size": config.evaluate.batch_size,
+        "distill.snapshot_eval_epochs": config.distill.snapshot_eval_epochs,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -44,6 +45,8 @@ def validate(config: RunConfig) -> None:
         "distill.graph_steps": config.distill.graph_steps,
         "evaluate.runs": config.evaluate.runs,
         "experts.eval_every": config.experts.eval_every,
+        "distill.snapshot_every": config.distill.snapshot_every,
+        "distill.snapshot_eval": config.distill.snapshot_eval,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -92,6 +95,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"distill.backoff must be in (0, 1), got {config.distill.backoff}")
     if not 0 < config.experts.lr_decay_factor <= 1:
         raise ConfigError(f"experts.lr_decay_factor must be in (0, 1], got {config.experts.lr_decay_factor}")
+    _check_snapshots(config)
     needed = last_needed_epoch(config.distill)
     if needed > config.experts.epochs:
         raise ConfigError(
@@ -100,6 +104,22 @@ def validate(config: RunConfig) -> None:
             hint="raise experts.epochs or lower distill.max_start_epoch",
         )
     check_names(config)
+
+
+def _check_snapshots(config: RunConfig) -> None:
+    """A validation split in [0, 1); snapshot evaluation needs snapshots and a validation split."""
+    if not 0 <= config.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    if config.distill.snapshot_eval and not config.data.val_fraction:
+        raise ConfigError(
+            "distill.snapshot_eval needs a validation split (the test split never selects anything)",
+            hint="add --set data.val_fraction=0.1",
+        )
+    if config.distill.snapshot_eval and not config.distill.snapshot_every:
+        raise ConfigError(
+            "distill.snapshot_eval evaluates snapshots, but distill.snapshot_every is 0",
+            hint="add --set distill.snapshot_every=N",
+        )
 
 
 def _check_finite(config: RunConfig) -> None:

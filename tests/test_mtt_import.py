@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from distillkit.cli import app
 from distillkit.errors import StoreError
+from distillkit.evaluation_log import latest_by_model
 from distillkit.interop import export_mtt, load_mtt_set
 
 runner = CliRunner()
@@ -53,7 +54,8 @@ def test_evaluate_mtt_reports_and_merges_results(tmp_path):
     assert len(first["runs"]) == 2 and 0 <= first["mean"] <= 1
     again = runner.invoke(app, [*args, "--eval-models", "convnet-w16-d2"], env=ENV)
     assert again.exit_code == 0, again.output
-    stored = json.loads((out / "evaluation.json").read_text())
+    assert len(json.loads((out / "evaluation.json").read_text())) == 2  # one entry per evaluation
+    stored = latest_by_model(out)
     assert set(stored) == {"convnet-w32-d2", "convnet-w16-d2"}  # the first model's result is kept
     assert stored["convnet-w16-d2"]["protocol"]["epochs"] == 5
 

@@ -60,24 +60,42 @@ def evaluate_cmd(
     out_dir: Annotated[
         Path | None, typer.Option("--out", "-o", help="With --mtt: also write evaluation.json here.")
     ] = None,
+    snapshot: Annotated[
+        int | None,
+        typer.Option(
+            help="With RUN_DIR: evaluate snapshot ITERATION (in RUN_DIR/snapshots/), not the final set."
+        ),
+    ] = None,
+    runs: Annotated[int | None, typer.Option(help="Networks per model (= --set evaluate.runs=K).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs per network (= --set evaluate.epochs=E).")
+    ] = None,
     json_out: JsonOut = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Evaluate a distilled set again (other architectures with --eval-models), or another tool's (--mtt)."""
+    """Evaluate a distilled set again (other architectures with --eval-models), or another tool's (--mtt).
+
+    A run's set is evaluated beside the run's random-real baseline, and every evaluation is
+    appended to RUN_DIR/evaluation.json (or --out's), so earlier results are kept.
+    """
     with cli_errors(debug):
-        from distillkit import api
-        from distillkit.artifacts import load_synthetic, read_json
+        from distillkit import api, evaluation_log, invocation
+        from distillkit.artifacts import SYNTHETIC_TENSORS, load_synthetic, read_json
         from distillkit.config import ConfigError, apply_overrides, from_dict
         from distillkit.interop import load_mtt_set
         from distillkit.rundir import lock_run_dir
+        from distillkit.snapshots import load_snapshot, snapshot_dir, snapshot_stem
         from distillkit.validation import validate
 
         if (run_dir is None) == (mtt is None):
             raise ConfigError("evaluate takes a RUN_DIR or --mtt FOLDER (one of them)")
+        overrides = _protocol_shortcuts(sets, runs, epochs)
         if mtt is not None:
+            if snapshot is not None:
+                raise ConfigError("--snapshot selects a set of RUN_DIR; --mtt takes --tag")
             overrides = collect_overrides(
-                sets,
+                overrides,
                 dataset=dataset,
                 data_path=data_path,
                 model=model,
@@ -88,21 +106,33 @@ def evaluate_cmd(
             cfg = resolve(preset, config, overrides, None).config
             images, labels, lr, tag = load_mtt_set(mtt, tag)
             label, target = f"{mtt} ({tag})", out_dir
+            evaluated = {"kind": "mtt", "folder": str(mtt.resolve()), "tag": tag}
         else:
             if any(v is not None for v in (dataset, data_path, model, preset, config, seed, tag, out_dir)):
                 raise ConfigError(
                     "a run is evaluated with its recorded config",
-                    hint="only --eval-models, --set evaluate.*, --device and --json apply to RUN_DIR",
+                    hint="only --eval-models, --set evaluate.*, --runs, --epochs, --snapshot, --device and "
+                    "--json apply to RUN_DIR",
                 )
             if not (run_dir / "config.json").exists():
                 raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
             lock_run_dir(run_dir)
             recorded = read_json(run_dir / "config.json", ConfigError, f"{run_dir} has no config.json")
             cfg = from_dict(recorded)
-            cfg = apply_overrides(cfg, collect_overrides(sets, device=device, eval_models=eval_models), set())
+            cfg = apply_overrides(
+                cfg, collect_overrides(overrides, device=device, eval_models=eval_models), set()
+            )
             validate(cfg)
-            images, labels, lr, meta, _extra = load_synthetic(run_dir)
-            label, target = str(run_dir), run_dir
+            if snapshot is None:
+                images, labels, lr, meta, _extra = load_synthetic(run_dir)
+                label = str(run_dir)
+                evaluated = {"kind": "final", "file": SYNTHETIC_TENSORS, "iteration": meta.get("iteration")}
+            else:
+                images, labels, lr, meta, _extra = load_snapshot(run_dir, snapshot)
+                label = f"{run_dir} (snapshot {snapshot})"
+                file = snapshot_dir(run_dir).name + "/" + snapshot_stem(snapshot) + ".safetensors"
+                evaluated = {"kind": "snapshot", "file": file, "iteration": snapshot}
+            target = run_dir
         data = api.prepare_data(cfg.data)
         if run_dir is not None and meta.get("dataset") not in (None, data.dataset.name):
             raise ConfigError(
@@ -111,19 +141,36 @@ def evaluate_cmd(
                 hint="the run directory was altered; evaluate the set with the dataset it came from",
             )
         api.check_synthetic_set(images, labels, lr, data)
+        if target is not None:
+            invocation.append_record(target, "evaluate", cfg.plugins)
+        sets = {"distilled": (images, labels, lr)}
+        if run_dir is not None:
+            on = api.device_for(cfg.device, cfg.deterministic)
+            sets["random_real"] = (*api.random_real_set(cfg, data, on), cfg.distill.lr_init)
         reporter = RichReporter(not quiet)
         try:
-            results = api.evaluate(cfg, data, images, labels, lr, reporter=reporter)
+            results = api.evaluate_many(cfg, data, sets, reporter=reporter)
         finally:
             reporter.close()
-        payload = {name: res.as_dict() for name, res in results.items()}
         if target is not None:
-            api.merge_evaluation(target, payload, cfg)
+            entry = api.evaluation_entry("evaluate", cfg, evaluated, results, lr)
+            evaluation_log.append_entry(target, entry)
+        payload = {name: res.as_dict() for name, res in results["distilled"].items()}
         if json_out:
             out.print_json(json.dumps(payload))
         else:
             from distillkit.evaluate import protocol_line
 
-            out.print(f"[dim]protocol: {protocol_line(cfg.evaluate, lr)}[/]")
+            baseline = f"; random real at lr {cfg.distill.lr_init:.4g}" if "random_real" in results else ""
+            out.print(f"[dim]protocol: {protocol_line(cfg.evaluate, lr)}{baseline}[/]")
             rows = [("distilled", name, res) for name, res in payload.items()]
+            rows += [
+                ("random real", name, res.as_dict()) for name, res in results.get("random_real", {}).items()
+            ]
             out.print(results_table(label, rows))
+
+
+def _protocol_shortcuts(sets: list[str] | None, runs: int | None, epochs: int | None) -> list[str]:
+    """``--runs K --epochs E`` as the ``--set evaluate.runs=K --set evaluate.epochs=E`` they stand for."""
+    shortcuts = {"evaluate.runs": runs, "evaluate.epochs": epochs}
+    return [*(sets or []), *(f"{key}={value}" for key, value in shortcuts.items() if value is not None)]

@@ -43,6 +43,10 @@ def export_cmd(
             "--overwrite", help="Write into a non-empty --out, replacing the files it exports.", metavar=""
         ),
     ] = False,
+    snapshot: Annotated[
+        int | None,
+        typer.Option(help="Export snapshot ITERATION (RUN_DIR/snapshots/) instead of the final set."),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Export a run's synthetic set for other tools: MTT's .pt files, PNG class folders, an image dataset."""
@@ -54,7 +58,7 @@ def export_cmd(
             from distillkit.errors import ConfigError
 
             raise ConfigError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
-        images, labels, lr, meta, extra = _read_run_set(run_dir)
+        images, labels, lr, meta, extra = _read_run_set(run_dir, snapshot)
         _check_out_dir(out_dir, run_dir, overwrite)
         whitened = bool(meta.get("zca"))
         if fmt == "mtt":
@@ -102,18 +106,24 @@ def _print_loaders(out_dir: Path, split_like: list[str]) -> None:
         )
 
 
-def _read_run_set(run_dir: Path) -> tuple[Tensor, Tensor, float, dict[str, Any], dict[str, Tensor]]:
-    """A run's synthetic set, checked against its own metadata (shape, classes, finiteness, lr)."""
+def _read_run_set(
+    run_dir: Path, snapshot: int | None = None
+) -> tuple[Tensor, Tensor, float, dict[str, Any], dict[str, Tensor]]:
+    """A run's set (final or a snapshot), checked against its metadata (shape, classes, finiteness, lr)."""
     from distillkit import api
     from distillkit.artifacts import SYNTHETIC_JSON, load_synthetic
     from distillkit.errors import ConfigError, StoreError
+    from distillkit.snapshots import load_snapshot
 
     if not run_dir.is_dir() or not any((run_dir / n).exists() for n in ("config.json", SYNTHETIC_JSON)):
         raise ConfigError(
             f"{run_dir} is not a run directory (no config.json or {SYNTHETIC_JSON})",
             hint="export takes the --out folder of `distillkit run` or `distillkit distill`",
         )
-    images, labels, lr, meta, extra = load_synthetic(run_dir)
+    if snapshot is None:
+        images, labels, lr, meta, extra = load_synthetic(run_dir)
+    else:
+        images, labels, lr, meta, extra = load_snapshot(run_dir, snapshot)
     shape, names, dataset = meta.get("image_shape"), meta.get("class_names"), meta.get("dataset")
     if not (
         isinstance(shape, list)

@@ -77,9 +77,10 @@ def run_cmd(
             eval_models=eval_models,
             memory=memory,
         )
+        extending = False
         if resume is not None:
-            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
-            cfg, host, invocation = _recorded(resume, "run", device)
+            _check_resume_alone(preset, config, plugins, out_dir, experts)
+            cfg, host, invocation, extending = _recorded(resume, "run", device, overrides)
             experts = Path(invocation["experts"]) if invocation.get("experts") else None
             sources = None
         else:
@@ -87,7 +88,7 @@ def run_cmd(
             cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
         from distillkit import api, rundir
 
-        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
+        target = _claim_run_dir(cfg, out_dir, overwrite, resume, extending)
         reporter = RichReporter(not quiet)
         try:
             with rundir.discard_on_bad_input(target):
@@ -99,21 +100,29 @@ def run_cmd(
         print_summary(summary, target)
 
 
-def _check_resume_alone(overrides: dict[str, Any], *options: Any) -> None:
-    """``--resume`` continues with the recorded config, so config options would be silently ignored."""
-    if overrides or any(option is not None for option in options):
+def _check_resume_alone(*options: Any) -> None:
+    """``--resume`` continues with the recorded config, so config options would be silently ignored.
+
+    ``--set`` (and the key shortcuts) pass: :func:`distillkit.resolve.extended_config` accepts
+    an unchanged value or a raised ``distill.iterations`` and refuses anything else by name.
+    """
+    if any(option is not None for option in options):
         from distillkit.errors import ConfigError
 
         raise ConfigError(
             "--resume continues with the run's recorded config and cannot be combined with config options",
-            hint="drop --set/--preset/--config/--plugins/--out/--experts/--ipc...; only --device may change",
+            hint="drop --preset/--config/--plugins/--out/--experts; only --device and "
+            "--set distill.iterations=N (to extend the run) may be given",
         )
 
 
-def _claim_run_dir(cfg: RunConfig, out_dir: Path | None, overwrite: bool, resume: Path | None) -> Path:
+def _claim_run_dir(
+    cfg: RunConfig, out_dir: Path | None, overwrite: bool, resume: Path | None, extending: bool = False
+) -> Path:
     """The locked run directory: the one to resume, or a new one (never one holding another run).
 
-    The device is checked first, so an unusable ``--device`` leaves no directory behind.
+    The device is checked first, so an unusable ``--device`` leaves no directory behind. A
+    finished run is resumed only to extend it (``extending``: more iterations than recorded).
     """
     from distillkit import rundir
     from distillkit.runtime import resolve_device
@@ -121,14 +130,19 @@ def _claim_run_dir(cfg: RunConfig, out_dir: Path | None, overwrite: bool, resume
     resolve_device(cfg.device)
 
     if resume is not None:
-        rundir.refuse_finished(resume)
+        if not extending:
+            rundir.refuse_finished(resume)
         return rundir.lock_run_dir(resume)
     return rundir.prepare_run_dir(out_dir or rundir.default_run_dir(cfg), overwrite)
 
 
-def _recorded(run_dir: Path, command: str, device: str | None) -> tuple[RunConfig, PluginHost, dict]:
+def _recorded(
+    run_dir: Path, command: str, device: str | None, overrides: dict[str, Any]
+) -> tuple[RunConfig, PluginHost, dict, bool]:
+    """The recorded config (with a raised ``distill.iterations``, if given), host, invocation, and
+    whether this resume extends the run."""
     from distillkit.errors import ConfigError
-    from distillkit.resolve import recorded_run
+    from distillkit.resolve import extended_config, recorded_run
 
     cfg, host, invocation = recorded_run(run_dir, device)
     if invocation.get("command") != command:
@@ -136,7 +150,10 @@ def _recorded(run_dir: Path, command: str, device: str | None) -> tuple[RunConfi
             f"{run_dir} was started by `distillkit {invocation.get('command')}`, not `distillkit {command}`",
             hint=f"resume it with: distillkit {invocation.get('command')} --resume {run_dir}",
         )
-    return cfg, host, invocation
+    if not overrides:
+        return cfg, host, invocation, False
+    extended = extended_config(cfg, overrides)
+    return extended, host, invocation, extended.distill.iterations > cfg.distill.iterations
 
 
 @app.command("experts")
@@ -235,9 +252,10 @@ def distill_cmd(
         overrides = collect_overrides(
             sets, dataset=dataset, data_path=data_path, model=model, ipc=ipc, seed=seed, memory=memory
         )
+        extending = False
         if resume is not None:
-            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
-            cfg, host, invocation = _recorded(resume, "distill", device)
+            _check_resume_alone(preset, config, plugins, out_dir, experts)
+            cfg, host, invocation, extending = _recorded(resume, "distill", device, overrides)
             experts = Path(invocation["experts"])
             sources = None
         elif experts is None:
@@ -253,14 +271,19 @@ def distill_cmd(
         store = TrajectoryStore.open(experts)
         data = api.prepare_data(cfg.data)
         api.check_ipc(cfg.distill.ipc, data)
-        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
+        target = _claim_run_dir(cfg, out_dir, overwrite, resume, extending)
         if resume is None:
             api.record_invocation(target, cfg, "distill", experts, sources)
+        else:
+            api.record_resume(target, cfg, "distill")
         reporter = RichReporter(not quiet)
         try:
             with rundir.discard_on_bad_input(target):
                 job = api.distill_job(cfg, host, data, store)
-                result = api.distill(job, target, reporter, resume=resume is not None, release_data=True)
+                snapshots = api.snapshot_writer(cfg, host, data, store, target)
+                result = api.distill(
+                    job, target, reporter, resume=resume is not None, release_data=True, snapshots=snapshots
+                )
         finally:
             reporter.close()
         api.save_distilled(target, cfg, host, data, result, store)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from distillkit.data.cifar import load_cifar
+from distillkit.data.holdout import stratified_split
 from distillkit.data.imagedataset import (
     DOWNLOAD_HINT,
     ImageDataset,
@@ -96,18 +97,6 @@ def load_dataset(spec: str, data_path: str | Path | None = None, download: bool 
 # --- digits (embedded) ----------------------------------------------------------------------
 
 
-def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed per-class split, identical on every machine, so runs are comparable everywhere."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_test = round(len(members) * test_fraction)
-        test.append(members[:n_test])
-        train.append(members[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
 def _load_digits(root: Path | None, download: bool) -> ImageDataset:
     """scikit-learn's bundled 8×8 digits (values 0..16): needs no files and no network."""
     from sklearn.datasets import load_digits
@@ -115,7 +104,7 @@ def _load_digits(root: Path | None, download: bool) -> ImageDataset:
     bunch = load_digits()
     pixels = bunch.images.astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.int64)
-    train_idx, test_idx = _stratified_split(labels, test_fraction=0.25, seed=0)
+    train_idx, test_idx = stratified_split(labels, fraction=0.25, seed=0)
     mean, std = channel_stats(pixels[train_idx], scale=16.0)
     return build(
         "digits",

@@ -42,6 +42,8 @@ def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: Prep
     # Listed only when some epochs are left out, so an all-epochs store keeps its key (and
     # cache folder); a store of fewer epochs is never reused for a longer distillation.
     stored = {"stored_epochs": kept} if len(kept) < cfg.epochs + 1 else {}
+    # Likewise listed only with a validation split: those experts never saw the held-out images.
+    held_out = {"validation": data.holdout} if data.holdout else {}
     return {
         "dataset": data.dataset.name,
         "image_shape": list(data.dataset.image_shape),
@@ -62,6 +64,7 @@ def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: Prep
         "seed": scope.seed,
         "expert_plugins": expert_plugins,
         **stored,
+        **held_out,
     }
 
 

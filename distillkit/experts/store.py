@@ -56,7 +56,8 @@ MANIFEST = "manifest.json"
 TENSOR_NAME = "trajectory"
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 STORE_DTYPES = (*FLOAT_DTYPES, "int8")
-COMPATIBILITY_FIELDS = ("dataset", "image_shape", "num_classes", "param_layout", "num_params")
+#: ``validation`` is in a run's key only with a validation split: its experts must not have seen it.
+COMPATIBILITY_FIELDS = ("dataset", "image_shape", "num_classes", "param_layout", "num_params", "validation")
 _ENTRY_FIELDS = ("index", "file", "sha256", "epochs", "stored_epochs", "dtype", "test_acc", "seconds")
 _MISSING = object()
 

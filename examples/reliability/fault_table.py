@@ -628,7 +628,9 @@ def user_folder(name: str) -> Callable[[Path], None]:
 
 def evaluation_keeps(run: str, *models: str) -> Callable[[Path], str]:
     def check(workspace: Path) -> str:
-        stored = json.loads((workspace / run / "evaluation.json").read_text())
+        from distillkit.evaluation_log import latest_by_model
+
+        stored = latest_by_model(workspace / run)  # the newest result of each model
         assert set(models) <= set(stored), f"evaluation.json holds {sorted(stored)}"
         return f"evaluation.json keeps {', '.join(models)}"
 
