@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from distillkit.cli.cmd_report import refresh_report
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -127,3 +128,5 @@ def evaluate_cmd(
             out.print(f"[dim]protocol: {protocol_line(cfg.evaluate, lr)}[/]")
             rows = [("distilled", name, res) for name, res in payload.items()]
             out.print(results_table(label, rows))
+        if run_dir is not None:
+            refresh_report(run_dir)
