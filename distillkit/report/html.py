@@ -66,13 +66,15 @@ def percent(mean: Any, std: Any = None) -> str:
     return esc(f"{text} ± {100 * std:.2f} %" if isinstance(std, int | float) else f"{text} %")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], dim: Sequence[bool] = ()) -> str:
-    """A table of already-escaped cells; cells that look numeric are right-aligned."""
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], dim: Sequence[bool] = (), align: bool = True
+) -> str:
+    """A table of already-escaped cells; with ``align``, cells that look numeric are right-aligned."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cls = ' class="dim"' if i < len(dim) and dim[i] else ""
-        cells = "".join((NUM_CELL if _numeric(c) else "<td>") + f"{c}</td>" for c in row)
+        cells = "".join((NUM_CELL if align and _numeric(c) else "<td>") + f"{c}</td>" for c in row)
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

@@ -245,7 +245,7 @@ def config(report: RunReport) -> str:
         rows.append((esc(key), esc(json.dumps(value, ensure_ascii=False)), esc(source)))
         dim.append(source == "default")
     body = note("Each key with the layer that set it (defaults are grey).") + table(
-        ["key", "value", "set by"], rows, dim
+        ["key", "value", "set by"], rows, dim, align=False
     )
     return section("config", "Config", body)
 
