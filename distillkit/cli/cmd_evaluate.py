@@ -129,4 +129,4 @@ def evaluate_cmd(
             rows = [("distilled", name, res) for name, res in payload.items()]
             out.print(results_table(label, rows))
         if run_dir is not None:
-            refresh_report(run_dir)
+            refresh_report(run_dir, announce=not json_out)

@@ -25,10 +25,11 @@ def report_cmd(
         out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
-def refresh_report(run_dir: Path) -> None:
+def refresh_report(run_dir: Path, announce: bool = True) -> None:
     """Write ``report.html`` after a command that changed the run; a failure is a warning, not an error.
 
     The run's own files are written already, so nothing here may turn a finished run into a failed one.
+    ``announce=False`` prints nothing on success (``--json`` output stays pure JSON).
     """
     try:
         from distillkit.report import write_report
@@ -43,8 +44,9 @@ def refresh_report(run_dir: Path) -> None:
             soft_wrap=True,
         )
         return
-    _note_missing_plots()
-    out.print(f"report: {path}", highlight=False, soft_wrap=True)
+    if announce:
+        _note_missing_plots()
+        out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
 def _note_missing_plots() -> None:

@@ -129,12 +129,8 @@ def training(report: RunReport, figures: bool) -> str:
 
 
 def _iterations(report: RunReport) -> list[float]:
-    found = report.series("iteration")
-    return (
-        [i if math.isfinite(v) else float(i) for i, v in enumerate(found)]
-        if any(not math.isfinite(v) for v in found)
-        else found
-    )
+    """The recorded iteration numbers (a resumed run's continue), the line's position where one lacks it."""
+    return [v if math.isfinite(v) else float(i) for i, v in enumerate(report.series("iteration"))]
 
 
 def _figures(*images: str) -> str:
