@@ -167,13 +167,16 @@ def markdown(summary: dict[str, Any], plan: Plan, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(summary: dict[str, Any], path: Path) -> None:
-    """``ablation.png``: Δ vs the base arm per arm (mean over seeds), its paired 95 % interval drawn."""
-    import matplotlib
+def chart(summary: dict[str, Any], path: Path) -> bool:
+    """``ablation.png``: Δ vs the base arm per arm (mean over seeds), its paired 95 % interval drawn.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns False (and writes nothing) when matplotlib is not installed.
+    """
+    from distillkit.plotting import pyplot
 
+    plt = pyplot()
+    if plt is None:
+        return False
     rows = [r for r in summary["arms"] if "delta" in r]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.8))
     deltas = [r["delta"] for r in rows]
@@ -204,3 +207,4 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True

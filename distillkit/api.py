@@ -236,6 +236,7 @@ def save_distilled(
         data.to_pixels(result.images),
         result.labels,
         data.dataset.num_classes,
+        data.dataset.class_names,
     )
 
 

@@ -9,18 +9,19 @@ pickle) beside a JSON sidecar that carries its metadata and sha256.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -33,8 +34,10 @@ SYNTHETIC_TENSORS = "synthetic.safetensors"
 SYNTHETIC_JSON = "synthetic.json"
 _RESERVED_TENSORS = ("images", "labels", "lr")
 _RESERVED_META = ("sha256", "format_version")
-GRID_MIN_CELL = 32
+GRID_MIN_CELL = 64
 GRID_PAD = 2
+GRID_LABEL_PAD = 6
+GRID_FONT_SIZE = 14
 
 
 # --------------------------------------------------------------------- atomic writes
@@ -234,25 +237,33 @@ def save_png(path: Path, image: Image.Image) -> None:
         image.save(tmp, format="PNG")
 
 
-def save_grid(path: Path, pixels: Tensor, labels: Tensor, num_classes: int) -> None:
-    """Save a PNG with one row per class and one column per image of that class.
+def grid_image(
+    pixels: Tensor, labels: Tensor, num_classes: int, class_names: Sequence[str] | None = None
+) -> Image.Image:
+    """One row per class, one column per image of that class, the class name left of each row.
 
-    Tiny images (MNIST, digits) are enlarged by an integer nearest-neighbour
-    factor so each cell is at least 32 px and stays readable; cells are
-    separated by a 2 px border.
+    Tiny images (MNIST, digits) are enlarged by an integer nearest-neighbour factor so
+    each cell is at least 64 px; cells are separated by a 2 px border. Names are drawn
+    with Pillow's built-in font (no font file); without ``class_names`` rows are numbered.
     """
     images = to_uint8(pixels)
     label_list = [int(v) for v in labels.reshape(-1).tolist()]
     n, height, width, channels = images.shape
     if len(label_list) != n:
         raise ValueError(f"{n} images but {len(label_list)} labels")
+    names = [str(c) for c in range(num_classes)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
     scale = max(1, math.ceil(GRID_MIN_CELL / min(height, width)))
     cell_h, cell_w = height * scale, width * scale
+    font = _label_font()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    label_w = max(measure.textbbox((0, 0), name, font=font)[2] for name in names) + 2 * GRID_LABEL_PAD
     per_class = [label_list.count(c) for c in range(num_classes)]
     cols = max([1, *per_class])
     canvas = torch.zeros(
         num_classes * (cell_h + GRID_PAD) + GRID_PAD,
-        cols * (cell_w + GRID_PAD) + GRID_PAD,
+        label_w + cols * (cell_w + GRID_PAD) + GRID_PAD,
         channels,
         dtype=torch.uint8,
     )
@@ -261,11 +272,40 @@ def save_grid(path: Path, pixels: Tensor, labels: Tensor, num_classes: int) -> N
         if not 0 <= label < num_classes:
             raise ValueError(f"label {label} outside 0..{num_classes - 1}")
         top = GRID_PAD + label * (cell_h + GRID_PAD)
-        left = GRID_PAD + column[label] * (cell_w + GRID_PAD)
+        left = label_w + GRID_PAD + column[label] * (cell_w + GRID_PAD)
         big = image.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
         canvas[top : top + cell_h, left : left + cell_w] = big
         column[label] += 1
-    save_png(Path(path), to_image(canvas))
+    grid = to_image(canvas)
+    draw = ImageDraw.Draw(grid)
+    white = 255 if channels == 1 else (255, 255, 255)
+    for row, name in enumerate(names):
+        _, text_top, _, text_bottom = draw.textbbox((0, 0), name, font=font)
+        middle = GRID_PAD + row * (cell_h + GRID_PAD) + cell_h // 2
+        draw.text((GRID_LABEL_PAD, middle - (text_top + text_bottom) // 2), name, fill=white, font=font)
+    return grid
+
+
+def _label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own default font (built in, nothing read from disk or the network), 14 px where it scales."""
+    try:
+        return ImageFont.load_default(size=GRID_FONT_SIZE)
+    except (TypeError, ValueError, ImportError, OSError):  # Pillow without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def save_grid(
+    path: Path, pixels: Tensor, labels: Tensor, num_classes: int, class_names: Sequence[str] | None = None
+) -> None:
+    """Save :func:`grid_image` as a PNG, atomically."""
+    save_png(Path(path), grid_image(pixels, labels, num_classes, class_names))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG in memory (for embedding in a page)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def synthetic_pixels(images: Tensor, meta: dict, extra_tensors: dict[str, Tensor]) -> Tensor:

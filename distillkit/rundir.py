@@ -98,6 +98,11 @@ def being_trained(folder: Path) -> bool:
     return False
 
 
+def written_elsewhere(run_dir: Path) -> bool:
+    """Whether another process holds ``run_dir``'s lock now (a run still going); this one's is not."""
+    return str(Path(run_dir).resolve()) not in _HELD and being_trained(run_dir)
+
+
 @contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
     """Hold ``folder/.lock`` for the body, waiting for any other holder first.

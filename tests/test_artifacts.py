@@ -80,15 +80,46 @@ def test_grid_png_size(tmp_path: Path, channels: int, size: int, mode: str) -> N
     n_classes, ipc = 3, 2
     images, labels = _synthetic(n_classes, ipc, channels, size)
     path = tmp_path / "grid.png"
-    save_grid(path, images, labels, n_classes)
-    cell = size * 4 if size == 8 else size  # 8 px images are enlarged ×4 to reach 32 px
+    save_grid(path, images, labels, n_classes, ["zero", "one", "two"])
+    cell = size * 8 if size == 8 else size * 2  # enlarged by an integer factor to reach 64 px
     with Image.open(path) as grid:
         assert grid.mode == mode
-        assert grid.size == (ipc * (cell + 2) + 2, n_classes * (cell + 2) + 2)
+        label_w = grid.width - (ipc * (cell + 2) + 2)
+        assert 20 < label_w < 200  # a column for the names, as wide as the longest one
+        assert grid.height == n_classes * (cell + 2) + 2
         # The top-left cell holds the first image, enlarged by nearest-neighbour.
         expected = round(float(images[0, 0, 0, 0]) * 255)
-        first = grid.getpixel((2, 2))
-        assert (first if mode == "L" else first[0]) == expected
+        scale = cell // size
+        for x, y in [(label_w + 2, 2), (label_w + 2 + scale - 1, 2 + scale - 1)]:
+            first = grid.getpixel((x, y))
+            assert (first if mode == "L" else first[0]) == expected
+
+
+def test_digits_ipc1_grid_is_readable(tmp_path: Path) -> None:
+    """The default run's grid: 8×8 images become 64 px cells, ten labelled rows."""
+    images, labels = _synthetic(10, 1, 1, 8)
+    save_grid(tmp_path / "grid.png", images, labels, 10, [str(c) for c in range(10)])
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.height == 10 * 66 + 2 and grid.width >= 64 + 4
+
+
+def test_grid_labels_change_pixels(tmp_path: Path) -> None:
+    """The names are drawn: their column differs between two name lists and is not blank."""
+    images, labels = _synthetic(2, 1, 1, 8)
+    columns = []
+    for names in (["cat", "dog"], ["sneaker", "bag"]):
+        save_grid(tmp_path / "grid.png", images, labels, 2, names)
+        with Image.open(tmp_path / "grid.png") as grid:
+            strip = grid.crop((0, 0, 24, grid.height))  # the names' first letters
+            columns.append(strip.tobytes())
+    assert columns[0] != columns[1]
+    assert all(max(column) > 128 for column in columns)  # white text on the black border
+
+
+def test_grid_refuses_a_wrong_number_of_names(tmp_path: Path) -> None:
+    images, labels = _synthetic(3, 1, 1, 8)
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        save_grid(tmp_path / "grid.png", images, labels, 3, ["a", "b"])
 
 
 def test_atomic_path_leaves_target_on_error(tmp_path: Path) -> None:

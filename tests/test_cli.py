@@ -25,7 +25,8 @@ def invoke(*args: str):
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--help"], ["run", "list-plugins"]),
+        (["--help"], ["run", "list-plugins", "report"]),
+        (["report", "--help"], ["report.html"]),
         # Listing reads every installed plugin, so plugin modules import torch inside their hooks.
         (["list-plugins", "--json"], ['"herding-init"', '"smooth"']),
     ],

@@ -28,7 +28,7 @@ from distillkit.errors import ExitCode
 if TYPE_CHECKING:
     pass
 
-from distillkit.cli.app import app, cli_errors, out
+from distillkit.cli.app import app, cli_errors, err, out
 
 
 @app.command("ablate")
@@ -106,7 +106,10 @@ def ablate_cmd(
         command = shlex.join(["distillkit", *sys.argv[1:]])
         atomic_write_json(target / "ablation.json", {"command": command, **summary})
         atomic_write_bytes(target / "ablation.md", ablate_report.markdown(summary, plan, command).encode())
-        ablate_report.chart(summary, target / "ablation.png")
+        if not ablate_report.chart(summary, target / "ablation.png"):
+            from distillkit.plotting import PLOTS_HINT
+
+            err.print(f"Warning: no ablation.png, matplotlib is not installed ({PLOTS_HINT})", markup=False)
         out.print(
             ablate_report.markdown(summary, plan, command), markup=False, highlight=False, soft_wrap=True
         )

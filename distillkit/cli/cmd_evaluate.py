@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from distillkit.cli.cmd_report import refresh_report
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -168,6 +169,8 @@ def evaluate_cmd(
                 ("random real", name, res.as_dict()) for name, res in results.get("random_real", {}).items()
             ]
             out.print(results_table(label, rows))
+        if run_dir is not None:
+            refresh_report(run_dir, announce=not json_out)
 
 
 def _protocol_shortcuts(sets: list[str] | None, runs: int | None, epochs: int | None) -> list[str]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from distillkit.cli.cmd_report import refresh_report
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -61,6 +62,9 @@ def run_cmd(
     overwrite: Overwrite = False,
     memory: Memory = None,
     resume: Resume = None,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Do not write report.html at the end.", metavar="")
+    ] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -98,6 +102,8 @@ def run_cmd(
         finally:
             reporter.close()
         print_summary(summary, target)
+        if not no_report:
+            refresh_report(target)
 
 
 def _check_resume_alone(*options: Any) -> None:

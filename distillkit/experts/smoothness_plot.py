@@ -1,6 +1,6 @@
 """The AST paper's Fig. 4 for any stores: ‖θ_t − θ_{t+1}‖² (dashed) and test accuracy (solid) per epoch.
 
-matplotlib is optional (``pip install distillkit[plots]``); only this module imports it.
+matplotlib is optional (``pip install distillkit[plots]``, see :mod:`distillkit.plotting`).
 """
 
 from __future__ import annotations
@@ -13,20 +13,17 @@ from types import ModuleType
 from distillkit.artifacts import atomic_path
 from distillkit.errors import ConfigError
 from distillkit.experts.smoothness import StoreSmoothness
+from distillkit.plotting import PLOTS_HINT, pyplot
 
 
 def require_matplotlib() -> ModuleType:
     """``matplotlib.pyplot`` on the file-only Agg backend, or a one-line error saying what to install."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         raise ConfigError(
             "--plot needs matplotlib, which is not installed.",
-            hint="pip install 'distillkit[plots]' (the table and --json work without it).",
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+            hint=f"{PLOTS_HINT} (the table and --json work without it).",
+        )
     return plt
 
 
