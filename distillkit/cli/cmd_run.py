@@ -28,6 +28,7 @@ from distillkit.cli.options import (
     Resume,
     Seed,
     Sets,
+    Smoke,
     StoreOut,
     astuple,
     collect_overrides,
@@ -61,6 +62,7 @@ def run_cmd(
     overwrite: Overwrite = False,
     memory: Memory = None,
     resume: Resume = None,
+    smoke: Smoke = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -78,13 +80,13 @@ def run_cmd(
             memory=memory,
         )
         if resume is not None:
-            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts, smoke or None)
             cfg, host, invocation = _recorded(resume, "run", device)
             experts = Path(invocation["experts"]) if invocation.get("experts") else None
             sources = None
         else:
             overrides.update({"device": device} if device else {})
-            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
         from distillkit import api, rundir
 
         target = _claim_run_dir(cfg, out_dir, overwrite, resume)
@@ -106,7 +108,8 @@ def _check_resume_alone(overrides: dict[str, Any], *options: Any) -> None:
 
         raise ConfigError(
             "--resume continues with the run's recorded config and cannot be combined with config options",
-            hint="drop --set/--preset/--config/--plugins/--out/--experts/--ipc...; only --device may change",
+            hint="drop --set/--preset/--config/--plugins/--smoke/--out/--experts/--ipc...; "
+            "only --device may change",
         )
 
 
@@ -152,6 +155,7 @@ def experts_cmd(
     seed: Seed = None,
     device: Device = None,
     out_dir: StoreOut = None,
+    smoke: Smoke = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -166,7 +170,7 @@ def experts_cmd(
             seed=seed,
             device=device,
         )
-        cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins))
+        cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
         from distillkit import api
 
         data = api.prepare_data(cfg.data)
@@ -227,6 +231,7 @@ def distill_cmd(
     overwrite: Overwrite = False,
     memory: Memory = None,
     resume: Resume = None,
+    smoke: Smoke = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -236,7 +241,7 @@ def distill_cmd(
             sets, dataset=dataset, data_path=data_path, model=model, ipc=ipc, seed=seed, memory=memory
         )
         if resume is not None:
-            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts, smoke or None)
             cfg, host, invocation = _recorded(resume, "distill", device)
             experts = Path(invocation["experts"])
             sources = None
@@ -246,7 +251,7 @@ def distill_cmd(
             raise ConfigError("distill needs --experts STORE (or --resume RUN_DIR)")
         else:
             overrides.update({"device": device} if device else {})
-            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
         from distillkit import api, rundir
         from distillkit.experts.store import TrajectoryStore
 
