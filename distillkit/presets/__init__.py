@@ -127,12 +127,12 @@ def parse_preset(name: str, text: str) -> Preset:
         raise ConfigError(f"preset {name} must declare kind = {' or '.join(map(repr, KINDS))}, got {kind!r}")
     source, purpose = (_text(name, meta, key) for key in ("source", "purpose"))
     deviations, includes = (_texts(name, meta, key) for key in ("deviations", "includes"))
+    values = {**_included(name, includes), **flatten_table(table)}
+    _check_keys(name, values)
     if kind == "paper" and not source:
         raise ConfigError(
             f"paper preset {name} must name its source", hint='e.g. source = "MTT (CVPR 2022) README table"'
         )
-    values = {**_included(name, includes), **flatten_table(table)}
-    _check_keys(name, values)
     if kind != "paper":
         misplaced = [k for k in values if is_dataset_key(k) != (kind == "dataset")]
         if misplaced:
