@@ -28,8 +28,11 @@ DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 class DataConfig:
     """Which dataset, where it lives, and how it is preprocessed."""
 
-    #: digits, mnist, fashion-mnist, cifar10, cifar100, svhn, or ``imagefolder:PATH`` (a folder with
-    #: ``train/<class>/`` and optionally ``test/<class>/`` images).
+    #: digits, mnist, fashion-mnist, cifar10, cifar100, svhn, tiny-imagenet, MTT's ImageNet subsets
+    #: (imagenette, imagewoof, imagefruit, imagemeow, imagesquawk, imageyellow; ``data_path`` = an
+    #: ImageNet folder), ``imagenet-subset:PATH`` (your own list of WordNet ids), or
+    #: ``imagefolder:PATH`` (a folder with ``train/<class>/`` and optionally ``test/<class>/`` images).
+    #: Layouts: docs/datasets.md.
     dataset: str = "digits"
     #: Folder holding the dataset's files ("": none; only the embedded digits need none).
     data_path: str = ""

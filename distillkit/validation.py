@@ -120,7 +120,7 @@ def check_names(config: RunConfig) -> None:
     live in torch modules, hence the imports here rather than at the top.
     """
     from distillkit.data.augment import DSA
-    from distillkit.data.datasets import IMAGEFOLDER_PREFIX, dataset_names
+    from distillkit.data.datasets import IMAGEFOLDER_PREFIX, PATH_PREFIXES, SUBSET_PREFIX, dataset_names
     from distillkit.models import parse_model_name
 
     spec = config.data.dataset.strip()
@@ -131,8 +131,16 @@ def check_names(config: RunConfig) -> None:
                 f"data.dataset: image folder {folder} does not exist",
                 hint="imagefolder:PATH takes a folder with train/<class>/ (and test/<class>/) images",
             )
+    elif spec.lower().startswith(SUBSET_PREFIX):
+        class_list = _user_path(spec[len(SUBSET_PREFIX) :], "data.dataset")
+        if not class_list.is_file():
+            raise ConfigError(
+                f"data.dataset: ImageNet class list {class_list} does not exist",
+                hint="imagenet-subset:PATH takes a file of WordNet ids (one a line); "
+                "--data-path is the ImageNet folder",
+            )
     elif spec.lower() not in dataset_names():
-        known = [n for n in dataset_names() if not n.startswith(IMAGEFOLDER_PREFIX)]
+        known = [n for n in dataset_names() if not n.startswith(PATH_PREFIXES)]
         raise ConfigError(
             f"Unknown dataset '{spec}'",
             hint=suggest(spec.lower(), known) or f"known datasets: {', '.join(dataset_names())}",

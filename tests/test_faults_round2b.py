@@ -111,12 +111,12 @@ def test_stored_epochs_beyond_the_trained_ones_are_refused(tmp_path):
 def test_a_decompression_bomb_is_bad_input_without_a_warning(tmp_path):
     from PIL import Image
 
-    from distillkit.data.datasets import _open_image
+    from distillkit.data.images import open_image
 
     path = tmp_path / "huge.png"
     Image.new("1", (10_000, 10_000)).save(path)  # 100 megapixels: above PIL's warning limit
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(DataError, match="too large to decode safely"):
-            _open_image(path)
+            open_image(path)
     assert not caught

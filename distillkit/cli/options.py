@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 Dataset = Annotated[
     str | None,
-    typer.Option(help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn or imagefolder:PATH."),
+    typer.Option(
+        help="digits, mnist, fashion-mnist, cifar10, cifar100, svhn, tiny-imagenet, imagenette, "
+        "imagewoof, imagefruit, imagemeow, imagesquawk, imageyellow, imagenet-subset:PATH or "
+        "imagefolder:PATH."
+    ),
 ]
 DataPath = Annotated[Path | None, typer.Option("--data-path", help="Folder holding the dataset files.")]
 Download = Annotated[

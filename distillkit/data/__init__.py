@@ -1,6 +1,7 @@
-"""Datasets (registry, loaders, normalisation) and ZCA whitening."""
+"""Datasets (registry, loaders, normalisation), test fixtures of their layouts, and ZCA whitening."""
 
-from distillkit.data.datasets import ImageDataset, dataset_names, load_dataset
+from distillkit.data.datasets import dataset_names, load_dataset
+from distillkit.data.imagedataset import ImageDataset
 from distillkit.data.pixels import NormalisedPixels
 from distillkit.data.zca import ZCA
 
