@@ -19,13 +19,17 @@ SMOKE_LABEL = "smoke"
 #: At most this many synthetic images per class, and per student step.
 MAX_IPC = 2
 MAX_BATCH_SYN = 20
+#: At most this many real images per expert step: on the few images a smoke run is usually given,
+#: a paper's batch of 256 makes an epoch one step, and an expert that barely moves makes the
+#: normalised matching loss (divided by its movement) explode.
+MAX_EXPERT_BATCH = 16
 
 
 def smoke_values(config: RunConfig) -> dict[str, Any]:
     """The keys ``--smoke`` sets, given the config of the layers below it.
 
     One expert trained just long enough for start epoch 0 and the setting's M
-    (T⁺ = 1), tested only after its last epoch; 2 iterations of 2 student steps;
+    (T⁺ = 1) in batches of at most 16, tested only after its last epoch; 2 iterations of 2 student steps;
     ipc and batch_syn capped; one network × 2 epochs, no cross-architecture models.
     """
     distill = config.distill
@@ -33,6 +37,7 @@ def smoke_values(config: RunConfig) -> dict[str, Any]:
         "experts.count": 1,
         "experts.epochs": last_needed_epoch(replace(distill, max_start_epoch=1)),
         "experts.eval_every": 0,
+        "experts.batch_size": min(config.experts.batch_size, MAX_EXPERT_BATCH),
         "distill.max_start_epoch": 1,
         "distill.iterations": 2,
         "distill.syn_steps": 2,
@@ -44,4 +49,4 @@ def smoke_values(config: RunConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["MAX_BATCH_SYN", "MAX_IPC", "SMOKE_LABEL", "smoke_values"]
+__all__ = ["MAX_BATCH_SYN", "MAX_EXPERT_BATCH", "MAX_IPC", "SMOKE_LABEL", "smoke_values"]
