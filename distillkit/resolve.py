@@ -14,7 +14,7 @@ One rule decides every value, lowest layer first (a higher layer wins):
                       method part of ``paper`` presets, in order
 5. ``--config FILE``
 6. ``smoke``          only with ``--smoke``: the budget shrunk to seconds, computed from
-                      layers 1–5 (:mod:`distillkit.smoke`)
+                      the config of every other layer (:mod:`distillkit.smoke`)
 7. the command line   ``--set KEY=VALUE`` and shortcuts such as ``--ipc``
 
 Dataset and method presets may not set each other's keys, so the order in which
@@ -114,8 +114,9 @@ def resolve_layers(
     selected = names + given
     for label, values in below:
         config = _apply_layer(config, sources, label, values, selected)
-    if smoke:
-        config = _apply_layer(config, sources, SMOKE_LABEL, smoke_values(config), selected)
+    if smoke:  # computed as if the command line were applied, so `--smoke --set distill.expert_epochs=3` fits
+        shrunk = smoke_values(apply_overrides(config, _core(command_line[1])))
+        config = _apply_layer(config, sources, SMOKE_LABEL, shrunk, selected)
     config = _apply_layer(config, sources, *command_line, selected)
     config = replace(
         config,
@@ -132,11 +133,16 @@ def _apply_layer(
     config: RunConfig, sources: dict[str, str], label: str, values: dict[str, Any], selected: tuple[str, ...]
 ) -> RunConfig:
     """``config`` with one layer's core keys applied, recorded in ``sources`` under ``label``."""
-    core = {k: v for k, v in values.items() if k != "plugins" and _is_core(k)}
+    core = _core(values)
     sources.update(dict.fromkeys(core, label))
     if not label.startswith("preset "):  # a method preset carries tables for every plugin
         _reject_unselected(values, selected)
     return apply_overrides(config, core)
+
+
+def _core(values: dict[str, Any]) -> dict[str, Any]:
+    """The core keys of a layer (plugin options and the plugin list are handled apart)."""
+    return {k: v for k, v in values.items() if k != "plugins" and _is_core(k)}
 
 
 def _default_preset(upper: list[tuple[str, dict[str, Any]]], default_dataset: str) -> Preset:

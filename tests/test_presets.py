@@ -176,8 +176,11 @@ def test_smoke_shrinks_only_the_budget_and_the_command_line_still_wins(name):
         d.lr_img,
         d.student_momentum,
     )
-    mine = resolve_layers(name, overrides={"distill.iterations": "3"}, smoke=True)
+    mine = resolve_layers(
+        name, overrides={"distill.iterations": "3", "distill.expert_epochs": "4"}, smoke=True
+    )
     assert mine.config.distill.iterations == 3 and mine.sources["distill.iterations"] == "command line"
+    assert mine.config.experts.epochs == 4  # the smoke layer fits the command line's M
 
 
 def test_config_smoke_shows_the_smoke_layer_and_resume_refuses_it(tmp_path):
