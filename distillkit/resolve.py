@@ -3,20 +3,29 @@
 One rule decides every value, lowest layer first (a higher layer wins):
 
 1. ``default``        the dataclass defaults of :mod:`distillkit.config`
-2. dataset presets    ``--preset`` names of kind ``dataset`` (data, model, budget), in the
-                      order given; when none is named, the dataset's own default preset,
-                      chosen by its image size (:func:`distillkit.presets.default_for`)
+2. dataset presets    ``--preset`` names of kind ``dataset`` (data, model, budget) and the
+                      dataset part of ``paper`` presets, in the order given; when none is
+                      named, the dataset's own default preset, chosen by its image size
+                      (:func:`distillkit.presets.default_for`)
 3. plugin defaults    what the selected plugins need (``config_defaults``, e.g. ``smooth``'s
                       momentum-expert recipe), so a technique brings its recipe whatever
                       dataset preset is in force
-4. method presets     ``--preset`` names of kind ``method`` (e.g. ``ast-code``), in order
+4. method presets     ``--preset`` names of kind ``method`` (e.g. ``ast-code``) and the
+                      method part of ``paper`` presets, in order
 5. ``--config FILE``
-6. the command line   ``--set KEY=VALUE`` and shortcuts such as ``--ipc``
+6. ``smoke``          only with ``--smoke``: the budget shrunk to seconds, computed from
+                      the config of every other layer (:mod:`distillkit.smoke`)
+7. the command line   ``--set KEY=VALUE`` and shortcuts such as ``--ipc``
 
 Dataset and method presets may not set each other's keys, so the order in which
 they are named does not matter across kinds (``fmnist-cpu,ast-code`` equals
-``ast-code,fmnist-cpu``). :func:`resolve_layers` also returns, for every key,
-the layer that set it; a run records that beside its config.
+``ast-code,fmnist-cpu``). A paper preset sets both kinds of key: each key goes to
+the layer :func:`distillkit.config.is_dataset_key` assigns it (dataset keys to layer
+2, the rest, ``plugins`` and plugin options included, to layer 4), so a paper preset
+is exactly a dataset preset plus a method preset of the same name; its ``plugins``
+list selects the plugins unless ``--plugins`` (or a config file) names others.
+:func:`resolve_layers` also returns, for every key, the layer that set it; a run
+records that beside its config.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from distillkit.config import (
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
 from distillkit.presets import Preset, default_for, parse_preset_list, read_preset
+from distillkit.smoke import SMOKE_LABEL, smoke_values
 from distillkit.validation import validate
 
 
@@ -63,6 +73,7 @@ def resolve_layers(
     host: PluginHost | None = None,
     extra_plugins: Sequence[Any] = (),
     default_dataset: str = "digits",
+    smoke: bool = False,
 ) -> Resolved:
     """Build config, host and per-key sources with the documented precedence.
 
@@ -70,19 +81,21 @@ def resolve_layers(
     ``plugins`` (e.g. from ``--plugins``) wins over a ``plugins`` list in the
     files. ``extra_plugins`` are ready-made plugin objects (library use; no
     entry point needed). ``default_dataset`` is the dataset when no layer names one.
+    ``smoke`` adds the smoke layer just below the command line.
     """
     presets = [read_preset(name) for name in parse_preset_list(preset)]
-    dataset_presets = [p for p in presets if p.kind == "dataset"]
-    method_presets = [p for p in presets if p.kind == "method"]
+    dataset_layers = [(p.label, p.dataset_values) for p in presets if p.kind != "method"]
+    method_layers = [(p.label, p.method_values) for p in presets if p.kind != "dataset"]
     file_values = read_toml(config_file) if config_file else {}
     cli_values = dict(overrides or {})
     upper: list[tuple[str, dict[str, Any]]] = [
-        *((f"preset {p.name}", p.values) for p in method_presets),
+        *method_layers,
         *([(f"config {config_file}", file_values)] if config_file else []),
         ("command line", cli_values),
     ]
-    if not dataset_presets:
-        dataset_presets = [_default_preset(upper, default_dataset)]
+    if not dataset_layers:
+        default = _default_preset(upper, default_dataset)
+        dataset_layers = [(default.label, default.values)]
     names, plugins_source = _plugin_names(plugins, upper)
     given = tuple(getattr(obj, "name", None) or type(obj).__name__ for obj in extra_plugins)
     host = host or PluginHost()
@@ -90,20 +103,21 @@ def resolve_layers(
 
     config = RunConfig()
     sources = dict.fromkeys(flat_values(config), "default")
-    layers = [
-        *((p.label, p.values) for p in dataset_presets),
+    *below, command_line = [
+        *dataset_layers,
         *(
             (f"plugin {host.config_default_owner(key)}", {key: v})
             for key, v in host.config_defaults().items()
         ),
         *upper,
     ]
-    for label, values in layers:
-        core = {k: v for k, v in values.items() if k != "plugins" and _is_core(k)}
-        config = apply_overrides(config, core)
-        sources.update(dict.fromkeys(core, label))
-        if not label.startswith("preset "):  # a method preset carries tables for every plugin
-            _reject_unselected(values, names + given)
+    selected = names + given
+    for label, values in below:
+        config = _apply_layer(config, sources, label, values, selected)
+    if smoke:  # computed as if the command line were applied, so `--smoke --set distill.expert_epochs=3` fits
+        shrunk = smoke_values(apply_overrides(config, _core(command_line[1])))
+        config = _apply_layer(config, sources, SMOKE_LABEL, shrunk, selected)
+    config = _apply_layer(config, sources, *command_line, selected)
     config = replace(
         config,
         plugins=names + tuple(n for n in host.selected if n not in names),
@@ -113,6 +127,22 @@ def resolve_layers(
     sources["plugins"] = plugins_source
     sources.update(_plugin_option_sources(config, upper))
     return Resolved(config, host, dict(sorted(sources.items())))
+
+
+def _apply_layer(
+    config: RunConfig, sources: dict[str, str], label: str, values: dict[str, Any], selected: tuple[str, ...]
+) -> RunConfig:
+    """``config`` with one layer's core keys applied, recorded in ``sources`` under ``label``."""
+    core = _core(values)
+    sources.update(dict.fromkeys(core, label))
+    if not label.startswith("preset "):  # a method preset carries tables for every plugin
+        _reject_unselected(values, selected)
+    return apply_overrides(config, core)
+
+
+def _core(values: dict[str, Any]) -> dict[str, Any]:
+    """The core keys of a layer (plugin options and the plugin list are handled apart)."""
+    return {k: v for k, v in values.items() if k != "plugins" and _is_core(k)}
 
 
 def _default_preset(upper: list[tuple[str, dict[str, Any]]], default_dataset: str) -> Preset:

@@ -14,6 +14,7 @@ from distillkit.cli import (  # noqa: F401 (registers)
     cmd_info,
     cmd_inspect,
     cmd_interop,
+    cmd_presets,
     cmd_report,
     cmd_run,
 )

@@ -22,6 +22,7 @@ from distillkit.cli.options import (
     Seed,
     SelectedPlugins,
     Sets,
+    Smoke,
     collect_overrides,
     resolve,
 )
@@ -45,6 +46,7 @@ def config_cmd(
     seed: Seed = None,
     device: Device = None,
     memory: Memory = None,
+    smoke: Smoke = False,
     json_out: JsonOut = False,
     debug: Debug = False,
 ) -> None:
@@ -63,7 +65,7 @@ def config_cmd(
             device=device,
             memory=memory,
         )
-        resolved = resolve(preset, config, overrides, plugins)
+        resolved = resolve(preset, config, overrides, plugins, smoke=smoke)
         values = flat_values(resolved.config)
         if json_out:
             payload = {"config": to_dict(resolved.config), "sources": resolved.sources}
@@ -71,7 +73,7 @@ def config_cmd(
             return
         table = Table(
             title="resolved config (lowest layer first: default, dataset preset, plugin, "
-            "method preset, config file, command line)"
+            "method preset, config file, smoke, command line)"
         )
         for column in ("key", "value", "set by"):
             table.add_column(column)

@@ -29,6 +29,7 @@ from distillkit.cli.options import (
     Resume,
     Seed,
     Sets,
+    Smoke,
     StoreOut,
     astuple,
     collect_overrides,
@@ -65,6 +66,7 @@ def run_cmd(
     no_report: Annotated[
         bool, typer.Option("--no-report", help="Do not write report.html at the end.", metavar="")
     ] = False,
+    smoke: Smoke = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -83,13 +85,13 @@ def run_cmd(
         )
         extending = False
         if resume is not None:
-            _check_resume_alone(preset, config, plugins, out_dir, experts)
+            _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
             cfg, host, invocation, extending = _recorded(resume, "run", device, overrides)
             experts = Path(invocation["experts"]) if invocation.get("experts") else None
             sources = None
         else:
             overrides.update({"device": device} if device else {})
-            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
         from distillkit import api, rundir
 
         target = _claim_run_dir(cfg, out_dir, overwrite, resume, extending)
@@ -117,7 +119,7 @@ def _check_resume_alone(*options: Any) -> None:
 
         raise ConfigError(
             "--resume continues with the run's recorded config and cannot be combined with config options",
-            hint="drop --preset/--config/--plugins/--out/--experts; only --device and "
+            hint="drop --preset/--config/--plugins/--smoke/--out/--experts; only --device and "
             "--set distill.iterations=N (to extend the run) may be given",
         )
 
@@ -175,6 +177,7 @@ def experts_cmd(
     seed: Seed = None,
     device: Device = None,
     out_dir: StoreOut = None,
+    smoke: Smoke = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -189,7 +192,7 @@ def experts_cmd(
             seed=seed,
             device=device,
         )
-        cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins))
+        cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
         from distillkit import api
 
         data = api.prepare_data(cfg.data)
@@ -250,6 +253,7 @@ def distill_cmd(
     overwrite: Overwrite = False,
     memory: Memory = None,
     resume: Resume = None,
+    smoke: Smoke = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -260,7 +264,7 @@ def distill_cmd(
         )
         extending = False
         if resume is not None:
-            _check_resume_alone(preset, config, plugins, out_dir, experts)
+            _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
             cfg, host, invocation, extending = _recorded(resume, "distill", device, overrides)
             experts = Path(invocation["experts"])
             sources = None
@@ -270,7 +274,7 @@ def distill_cmd(
             raise ConfigError("distill needs --experts STORE (or --resume RUN_DIR)")
         else:
             overrides.update({"device": device} if device else {})
-            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+            cfg, host, sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
         from distillkit import api, rundir
         from distillkit.experts.store import TrajectoryStore
 

@@ -42,7 +42,8 @@ Preset = Annotated[
     list[str] | None,
     typer.Option(
         help="Named settings, comma-separated or repeated; later ones win. Dataset presets (digits, "
-        "fmnist-cpu, fmnist-ref) set data/model/budget, method presets (ast-code) method choices. "
+        "fmnist-cpu, fmnist-ref) set data/model/budget, method presets (ast-code) method choices, paper "
+        "presets (ast-cifar10-ipc1, mtt-tiny-ipc10, ...) both. `distillkit presets` lists them. "
         "Default: the dataset's own preset. `distillkit config` shows what each layer set.",
     ),
 ]
@@ -86,6 +87,15 @@ Memory = Annotated[
 Resume = Annotated[
     Path | None,
     typer.Option("--resume", help="Continue this run directory from its newest checkpoint (its own config)."),
+]
+Smoke = Annotated[
+    bool,
+    typer.Option(
+        "--smoke",
+        help="Same dataset, model and plugins, budget shrunk to seconds (1 expert, 2 iterations, "
+        "ipc ≤ 2, 1 network × 2 epochs): check a setting end to end before a long run.",
+        metavar="",
+    ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")]
 
@@ -136,11 +146,12 @@ def resolve(
     overrides: dict[str, Any],
     plugins: str | None,
     default_dataset: str = "digits",
+    smoke: bool = False,
 ) -> Resolved:
     from distillkit.resolve import resolve_layers
 
     names = None if plugins is None else [p for p in plugins.split(",") if p.strip()]
-    return resolve_layers(preset, config_file, overrides, names, default_dataset=default_dataset)
+    return resolve_layers(preset, config_file, overrides, names, default_dataset=default_dataset, smoke=smoke)
 
 
 def astuple(resolved: Resolved) -> tuple[RunConfig, PluginHost, dict[str, str]]:
