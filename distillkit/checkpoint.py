@@ -44,6 +44,11 @@ class Checkpoint:
     def iteration(self) -> int:
         return int(self.current.meta["iteration"])
 
+    @property
+    def states(self) -> tuple[EngineState, EngineState]:
+        """The current state and the rollback point, in that order."""
+        return self.current, self.last_good
+
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / DIRNAME

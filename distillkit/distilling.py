@@ -24,7 +24,8 @@ from distillkit.artifacts import save_synthetic
 from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from distillkit.config import DistillConfig, last_needed_epoch
 from distillkit.context import RunContext
-from distillkit.engine.loop import Distiller, DivergenceError, IterationResult
+from distillkit.engine.loop import Distiller, DivergenceError, EngineState, IterationResult
+from distillkit.engine.rankstate import for_rank, fresh_part, local_part, saved_ranks, with_ranks
 from distillkit.engine.student import FlatStudent
 from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
 from distillkit.experts.pipeline import load_expert_slices
@@ -113,8 +114,11 @@ def build_distiller(
 
     ``initial`` skips the ``init_synthetic`` hook (a resumed run restores its images
     anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
+    Over several ranks every rank starts from rank 0's set, then draws from its own stream
+    (:func:`rank_seed`); only rank 0's hooks see ``out_dir``.
     """
     cfg, scope, data, store = job.cfg, job.scope, job.data, job.store
+    world = scope.world
     if being_trained(store.root):
         raise StoreError(
             f"the trajectory store {store.root} is still being trained by another process "
@@ -123,11 +127,26 @@ def build_distiller(
         )
     store.check_compatible(job.expert_key)
     experts = load_expert_slices(store, last_needed_epoch(cfg))
-    run = scope.context("distill", out_dir=out_dir)
+    run = scope.context("distill", out_dir=out_dir if world.is_main else None)
     images, labels, source = initial or initial_set(cfg.ipc, scope, data, store, run)
+    if world.size > 1:
+        images, labels = world.broadcast_object((images.cpu(), labels.cpu()))
+        if world.rank > 0:
+            run.generator.manual_seed(rank_seed(scope, world.rank))
     student = FlatStudent(model_factory(data)(scope.model, 0).to(scope.device), cfg.channels_last)
-    distiller = Distiller(run, scope.host, student, images, labels, experts, cfg, scope.augment)
+    distiller = Distiller(run, scope.host, student, images, labels, experts, cfg, scope.augment, world)
     return distiller, source
+
+
+def rank_seed(scope: RunScope, rank: int, resumed_at: int | None = None) -> int:
+    """The seed of rank r's stream (r > 0; rank 0 keeps the single-process stream).
+
+    It depends on the run seed and r only, never on the world size; a rank that joins
+    at a resume with no saved stream gets one seeded by the iteration as well.
+    """
+    if resumed_at is None:
+        return scope.seed_for("distill-rank", rank)
+    return scope.seed_for("distill-rank", rank, "resumed", resumed_at)
 
 
 STOPPING_NOTICE = "Stopping: the state is saved after this iteration (press Ctrl-C again to stop at once)."
@@ -209,23 +228,30 @@ def distill(
     ``resume=True`` continues from the newest checkpoint there, bit for bit. If the
     divergence guard gives up, the last good set is saved before the error propagates.
     ``release_data=True`` frees the real images once the start set is drawn (for callers
-    that do not need them afterwards, as ``distillkit distill``).
+    that do not need them afterwards, as ``distillkit distill``). Over several ranks
+    (``job.scope.world``) only rank 0 reads and writes ``out_dir``; a checkpoint holds
+    every rank's stream.
     """
     reporter = reporter or Reporter()
+    world = job.scope.world
+    writes = out_dir if world.is_main else None
     lines: list[dict[str, Any]] = []
     if resume and out_dir is None:
         raise ConfigError("resuming needs the run directory")
-    if resume and not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
-        reporter.note(f"{out_dir} has no checkpoint yet: distilling from the start")
-        resume = False
-    if resume:
-        checkpoint, lines = _resume_state(out_dir, reporter)
-        saved = checkpoint.current.tensors
-        initial = (saved["images"], saved["labels"], checkpoint.progress["init_source"])
+    checkpoint = None
+    if resume and writes is not None:
+        checkpoint, lines = _resume_point(writes, reporter)
+    if resume and world.size > 1:
+        checkpoint = world.broadcast_object(checkpoint)
+    if checkpoint is not None:
+        current, good = (_rank_view(job, state, checkpoint.iteration) for state in checkpoint.states)
+        initial = (current.tensors["images"], current.tensors["labels"], checkpoint.progress["init_source"])
         distiller, source = build_distiller(job, out_dir, initial)
-        distiller.load_state(checkpoint.current)
-        distiller.last_good = checkpoint.last_good
-        reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}")
+        distiller.load_state(current)
+        distiller.last_good = good
+        ranks = saved_ranks(checkpoint.current)
+        moved = f" (saved by {ranks} ranks, continued by {world.size})" if ranks != world.size else ""
+        reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}{moved}")
     else:
         distiller, source = build_distiller(job, out_dir)
     if release_data:
@@ -235,13 +261,20 @@ def distill(
     every = job.cfg.checkpoint_every
     reporter.start("distill", job.cfg.iterations, every=job.cfg.log_every)
     reporter.advance(distiller.iteration)
-    metrics_file = open(out_dir / "metrics.jsonl", "a" if resume else "w") if out_dir else None  # noqa: SIM115
+    mode = "a" if checkpoint is not None else "w"
+    metrics_file = open(writes / "metrics.jsonl", mode) if writes else None  # noqa: SIM115
 
     def save_state() -> None:
-        if out_dir is not None and metrics_file is not None:
+        if out_dir is None:
+            return
+        current, good = distiller.state(), distiller.last_good
+        parts = world.all_gather_object((local_part(current), local_part(good)))
+        if metrics_file is not None:
             metrics_file.flush()
             progress = {"init_source": source, "metrics_bytes": metrics_file.tell()}
-            save_checkpoint(out_dir, Checkpoint(distiller.state(), distiller.last_good, progress))
+            currents, goods = ([part[i] for part in parts] for i in (0, 1))
+            states = with_ranks(current, currents), with_ranks(good, goods)
+            save_checkpoint(out_dir, Checkpoint(*states, progress))
 
     try:
         with stop_requests(enabled=out_dir is not None) as stop:
@@ -250,8 +283,8 @@ def distill(
                 try:
                     result = distiller.step()
                 except DivergenceError:
-                    if out_dir is not None:
-                        save_distilled_set(out_dir, distiller, source)
+                    if writes is not None:
+                        save_distilled_set(writes, distiller, source)
                     raise
                 times.append(time.perf_counter() - tick)
                 history.append(result)
@@ -261,7 +294,7 @@ def distill(
                     metrics_file.write(json.dumps({**result.__dict__, "seconds": times[-1]}) + "\n")
                 if every and distiller.iteration % every == 0:
                     save_state()
-                if stop:
+                if world.all_reduce_max(1.0 if stop else 0.0) > 0:
                     save_state()
                     raise Interrupted(
                         f"stopped at iteration {distiller.iteration}; state saved in {out_dir}/checkpoints",
@@ -282,6 +315,26 @@ def distill(
         history,
         times,
     )
+
+
+def _resume_point(out_dir: Path, reporter: Reporter) -> tuple[Checkpoint | None, list[dict[str, Any]]]:
+    """The checkpoint to continue from and the metrics up to it (None: there is none yet)."""
+    if not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
+        reporter.note(f"{out_dir} has no checkpoint yet: distilling from the start")
+        return None, []
+    return _resume_state(out_dir, reporter)
+
+
+def _rank_view(job: DistillJob, state: EngineState, iteration: int) -> EngineState:
+    """This rank's part of a checkpointed state (a fresh stream if the checkpoint has none for it)."""
+    scope = job.scope
+    rank = scope.world.rank
+
+    def fresh() -> EngineState:
+        seed = rank_seed(scope, rank, resumed_at=iteration)
+        return fresh_part(torch.Generator(device=scope.device).manual_seed(seed).get_state())
+
+    return for_rank(state, rank, fresh)
 
 
 def save_distilled_set(out_dir: Path, distiller: Distiller, source: str) -> None:
