@@ -25,7 +25,15 @@ from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkp
 from distillkit.config import DistillConfig, last_needed_epoch
 from distillkit.context import RunContext
 from distillkit.engine.loop import Distiller, DivergenceError, EngineState, IterationResult
-from distillkit.engine.rankstate import for_rank, fresh_part, local_part, saved_ranks, with_ranks
+from distillkit.engine.rankstate import (
+    as_object,
+    for_rank,
+    fresh_part,
+    from_object,
+    local_part,
+    saved_ranks,
+    with_ranks,
+)
 from distillkit.engine.student import FlatStudent
 from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
 from distillkit.experts.pipeline import load_expert_slices
@@ -239,10 +247,10 @@ def distill(
     if resume and out_dir is None:
         raise ConfigError("resuming needs the run directory")
     checkpoint = None
-    if resume and writes is not None:
-        checkpoint, lines = _resume_point(writes, reporter)
-    if resume and world.size > 1:
-        checkpoint = world.broadcast_object(checkpoint)
+    if resume:
+        point = world.main_decides(lambda: _resume_point(out_dir, reporter))
+        checkpoint = None if point["checkpoint"] is None else Checkpoint.from_object(point["checkpoint"])
+        lines = point["lines"] if writes is not None else []
     if checkpoint is not None:
         current, good = (_rank_view(job, state, checkpoint.iteration) for state in checkpoint.states)
         initial = (current.tensors["images"], current.tensors["labels"], checkpoint.progress["init_source"])
@@ -268,11 +276,11 @@ def distill(
         if out_dir is None:
             return
         current, good = distiller.state(), distiller.last_good
-        parts = world.all_gather_object((local_part(current), local_part(good)))
+        parts = world.all_gather_object([as_object(local_part(current)), as_object(local_part(good))])
         if metrics_file is not None:
             metrics_file.flush()
             progress = {"init_source": source, "metrics_bytes": metrics_file.tell()}
-            currents, goods = ([part[i] for part in parts] for i in (0, 1))
+            currents, goods = ([from_object(part[i]) for part in parts] for i in (0, 1))
             states = with_ranks(current, currents), with_ranks(good, goods)
             save_checkpoint(out_dir, Checkpoint(*states, progress))
 
@@ -317,12 +325,14 @@ def distill(
     )
 
 
-def _resume_point(out_dir: Path, reporter: Reporter) -> tuple[Checkpoint | None, list[dict[str, Any]]]:
-    """The checkpoint to continue from and the metrics up to it (None: there is none yet)."""
+def _resume_point(out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """Rank 0's decision, for every rank: the checkpoint to continue from (None: there is none yet)
+    and the metrics lines up to it."""
     if not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
         reporter.note(f"{out_dir} has no checkpoint yet: distilling from the start")
-        return None, []
-    return _resume_state(out_dir, reporter)
+        return {"checkpoint": None, "lines": []}
+    checkpoint, lines = _resume_state(out_dir, reporter)
+    return {"checkpoint": checkpoint.as_object(), "lines": lines}
 
 
 def _rank_view(job: DistillJob, state: EngineState, iteration: int) -> EngineState:

@@ -12,6 +12,7 @@ resumed by any other.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -21,6 +22,15 @@ from distillkit.engine.loop import EngineState
 LOCAL_TENSORS = ("rng", "sampler.queue")
 LOCAL_META = ("sampler_sizes",)
 PREFIX = "ranks/"
+
+
+def as_object(state: EngineState) -> dict[str, Any]:
+    """A state as a JSON value with tensors inside (what ``World`` collectives carry)."""
+    return {"tensors": state.tensors, "meta": state.meta}
+
+
+def from_object(obj: dict[str, Any]) -> EngineState:
+    return EngineState(dict(obj["tensors"]), dict(obj["meta"]))
 
 
 def local_part(state: EngineState) -> EngineState:

@@ -1,0 +1,104 @@
+"""Distillation over two real gloo ranks on CPU: one set for all, own segments each, resumable at any size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TINY_EXPERTS
+from ranks import run_ranks
+
+import distillkit
+from distillkit import api
+from distillkit.checkpoint import load_latest_checkpoint
+from distillkit.distilling import DistillJob, build_distiller, distill
+from distillkit.distributed import World, join_world, leave_world
+from distillkit.engine.reduce import fingerprint
+from distillkit.experts.store import TrajectoryStore
+from distillkit.runtime import run_scope
+
+#: Two tiny experts, so the ranks' segments (expert, start epoch) can differ.
+SETTINGS = {
+    **TINY_EXPERTS,
+    "experts.count": 2,
+    "experts.eval_every": 0,
+    "distill.max_start_epoch": 2,
+    "distill.syn_steps": 4,
+    "distill.lr_img": 1000,
+    "distill.sync_check_every": 1,
+}
+
+
+def _job(store_dir: Path, world: World, **overrides: object) -> DistillJob:
+    config, host = distillkit.resolve_config(preset="digits", overrides={**SETTINGS, **overrides})
+    data = api.prepare_data(config.data)
+    store = TrajectoryStore.open(store_dir)
+    key = api.expert_key(config, data, host)
+    return DistillJob(config.distill, run_scope(config, host, world), data, store, key)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store") / "experts"
+    config, host = distillkit.resolve_config(preset="digits", overrides=SETTINGS)
+    api.train_experts(config, host, api.prepare_data(config.data), root)
+    return root
+
+
+def _steps(store_dir: Path, iterations: int) -> dict:
+    """Each iteration's segment and matching loss on this rank, and a checksum of the set and α after it."""
+    world = join_world(timeout_s=30)
+    distiller, _ = build_distiller(_job(store_dir, world))
+    segments, prints = [], []
+    for _ in range(iterations):
+        result = distiller.step()
+        segments.append((result.expert, result.start_epoch, result.match_loss))
+        prints.append(fingerprint([distiller.images, distiller.alpha, distiller.opt_img.buffer]))
+    leave_world(world)
+    return {"segments": segments, "prints": prints}
+
+
+def _answers(results: list) -> list:
+    assert [status for status, _ in results] == ["ok"] * len(results), results
+    return [answer for _, answer in results]
+
+
+def test_every_rank_holds_the_same_set_after_every_iteration_and_matches_its_own_segments(store):
+    zero, one = _answers(run_ranks(_steps, store, 6))
+    assert zero["prints"] == one["prints"]
+    assert len(set(zero["prints"])) == 6  # the set did change every iteration
+    assert zero["segments"] != one["segments"]
+    # Rank 0 draws exactly the single-process stream: same segments, same losses before any update.
+    alone = _steps(store, 1)
+    assert alone["segments"][0] == zero["segments"][0]
+
+
+def _distill(store_dir: Path, out_dir: Path, iterations: int, resume: bool, world: World) -> dict:
+    out_dir.mkdir(exist_ok=True)
+    job = _job(store_dir, world, **{"distill.iterations": iterations, "distill.checkpoint_every": 2})
+    result = distill(job, out_dir, resume=resume)
+    return {
+        "print": fingerprint([result.images, result.labels], result.lr),
+        "segments": [(h.expert, h.start_epoch) for h in result.history],
+    }
+
+
+def _distill_runs(store_dir: Path, plans: list[tuple[Path, int, bool]]) -> list[dict]:
+    """Several distillations one after the other in one job (starting processes is the slow part)."""
+    world = join_world(timeout_s=30)
+    answers = [_distill(store_dir, out, iterations, resume, world) for out, iterations, resume in plans]
+    leave_world(world)
+    return answers
+
+
+def test_a_two_rank_checkpoint_resumes_at_two_ranks_bit_for_bit_and_at_one_rank(store, tmp_path):
+    whole, cut, one = tmp_path / "whole", tmp_path / "cut", tmp_path / "one"
+    plans = [(whole, 6, False), (cut, 4, False), (one, 4, False), (cut, 6, True)]
+    reference, _, _, resumed = _answers(run_ranks(_distill_runs, store, plans))[0]
+    assert resumed == reference
+    checkpoint, _ = load_latest_checkpoint(one)
+    assert checkpoint.iteration == 4 and "ranks/1/rng" in checkpoint.current.tensors
+
+    alone = _distill(store, one, 6, True, World())  # the 2-rank checkpoint, one process
+    assert alone["segments"] == reference["segments"]  # rank 0's stream goes on where it was
+    assert alone["print"] != reference["print"]  # now without rank 1's segments
