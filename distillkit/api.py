@@ -28,6 +28,7 @@ from distillkit.distilling import (
     save_distilled_set,
     stop_requests,
 )
+from distillkit.distributed import World
 from distillkit.evaluate import EvalResult, EvalSet, evaluate_sets
 from distillkit.experts import pipeline
 from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
@@ -107,10 +108,15 @@ def train_experts(
     data: PreparedData,
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
+    world: World = World(),
 ) -> TrajectoryStore:
-    """The expert stage for a run's config: train ``experts.count`` experts, reusing finished ones."""
+    """The expert stage for a run's config: train ``experts.count`` experts, reusing finished ones.
+
+    In a job of several ranks (``world``) the ranks share the missing experts.
+    """
     last_needed = last_needed_epoch(config.distill)
-    return train_expert_store(config.experts, last_needed, run_scope(config, host), data, store_dir, reporter)
+    scope = run_scope(config, host, world)
+    return train_expert_store(config.experts, last_needed, scope, data, store_dir, reporter)
 
 
 def distill_job(

@@ -12,7 +12,7 @@ Backends: ``gloo`` on CPU; on CUDA ``nccl`` when every local rank has a GPU of i
 gloo group on the CPU, so they work whatever the tensor backend.
 
 Every collective has a timeout (:data:`TIMEOUT_ENV`, default :data:`DEFAULT_TIMEOUT_S`): a rank
-that dies or hangs makes the others fail with :class:`~distillkit.errors.RunFailed` naming
+that dies or hangs makes the others fail with :class:`~distillkit.errors.CollectiveError` naming
 their rank instead of waiting forever.
 
 Objects travel without pickle: :meth:`World.all_gather_object` and :meth:`World.broadcast_object`
@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 
 from distillkit import errors
-from distillkit.errors import ConfigError, DistillkitError, RunFailed
+from distillkit.errors import CollectiveError, ConfigError, DistillkitError, RunFailed
 
 #: Seconds a collective may wait for the other ranks before the job fails.
 DEFAULT_TIMEOUT_S = 300.0
@@ -175,12 +175,12 @@ class World:
         return datetime.timedelta(seconds=self.timeout_s)
 
     def _guard(self, what: str, call: Callable[[], object]) -> None:
-        """Run one collective; a timeout or a vanished peer becomes a one-line RunFailed."""
+        """Run one collective; a timeout or a vanished peer becomes a one-line CollectiveError."""
         try:
             call()
         except RuntimeError as exc:  # DistBackendError and gloo's timeouts are RuntimeErrors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RunFailed(
+            raise CollectiveError(
                 f"rank {self.rank}: {what} across {self.size} ranks failed ({first[:200]})",
                 hint=f"another rank failed or hangs; collectives wait {self.timeout_s:g} s ({TIMEOUT_ENV})",
             ) from None

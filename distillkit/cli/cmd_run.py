@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from distillkit.cli.launch import Nproc, joined_world, relaunch
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -141,6 +142,7 @@ def _recorded(run_dir: Path, command: str, device: str | None) -> tuple[RunConfi
 
 @app.command("experts")
 def experts_cmd(
+    ctx: typer.Context,
     dataset: Dataset = None,
     data_path: DataPath = None,
     download: Download = False,
@@ -152,10 +154,14 @@ def experts_cmd(
     seed: Seed = None,
     device: Device = None,
     out_dir: StoreOut = None,
+    nproc: Nproc = 1,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train expert trajectories into a store (finished experts with the same manifest are kept)."""
+    """Train expert trajectories into a store (finished experts with the same manifest are kept).
+
+    Over several ranks (``--nproc N`` or ``torchrun``) the ranks share the missing experts.
+    """
     with cli_errors(debug):
         overrides = collect_overrides(
             sets,
@@ -167,14 +173,19 @@ def experts_cmd(
             device=device,
         )
         cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins))
+        if relaunch(ctx, nproc):
+            return
         from distillkit import api
 
-        data = api.prepare_data(cfg.data)
-        reporter = RichReporter(not quiet)
-        try:
-            store = api.train_experts(cfg, host, data, out_dir, reporter)
-        finally:
-            reporter.close()
+        with joined_world(cfg.device) as world:
+            data = api.prepare_data(cfg.data)
+            reporter = RichReporter(not quiet and world.is_main)
+            try:
+                store = api.train_experts(cfg, host, data, out_dir, reporter, world)
+            finally:
+                reporter.close()
+            if not world.is_main:
+                return
         table = Table(title=f"experts in {store.root}")
         for column in ("expert", "epochs", "final test acc", "seconds"):
             table.add_column(column, justify="right")
