@@ -290,19 +290,22 @@ def run(
     resume: bool = False,
     sources: dict[str, str] | None = None,
     baseline: bool = True,
+    world: World = World(),
 ) -> dict[str, Any]:
     """experts (reused when cached) → distill → evaluate (+ random-real baseline) → ``results.json``.
 
     ``resume=True`` continues a run directory from its newest checkpoint (finished
     experts and epochs are reused from the store); the config must be the recorded one.
     ``baseline=False`` leaves out the random-real evaluation (``distillkit ablate``
-    evaluates it once per seed instead of once per arm).
+    evaluates it once per seed instead of once per arm). Over several ranks (``world``)
+    every stage runs on all of them and rank 0 alone writes the run files; the other
+    ranks return the same summary without writing it.
     """
     reporter = reporter or Reporter()
-    scope = run_scope(config, host)
+    scope = run_scope(config, host, world)
     data = prepare_data(config.data)  # bad data or ipc fail here, before an --overwrite touches a file
     check_ipc(config.distill.ipc, data)
-    if not resume:
+    if not resume and world.is_main:
         record_invocation(out_dir, config, "run", store_dir, sources)
     timings: dict[str, float] = {}
     last_needed = last_needed_epoch(config.distill)
@@ -317,7 +320,8 @@ def run(
     job = DistillJob(config.distill, scope, data, store, key)
     result = distill(job, out_dir, reporter, resume=resume)
     timings["distill"] = time.perf_counter() - tick
-    save_distilled(out_dir, config, host, data, result, store)
+    if world.is_main:
+        save_distilled(out_dir, config, host, data, result, store)
     tick = time.perf_counter()
     summary: dict[str, Any] = {
         "dataset": data.dataset.name,
@@ -344,6 +348,8 @@ def run(
     summary["distill_s_per_iter"] = result.seconds_per_iteration
     summary.update(peak_memory_mb(scope.device))
     summary["expert_store"] = str(store.root)
+    if not world.is_main:
+        return summary
     atomic_write_json(out_dir / "results.json", summary)
     atomic_write_json(
         out_dir / "run.json",

@@ -161,10 +161,12 @@ STOPPING_NOTICE = "Stopping: the state is saved after this iteration (press Ctrl
 
 
 @contextmanager
-def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
+def stop_requests(enabled: bool = True, notice: bool = True) -> Iterator[list[int]]:
     """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one interrupts.
 
     Disabled (plain KeyboardInterrupt) when there is nowhere to checkpoint, and off the main thread.
+    ``notice=False`` (the ranks of a job, which the launcher also stops when another rank
+    failed) skips the message, so a failed job still ends in one line.
     """
     requested: list[int] = []
     if not enabled or threading.current_thread() is not threading.main_thread():
@@ -175,8 +177,9 @@ def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
-        sys.stderr.write(STOPPING_NOTICE + "\n")
-        sys.stderr.flush()
+        if notice:
+            sys.stderr.write(STOPPING_NOTICE + "\n")
+            sys.stderr.flush()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -285,7 +288,7 @@ def distill(
             save_checkpoint(out_dir, Checkpoint(*states, progress))
 
     try:
-        with stop_requests(enabled=out_dir is not None) as stop:
+        with stop_requests(enabled=out_dir is not None, notice=world.size == 1) as stop:
             while distiller.iteration < job.cfg.iterations:
                 tick = time.perf_counter()
                 try:

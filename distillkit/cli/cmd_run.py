@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from distillkit.cli.launch import Nproc, joined_world, relaunch
+from distillkit.cli.launch import MaxRestarts, Nproc, joined_world, relaunch
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -34,7 +34,7 @@ from distillkit.cli.options import (
     collect_overrides,
     resolve,
 )
-from distillkit.cli.render import RichReporter, print_summary
+from distillkit.cli.render import RichReporter, print_summary, reporter_for
 
 if TYPE_CHECKING:
     from distillkit.config import RunConfig
@@ -45,6 +45,7 @@ from distillkit.cli.app import app, cli_errors, out
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     dataset: Dataset = None,
     data_path: DataPath = None,
     download: Download = False,
@@ -62,10 +63,16 @@ def run_cmd(
     overwrite: Overwrite = False,
     memory: Memory = None,
     resume: Resume = None,
+    nproc: Nproc = 1,
+    max_restarts: MaxRestarts = 0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
+    """Train experts (cached), distill, evaluate against random real images. No arguments: digits.
+
+    Over several ranks (``--nproc N`` or ``torchrun``) every stage is shared out; rank 0
+    prints and writes the run files, the others log to ``RUN_DIR/logs/rank-<r>.log``.
+    """
     with cli_errors(debug):
         overrides = collect_overrides(
             sets,
@@ -78,26 +85,62 @@ def run_cmd(
             eval_models=eval_models,
             memory=memory,
         )
-        if resume is not None:
-            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+        restarted = _restarted_run(out_dir or resume, max_restarts)
+        if resume is not None or restarted is not None:
+            if restarted is None:
+                _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            resume = resume or restarted
             cfg, host, invocation = _recorded(resume, "run", device)
             experts = Path(invocation["experts"]) if invocation.get("experts") else None
             sources = None
         else:
             overrides.update({"device": device} if device else {})
             cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+        if relaunch(ctx, nproc, max_restarts):
+            return
         from distillkit import api, rundir
 
-        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
-        reporter = RichReporter(not quiet)
-        try:
-            with rundir.discard_on_bad_input(target):
-                summary = api.run(
-                    cfg, host, target, experts, reporter, resume=resume is not None, sources=sources
-                )
-        finally:
-            reporter.close()
-        print_summary(summary, target)
+        with joined_world(cfg.device) as world:
+            target = Path(world.main_decides(lambda: str(_claim_run_dir(cfg, out_dir, overwrite, resume))))
+            reporter = reporter_for(world.rank, target, quiet)
+            try:
+                with rundir.discard_on_bad_input(target):
+                    summary = api.run(
+                        cfg,
+                        host,
+                        target,
+                        experts,
+                        reporter,
+                        resume=resume is not None,
+                        sources=sources,
+                        world=world,
+                    )
+            finally:
+                reporter.close()
+            if world.is_main:
+                print_summary(summary, target)
+
+
+def _restarted_run(out_dir: Path | None, max_restarts: int) -> Path | None:
+    """The run directory to resume when torchrun restarts a failed job (``--max-restarts``).
+
+    A restarted worker runs the original command line again; it continues the run the failed
+    attempt left in ``--out`` (which a job that may restart must therefore name).
+    """
+    import os
+
+    from distillkit.errors import ConfigError
+
+    restarts = max_restarts or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or "0")
+    if restarts > 0 and out_dir is None:
+        raise ConfigError(
+            "a job that may restart (--max-restarts) needs --out RUN_DIR, where the restarted ranks find it",
+            hint="add --out runs/NAME",
+        )
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0")
+    if attempt > 0 and out_dir is not None and (out_dir / "invocation.json").exists():
+        return out_dir
+    return None
 
 
 def _check_resume_alone(overrides: dict[str, Any], *options: Any) -> None:

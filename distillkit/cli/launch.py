@@ -54,6 +54,17 @@ Nproc = Annotated[
 ]
 
 
+MaxRestarts = Annotated[
+    int,
+    typer.Option(
+        "--max-restarts",
+        min=0,
+        help="With --nproc: restart the whole job this many times after a rank fails "
+        "(torchrun's --max-restarts); a restarted run resumes from its last checkpoint (needs --out).",
+    ),
+]
+
+
 def job_rank() -> int | None:
     """This process's rank when it belongs to a job of several processes, else None."""
     if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1:
