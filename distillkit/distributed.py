@@ -238,9 +238,7 @@ def join_world(timeout_s: float | None = None, device: str = "auto") -> World:
         if backend == "nccl":
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
         try:
-            dist.init_process_group(
-                backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout)
-            )
+            _init_process_group(backend, rank, size, datetime.timedelta(seconds=timeout))
         except (RuntimeError, ValueError) as exc:
             raise RunFailed(
                 f"rank {rank}: cannot join the job of {size} processes ({str(exc).splitlines()[0][:200]})",
@@ -249,6 +247,32 @@ def join_world(timeout_s: float | None = None, device: str = "auto") -> World:
     backend = dist.get_backend()
     group = None if backend == "gloo" else _cpu_group(timeout)
     return World(rank=rank, size=size, local_rank=local_rank, timeout_s=timeout, group=group)
+
+
+def _init_process_group(backend: str, rank: int, size: int, timeout: datetime.timedelta) -> None:
+    """``env://`` initialisation, with a store prefix per torchelastic restart attempt.
+
+    After a ``--max-restarts`` restart the elastic agent hands the workers the same store
+    (``MASTER_PORT``) again; without a fresh prefix the new ranks read the dead attempt's
+    gloo addresses and fail to connect ("Connection refused").
+    """
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        dist.init_process_group(backend, init_method="env://", timeout=timeout)
+        return
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent serves the store
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        size,
+        is_master=not agent and rank == 0,
+        timeout=timeout,
+        multi_tenant=not agent,
+    )
+    prefixed = dist.PrefixStore(f"distillkit/attempt-{attempt}", store)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=size, timeout=timeout)
 
 
 _CPU_GROUPS: dict[float, Any] = {}

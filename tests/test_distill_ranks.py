@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_EXPERTS
 from ranks import run_ranks
 
@@ -13,7 +15,9 @@ from distillkit import api
 from distillkit.checkpoint import load_latest_checkpoint
 from distillkit.distilling import DistillJob, build_distiller, distill
 from distillkit.distributed import World, join_world, leave_world
+from distillkit.engine.loop import RankMismatch
 from distillkit.engine.reduce import fingerprint
+from distillkit.errors import CollectiveError
 from distillkit.experts.store import TrajectoryStore
 from distillkit.runtime import run_scope
 
@@ -102,3 +106,34 @@ def test_a_two_rank_checkpoint_resumes_at_two_ranks_bit_for_bit_and_at_one_rank(
     alone = _distill(store, one, 6, True, World())  # the 2-rank checkpoint, one process
     assert alone["segments"] == reference["segments"]  # rank 0's stream goes on where it was
     assert alone["print"] != reference["print"]  # now without rank 1's segments
+
+
+def _fail_on_rank_one(store_dir: Path) -> dict:
+    """Two failures in one job: rank 1's set drifts (the sync check stops both), then rank 1 raises."""
+    world = join_world(timeout_s=30)
+    distiller, _ = build_distiller(_job(store_dir, world))
+    distiller.step()
+    if world.rank == 1:
+        with torch.no_grad():
+            distiller.images.add_(1e-3)
+    try:
+        distiller.step()
+        mismatch = "no error"
+    except RankMismatch as exc:
+        mismatch = str(exc)
+    if world.rank == 1:
+        raise RuntimeError("rank 1 gives up")
+    tick = time.monotonic()
+    try:
+        distiller.step()
+    except CollectiveError as exc:
+        return {"mismatch": mismatch, "error": str(exc), "seconds": time.monotonic() - tick}
+    return {"mismatch": mismatch, "error": "no error"}
+
+
+def test_a_drifting_rank_stops_both_and_a_rank_that_raises_stops_the_other_at_once(store):
+    (status0, zero), (status1, one) = run_ranks(_fail_on_rank_one, store)
+    assert status0 == "ok" and status1 == "error" and "rank 1 gives up" in one
+    assert zero["mismatch"].startswith("after iteration 2 the synthetic set or α of rank(s) 1 differ")
+    assert zero["error"].startswith("rank 0: all_reduce across 2 ranks failed")
+    assert zero["seconds"] < 20  # the peer's exit is noticed at once, long before the 30 s timeout

@@ -81,13 +81,15 @@ def _fail(
     exc: BaseException, message: str, hint: str | None, code: int, debug: bool, plain: bool = False
 ) -> None:
     """Print the error line (``plain``: without the ``Error:`` prefix) and its hint, then exit ``code``."""
+    from rich.markup import escape
+
     from distillkit.cli.launch import worker_error
 
     message, show = worker_error(message, hint, int(code), exc)
     if show:
         if debug:
             err.print_exception()
-        line = message if plain else f"[bold red]Error:[/] {message}"
+        line = message if plain else f"[bold red]Error:[/] {escape(message)}"  # gloo names "[file:line]"
         err.print(line, highlight=False, markup=not plain, soft_wrap=True)
         if hint:
             err.print(f"Hint: {hint}", highlight=False, markup=False, soft_wrap=True)
