@@ -29,7 +29,7 @@ from distillkit.distilling import (
     stop_requests,
 )
 from distillkit.distributed import World
-from distillkit.evaluate import EvalResult, EvalSet, evaluate_sets
+from distillkit.evaluate import EvalResult, EvalSet, evaluate_networks
 from distillkit.experts import pipeline
 from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
 from distillkit.experts.store import TrajectoryStore
@@ -164,9 +164,10 @@ def evaluate(
     models: Sequence[str] | None = None,
     reporter: Reporter | None = None,
     label: str = "distilled",
+    world: World = World(),
 ) -> dict[str, EvalResult]:
     """Evaluate one set on each model of ``models`` (default: ``evaluate.models`` or the run's model)."""
-    return evaluate_many(config, data, {label: (images, labels, lr)}, models, reporter)[label]
+    return evaluate_many(config, data, {label: (images, labels, lr)}, models, reporter, world)[label]
 
 
 def evaluate_many(
@@ -175,36 +176,49 @@ def evaluate_many(
     sets: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
     models: Sequence[str] | None = None,
     reporter: Reporter | None = None,
+    world: World = World(),
 ) -> dict[str, dict[str, EvalResult]]:
     """Evaluate several sets (label → images, labels, lr) on each model; ``{label: {model: result}}``.
 
     The sets of one model are evaluated together, so with ``evaluate.parallel`` packing their
     networks train as one computation (e.g. the distilled and the random-real set of a run).
+    Over several ranks (``world``) the networks of all models and sets are shared out
+    round-robin and every rank gets all results; network k's seed does not depend on the rank,
+    so the results are the single process's (docs/distributed.md).
     """
     reporter = reporter or Reporter()
-    device = device_for(config.device, config.deterministic)
+    device = world.device(device_for(config.device, config.deterministic))
     models = list(models or config.evaluate.models or (config.model.name,))
     make = model_factory(data)
     augment = DSA(config.data.augment)
-    results: dict[str, dict[str, EvalResult]] = {label: {} for label in sets}
-    reporter.start(f"evaluate {' + '.join(sets)}", len(models) * len(sets) * config.evaluate.runs)
+    runs = config.evaluate.runs
+    every = [(name, index, k) for name in models for index in range(len(sets)) for k in range(runs)]
+    mine = world.shard(every)
+    reporter.start(f"evaluate {' + '.join(sets)}", len(mine))
+    accs: dict[tuple[str, int, int], float] = {}
     for name in models:
         seed = stage_seed(config.seed, "evaluate", name)
         items = [EvalSet(images, labels, lr, seed) for images, labels, lr in sets.values()]
-        answers = evaluate_sets(
+        networks = [(index, k) for model, index, k in mine if model == name]
+        answers = evaluate_networks(
             make,
             name,
             items,
+            networks,
             data.test,
             config.evaluate,
             augment,
             device,
             lambda acc: reporter.advance(acc=acc),
         )
-        for label, result in zip(sets, answers, strict=True):
-            results[label][name] = result
+        accs.update({(name, *network): acc for network, acc in zip(networks, answers, strict=True)})
+    for part in world.all_gather_object([[*job, acc] for job, acc in accs.items()]):
+        accs.update({(name, index, k): acc for name, index, k, acc in part})
     reporter.finish()
-    return results
+    return {
+        label: {name: EvalResult(name, tuple(accs[name, i, k] for k in range(runs))) for name in models}
+        for i, label in enumerate(sets)
+    }
 
 
 def merge_evaluation(out_dir: Path, results: dict[str, dict[str, Any]], config: RunConfig) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from ranks import run_ranks
 
-from distillkit.distributed import World, join_world, leave_world
+from distillkit.distributed import World, join_world
 from distillkit.errors import RunFailed, StoreError
 
 
@@ -26,7 +26,8 @@ def test_single_process_world_is_a_no_op(monkeypatch):
 
 
 def _collectives() -> dict:
-    world = join_world(timeout_s=20)
+    """Every collective once, an error decided on rank 0, then rank 1 skips the last barrier."""
+    world = join_world(timeout_s=5)
     r = world.rank
     a = torch.full((2, 3), float(r + 1))
     b = torch.tensor([10.0 * r], dtype=torch.float64)
@@ -34,6 +35,15 @@ def _collectives() -> dict:
     world.barrier()
     gathered = world.all_gather_object({"rank": r, "t": torch.arange(r + 2), "nested": [(r, "x")]})
     told = world.broadcast_object({"from": r, "t": torch.ones(2) * r}, src=1)
+
+    def decide() -> int:
+        raise StoreError("store /x is broken", hint="retrain it")
+
+    try:
+        world.main_decides(decide)
+        decided = "no error"
+    except StoreError as exc:
+        decided = f"{exc}|{exc.hint}"
     answer = {
         "rank": r,
         "size": world.size,
@@ -43,8 +53,14 @@ def _collectives() -> dict:
         "gathered": [(g["rank"], g["t"].tolist(), g["nested"]) for g in gathered],
         "told": (told["from"], told["t"].tolist()),
         "shard": world.shard(list(range(5))),
+        "decided": decided,
     }
-    leave_world(world)
+    if r == 0:
+        try:
+            world.barrier()  # rank 1 never comes
+            answer["lonely"] = "passed"
+        except RunFailed as exc:
+            answer["lonely"] = str(exc)
     return answer
 
 
@@ -58,44 +74,11 @@ def test_collectives_over_two_gloo_ranks():
         assert got["max"] == -6.0
         assert got["gathered"] == [(0, [0, 1], [[0, "x"]]), (1, [0, 1, 2], [[1, "x"]])]
         assert got["told"] == (1, [1.0, 1.0])
+        assert got["decided"] == "store /x is broken|retrain it"  # the same error on every rank
     assert zero["shard"] == [0, 2, 4] and one["shard"] == [1, 3]
-
-
-def _main_decides_error() -> str:
-    world = join_world(timeout_s=20)
-
-    def decide() -> int:
-        raise StoreError("store /x is broken", hint="retrain it")
-
-    try:
-        world.main_decides(decide)
-    except StoreError as exc:
-        return f"{exc}|{exc.hint}"
-    finally:
-        leave_world(world)
-    return "no error"
-
-
-def test_an_error_of_rank_zero_stops_every_rank_alike():
-    answers = run_ranks(_main_decides_error)
-    assert answers == [("ok", "store /x is broken|retrain it")] * 2
-
-
-def _lonely_barrier() -> str:
-    world = join_world(timeout_s=3)
-    if world.rank == 1:
-        return "left"  # never reaches the barrier
-    try:
-        world.barrier()
-    except RunFailed as exc:
-        return str(exc)
-    return "passed"
-
-
-def test_a_missing_rank_times_out_with_one_line_naming_the_rank():
-    (_, zero), (_, one) = run_ranks(_lonely_barrier)
-    assert one == "left"
-    assert zero.startswith("rank 0: barrier across 2 ranks failed") and "\n" not in zero, zero
+    # A rank that never arrives: the others fail after the timeout, one line naming their rank.
+    assert zero["lonely"].startswith("rank 0: barrier across 2 ranks failed"), zero["lonely"]
+    assert "\n" not in zero["lonely"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

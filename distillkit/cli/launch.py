@@ -72,6 +72,11 @@ def job_rank() -> int | None:
     return int(os.environ.get("RANK", "0") or "0")
 
 
+def will_relaunch(nproc: int) -> bool:
+    """Whether :func:`relaunch` starts a job (so this process will not run the command itself)."""
+    return nproc > 1 and job_rank() is None
+
+
 def threads_per_process(nproc: int) -> int:
     """Usable cores shared out over ``nproc`` processes, at least one each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -105,7 +110,7 @@ def relaunch(ctx: click.Context, nproc: int, max_restarts: int = 0, log_dir: Pat
     ``torchrun``). True once every rank finished; a failed rank raises the error described
     in the module docstring. ``max_restarts`` is torchrun's ``--max-restarts``.
     """
-    if nproc == 1 or job_rank() is not None:
+    if not will_relaunch(nproc):
         return False
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.api import SignalException
