@@ -350,7 +350,7 @@ def run(
         if baseline:
             real_x, real_y = random_real_set(config, data, scope.device)
             sets["random_real"] = (real_x, real_y, config.distill.lr_init)
-        for label, results in evaluate_many(config, data, sets, reporter=reporter).items():
+        for label, results in evaluate_many(config, data, sets, reporter=reporter, world=world).items():
             summary[label] = result_summary(results)
         summary["protocol"] = {
             "distilled_lr": result.lr,
