@@ -120,10 +120,18 @@ def train_experts(
 
 
 def distill_job(
-    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store: TrajectoryStore,
+    world: World = World(),
 ) -> DistillJob:
-    """The distillation stage's inputs for a run's config: ``distill(distill_job(...), out_dir)``."""
-    return DistillJob(config.distill, run_scope(config, host), data, store, expert_key(config, data, host))
+    """The distillation stage's inputs for a run's config: ``distill(distill_job(...), out_dir)``.
+
+    In a job of several ranks (``world``) each rank matches its own segments.
+    """
+    scope = run_scope(config, host, world)
+    return DistillJob(config.distill, scope, data, store, expert_key(config, data, host))
 
 
 def random_real_set(

@@ -19,7 +19,6 @@ from distillkit.engine.loop import RankMismatch
 from distillkit.engine.reduce import fingerprint
 from distillkit.errors import CollectiveError
 from distillkit.experts.store import TrajectoryStore
-from distillkit.runtime import run_scope
 
 #: Two tiny experts, so the ranks' segments (expert, start epoch) can differ.
 SETTINGS = {
@@ -36,9 +35,7 @@ SETTINGS = {
 def _job(store_dir: Path, world: World, **overrides: object) -> DistillJob:
     config, host = distillkit.resolve_config(preset="digits", overrides={**SETTINGS, **overrides})
     data = api.prepare_data(config.data)
-    store = TrajectoryStore.open(store_dir)
-    key = api.expert_key(config, data, host)
-    return DistillJob(config.distill, run_scope(config, host, world), data, store, key)
+    return api.distill_job(config, host, data, TrajectoryStore.open(store_dir), world)
 
 
 @pytest.fixture(scope="module")

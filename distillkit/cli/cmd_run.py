@@ -266,6 +266,7 @@ def convert_store_cmd(
 
 @app.command("distill")
 def distill_cmd(
+    ctx: typer.Context,
     experts: Annotated[Path | None, typer.Option("--experts", help="Trajectory store to match.")] = None,
     dataset: Dataset = None,
     data_path: DataPath = None,
@@ -281,16 +282,24 @@ def distill_cmd(
     overwrite: Overwrite = False,
     memory: Memory = None,
     resume: Resume = None,
+    nproc: Nproc = 1,
+    max_restarts: MaxRestarts = 0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Distill from an existing trajectory store; writes the synthetic set (no evaluation)."""
+    """Distill from an existing trajectory store; writes the synthetic set (no evaluation).
+
+    Over several ranks (``--nproc N`` or ``torchrun``) each rank matches its own segments.
+    """
     with cli_errors(debug):
         overrides = collect_overrides(
             sets, dataset=dataset, data_path=data_path, model=model, ipc=ipc, seed=seed, memory=memory
         )
-        if resume is not None:
-            _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+        restarted = _restarted_run(out_dir or resume, max_restarts)
+        if resume is not None or restarted is not None:
+            if restarted is None:
+                _check_resume_alone(overrides, preset, config, plugins, out_dir, experts)
+            resume = resume or restarted
             cfg, host, invocation = _recorded(resume, "distill", device)
             experts = Path(invocation["experts"])
             sources = None
@@ -301,22 +310,27 @@ def distill_cmd(
         else:
             overrides.update({"device": device} if device else {})
             cfg, host, sources = astuple(resolve(preset, config, overrides, plugins))
+        if relaunch(ctx, nproc, max_restarts):
+            return
         from distillkit import api, rundir
         from distillkit.experts.store import TrajectoryStore
 
-        store = TrajectoryStore.open(experts)
-        data = api.prepare_data(cfg.data)
-        api.check_ipc(cfg.distill.ipc, data)
-        target = _claim_run_dir(cfg, out_dir, overwrite, resume)
-        if resume is None:
-            api.record_invocation(target, cfg, "distill", experts, sources)
-        reporter = RichReporter(not quiet)
-        try:
-            with rundir.discard_on_bad_input(target):
-                job = api.distill_job(cfg, host, data, store)
-                result = api.distill(job, target, reporter, resume=resume is not None, release_data=True)
-        finally:
-            reporter.close()
+        with joined_world(cfg.device) as world:
+            store = TrajectoryStore.open(experts)
+            data = api.prepare_data(cfg.data)
+            api.check_ipc(cfg.distill.ipc, data)
+            target = Path(world.main_decides(lambda: str(_claim_run_dir(cfg, out_dir, overwrite, resume))))
+            if resume is None and world.is_main:
+                api.record_invocation(target, cfg, "distill", experts, sources)
+            reporter = reporter_for(world.rank, target, quiet)
+            try:
+                with rundir.discard_on_bad_input(target):
+                    job = api.distill_job(cfg, host, data, store, world)
+                    result = api.distill(job, target, reporter, resume=resume is not None, release_data=True)
+            finally:
+                reporter.close()
+            if not world.is_main:
+                return
         api.save_distilled(target, cfg, host, data, result, store)
         out.print(
             f"distilled {len(result.images)} images in {result.seconds:.1f}s "
