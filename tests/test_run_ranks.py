@@ -98,6 +98,8 @@ def test_max_restarts_restarts_the_job_from_its_last_checkpoint(store, tmp_path)
     assert proc.returncode == 0, stderr
     assert _iterations(run_dir) == list(range(ITERATIONS))  # each iteration once: the restart resumed
     assert (run_dir / "results.json").exists()
+    log = (run_dir / "logs" / "rank-1.log").read_text()  # rank 1 logs, rank 0 alone writes run files
+    assert f"distill {ITERATIONS}/{ITERATIONS}" in log and f"resuming {run_dir} at iteration" in log
 
 
 def test_a_job_that_may_restart_needs_out(store):
