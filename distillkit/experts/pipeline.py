@@ -95,11 +95,9 @@ def train_expert_store(
     world = scope.world
     key = expert_key(cfg, last_needed, scope, data)
     root = store_dir or default_store_dir(key)
-    # Rank 0 creates the store (others would race on it); a bad one stops every rank alike.
-    world.main_decides(lambda: str(TrajectoryStore.create_or_open(root, key).root))
-    store = TrajectoryStore.open(root)
-    if set(range(cfg.count)) <= set(store.finished()):
-        return store  # nothing to train, nothing to write: a read-only cache serves as it is
+    # Rank 0 creates the store (others would race on it) and decides; a bad one stops every rank alike.
+    if world.main_decides(lambda: _complete(TrajectoryStore.create_or_open(root, key), cfg.count)):
+        return TrajectoryStore.open(root)  # nothing to train, nothing to write: a read-only cache serves
     # One trainer (one job) per store: a second one waits, then reuses what the first finished.
     with ExitStack() as held:
         _lock_for_job(world, held, root)
@@ -108,6 +106,10 @@ def train_expert_store(
         _train_experts(world.shard(todo), cfg, scope, data, store, reporter)
         world.main_decides(lambda: sidecars.adopt_pending(TrajectoryStore.open(root)))
     return TrajectoryStore.open(root)
+
+
+def _complete(store: TrajectoryStore, count: int) -> bool:
+    return set(range(count)) <= set(store.finished())
 
 
 def _lock_for_job(world: World, held: ExitStack, root: Path) -> None:
