@@ -92,10 +92,11 @@ def _distill_runs(store_dir: Path, plans: list[tuple[Path, int, bool]]) -> list[
     return answers
 
 
-def test_a_two_rank_checkpoint_resumes_at_two_ranks_bit_for_bit_and_at_one_rank(store, tmp_path):
-    whole, cut, one = tmp_path / "whole", tmp_path / "cut", tmp_path / "one"
-    plans = [(whole, 6, False), (cut, 4, False), (one, 4, False), (cut, 6, True)]
-    reference, _, _, resumed = _answers(run_ranks(_distill_runs, store, plans))[0]
+def test_checkpoints_resume_at_two_ranks_bit_for_bit_and_at_another_world_size(store, tmp_path):
+    whole, cut, one, single = (tmp_path / name for name in ("whole", "cut", "one", "single"))
+    _distill(store, single, 4, False, World())  # a single-process checkpoint, for 2 ranks to resume
+    plans = [(whole, 6, False), (cut, 4, False), (one, 4, False), (cut, 6, True), (single, 6, True)]
+    reference, _, _, resumed, grown = _answers(run_ranks(_distill_runs, store, plans))[0]
     assert resumed == reference
     checkpoint, _ = load_latest_checkpoint(one)
     assert checkpoint.iteration == 4 and "ranks/1/rng" in checkpoint.current.tensors
@@ -103,6 +104,10 @@ def test_a_two_rank_checkpoint_resumes_at_two_ranks_bit_for_bit_and_at_one_rank(
     alone = _distill(store, one, 6, True, World())  # the 2-rank checkpoint, one process
     assert alone["segments"] == reference["segments"]  # rank 0's stream goes on where it was
     assert alone["print"] != reference["print"]  # now without rank 1's segments
+    # One process's checkpoint at 2 ranks: rank 1 joins with a fresh stream, saved from then on.
+    checkpoint, _ = load_latest_checkpoint(single)
+    assert checkpoint.iteration == 6 and "ranks/1/rng" in checkpoint.current.tensors
+    assert grown["segments"] == reference["segments"]
 
 
 def _fail_on_rank_one(store_dir: Path) -> dict:
