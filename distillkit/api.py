@@ -29,7 +29,8 @@ from distillkit.distilling import (
     save_distilled_set,
     stop_requests,
 )
-from distillkit.evaluate import EvalResult, EvalSet, evaluate_sets
+from distillkit.distributed import World
+from distillkit.evaluate import EvalResult, EvalSet, evaluate_networks
 from distillkit.experts import pipeline
 from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
 from distillkit.experts.store import TrajectoryStore
@@ -120,17 +121,30 @@ def train_experts(
     data: PreparedData,
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
+    world: World = World(),
 ) -> TrajectoryStore:
-    """The expert stage for a run's config: train ``experts.count`` experts, reusing finished ones."""
+    """The expert stage for a run's config: train ``experts.count`` experts, reusing finished ones.
+
+    In a job of several ranks (``world``) the ranks share the missing experts.
+    """
     last_needed = last_needed_epoch(config.distill)
-    return train_expert_store(config.experts, last_needed, run_scope(config, host), data, store_dir, reporter)
+    scope = run_scope(config, host, world)
+    return train_expert_store(config.experts, last_needed, scope, data, store_dir, reporter)
 
 
 def distill_job(
-    config: RunConfig, host: PluginHost, data: PreparedData, store: TrajectoryStore
+    config: RunConfig,
+    host: PluginHost,
+    data: PreparedData,
+    store: TrajectoryStore,
+    world: World = World(),
 ) -> DistillJob:
-    """The distillation stage's inputs for a run's config: ``distill(distill_job(...), out_dir)``."""
-    return DistillJob(config.distill, run_scope(config, host), data, store, expert_key(config, data, host))
+    """The distillation stage's inputs for a run's config: ``distill(distill_job(...), out_dir)``.
+
+    In a job of several ranks (``world``) each rank matches its own segments.
+    """
+    scope = run_scope(config, host, world)
+    return DistillJob(config.distill, scope, data, store, expert_key(config, data, host))
 
 
 def random_real_set(
@@ -171,9 +185,10 @@ def evaluate(
     models: Sequence[str] | None = None,
     reporter: Reporter | None = None,
     label: str = "distilled",
+    world: World = World(),
 ) -> dict[str, EvalResult]:
     """Evaluate one set on each model of ``models`` (default: ``evaluate.models`` or the run's model)."""
-    return evaluate_many(config, data, {label: (images, labels, lr)}, models, reporter)[label]
+    return evaluate_many(config, data, {label: (images, labels, lr)}, models, reporter, world)[label]
 
 
 def evaluate_many(
@@ -182,36 +197,49 @@ def evaluate_many(
     sets: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
     models: Sequence[str] | None = None,
     reporter: Reporter | None = None,
+    world: World = World(),
 ) -> dict[str, dict[str, EvalResult]]:
     """Evaluate several sets (label → images, labels, lr) on each model; ``{label: {model: result}}``.
 
     The sets of one model are evaluated together, so with ``evaluate.parallel`` packing their
     networks train as one computation (e.g. the distilled and the random-real set of a run).
+    Over several ranks (``world``) the networks of all models and sets are shared out
+    round-robin and every rank gets all results; network k's seed does not depend on the rank,
+    so the results are the single process's (docs/distributed.md).
     """
     reporter = reporter or Reporter()
-    device = device_for(config.device, config.deterministic)
+    device = world.device(device_for(config.device, config.deterministic))
     models = list(models or config.evaluate.models or (config.model.name,))
     make = model_factory(data)
     augment = DSA(config.data.augment)
-    results: dict[str, dict[str, EvalResult]] = {label: {} for label in sets}
-    reporter.start(f"evaluate {' + '.join(sets)}", len(models) * len(sets) * config.evaluate.runs)
+    runs = config.evaluate.runs
+    every = [(name, index, k) for name in models for index in range(len(sets)) for k in range(runs)]
+    mine = world.shard(every)
+    reporter.start(f"evaluate {' + '.join(sets)}", len(mine))
+    accs: dict[tuple[str, int, int], float] = {}
     for name in models:
         seed = stage_seed(config.seed, "evaluate", name)
         items = [EvalSet(images, labels, lr, seed) for images, labels, lr in sets.values()]
-        answers = evaluate_sets(
+        networks = [(index, k) for model, index, k in mine if model == name]
+        answers = evaluate_networks(
             make,
             name,
             items,
+            networks,
             data.test,
             config.evaluate,
             augment,
             device,
             lambda acc: reporter.advance(acc=acc),
         )
-        for label, result in zip(sets, answers, strict=True):
-            results[label][name] = result
+        accs.update({(name, *network): acc for network, acc in zip(networks, answers, strict=True)})
+    for part in world.all_gather_object([[*job, acc] for job, acc in accs.items()]):
+        accs.update({(name, index, k): acc for name, index, k, acc in part})
     reporter.finish()
-    return results
+    return {
+        label: {name: EvalResult(name, tuple(accs[name, i, k] for k in range(runs))) for name in models}
+        for i, label in enumerate(sets)
+    }
 
 
 def result_summary(results: dict[str, EvalResult]) -> dict[str, Any]:
@@ -249,21 +277,24 @@ def run(
     resume: bool = False,
     sources: dict[str, str] | None = None,
     baseline: bool = True,
+    world: World = World(),
 ) -> dict[str, Any]:
     """experts (reused when cached) → distill → evaluate (+ random-real baseline) → ``results.json``.
 
     ``resume=True`` continues a run directory from its newest checkpoint (finished
     experts and epochs are reused from the store); the config must be the recorded one.
     ``baseline=False`` leaves out the random-real evaluation (``distillkit ablate``
-    evaluates it once per seed instead of once per arm).
+    evaluates it once per seed instead of once per arm). Over several ranks (``world``)
+    every stage runs on all of them and rank 0 alone writes the run files; the other
+    ranks return the same summary without writing it.
     """
     reporter = reporter or Reporter()
-    scope = run_scope(config, host)
+    scope = run_scope(config, host, world)
     data = prepare_data(config.data)  # bad data or ipc fail here, before an --overwrite touches a file
     check_ipc(config.distill.ipc, data)
-    if resume:
+    if world.is_main and resume:
         record_resume(out_dir, config, "run")
-    else:
+    elif world.is_main:
         record_invocation(out_dir, config, "run", store_dir, sources)
     timings: dict[str, float] = {}
     last_needed = last_needed_epoch(config.distill)
@@ -276,10 +307,11 @@ def run(
     tick = time.perf_counter()
     key = pipeline.expert_key(config.experts, last_needed, scope, data)
     job = DistillJob(config.distill, scope, data, store, key)
-    snapshots = snapshot_writer(config, host, data, store, out_dir)
+    snapshots = snapshot_writer(config, host, data, store, out_dir) if world.is_main else None
     result = distill(job, out_dir, reporter, resume=resume, snapshots=snapshots)
     timings["distill"] = time.perf_counter() - tick
-    save_distilled(out_dir, config, host, data, result, store)
+    if world.is_main:
+        save_distilled(out_dir, config, host, data, result, store)
     tick = time.perf_counter()
     summary: dict[str, Any] = {
         "dataset": data.dataset.name,
@@ -294,11 +326,13 @@ def run(
         if baseline:
             real_x, real_y = random_real_set(config, data, scope.device)
             sets["random_real"] = (real_x, real_y, config.distill.lr_init)
-        evaluated = evaluate_many(config, data, sets, reporter=reporter)
+        evaluated = evaluate_many(config, data, sets, reporter=reporter, world=world)
         for label, results in evaluated.items():
             summary[label] = result_summary(results)
         final = {"kind": "final", "file": SYNTHETIC_TENSORS, "iteration": config.distill.iterations}
-        evaluation_log.append_entry(out_dir, evaluation_entry("run", config, final, evaluated, result.lr))
+        if world.is_main:
+            entry = evaluation_entry("run", config, final, evaluated, result.lr)
+            evaluation_log.append_entry(out_dir, entry)
         summary["protocol"] = {
             "distilled_lr": result.lr,
             "random_real_lr": config.distill.lr_init,
@@ -309,6 +343,8 @@ def run(
     summary["distill_s_per_iter"] = result.seconds_per_iteration
     summary.update(peak_memory_mb(scope.device))
     summary["expert_store"] = str(store.root)
+    if not world.is_main:
+        return summary
     atomic_write_json(out_dir / "results.json", summary)
     atomic_write_json(
         out_dir / "run.json",

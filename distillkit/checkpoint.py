@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from distillkit.artifacts import atomic_path, atomic_write_json, file_sha256, save_tensor_file
 from distillkit.engine.loop import EngineState
+from distillkit.engine.rankstate import as_object, from_object
 from distillkit.errors import StoreError
 
 FORMAT_VERSION = 1
@@ -43,6 +44,20 @@ class Checkpoint:
     @property
     def iteration(self) -> int:
         return int(self.current.meta["iteration"])
+
+    @property
+    def states(self) -> tuple[EngineState, EngineState]:
+        """The current state and the rollback point, in that order."""
+        return self.current, self.last_good
+
+    def as_object(self) -> dict[str, Any]:
+        """A JSON value with tensors inside, to send to the other ranks."""
+        current, good = as_object(self.current), as_object(self.last_good)
+        return {"current": current, "good": good, "progress": self.progress}
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> Checkpoint:
+        return cls(from_object(obj["current"]), from_object(obj["good"]), dict(obj["progress"]))
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -154,6 +154,9 @@ class DistillConfig:
     max_loss_ratio: float = 100.0
     #: Synthetic pixels (normalised units, so real data lies within a few units) beyond this diverged.
     max_abs_pixel: float = 1000.0
+    #: Over several ranks: compare a checksum of the set and α across ranks every this many
+    #: iterations and stop on a mismatch (0: off; one process never checks).
+    sync_check_every: int = 10
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,16 @@ from distillkit.artifacts import save_synthetic
 from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from distillkit.config import DistillConfig, last_needed_epoch
 from distillkit.context import RunContext
-from distillkit.engine.loop import Distiller, DivergenceError, IterationResult
+from distillkit.engine.loop import Distiller, DivergenceError, EngineState, IterationResult
+from distillkit.engine.rankstate import (
+    as_object,
+    for_rank,
+    fresh_part,
+    from_object,
+    local_part,
+    saved_ranks,
+    with_ranks,
+)
 from distillkit.engine.student import FlatStudent
 from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
 from distillkit.experts.pipeline import load_expert_slices
@@ -114,8 +123,11 @@ def build_distiller(
 
     ``initial`` skips the ``init_synthetic`` hook (a resumed run restores its images
     anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
+    Over several ranks every rank starts from rank 0's set, then draws from its own stream
+    (:func:`rank_seed`); only rank 0's hooks see ``out_dir``.
     """
     cfg, scope, data, store = job.cfg, job.scope, job.data, job.store
+    world = scope.world
     if being_trained(store.root):
         raise StoreError(
             f"the trajectory store {store.root} is still being trained by another process "
@@ -124,21 +136,38 @@ def build_distiller(
         )
     store.check_compatible(job.expert_key)
     experts = load_expert_slices(store, last_needed_epoch(cfg))
-    run = scope.context("distill", out_dir=out_dir)
+    run = scope.context("distill", out_dir=out_dir if world.is_main else None)
     images, labels, source = initial or initial_set(cfg.ipc, scope, data, store, run)
+    if world.size > 1:
+        images, labels = world.broadcast_object((images.cpu(), labels.cpu()))
+        if world.rank > 0:
+            run.generator.manual_seed(rank_seed(scope, world.rank))
     student = FlatStudent(model_factory(data)(scope.model, 0).to(scope.device), cfg.channels_last)
-    distiller = Distiller(run, scope.host, student, images, labels, experts, cfg, scope.augment)
+    distiller = Distiller(run, scope.host, student, images, labels, experts, cfg, scope.augment, world)
     return distiller, source
+
+
+def rank_seed(scope: RunScope, rank: int, resumed_at: int | None = None) -> int:
+    """The seed of rank r's stream (r > 0; rank 0 keeps the single-process stream).
+
+    It depends on the run seed and r only, never on the world size; a rank that joins
+    at a resume with no saved stream gets one seeded by the iteration as well.
+    """
+    if resumed_at is None:
+        return scope.seed_for("distill-rank", rank)
+    return scope.seed_for("distill-rank", rank, "resumed", resumed_at)
 
 
 STOPPING_NOTICE = "Stopping: the state is saved after this iteration (press Ctrl-C again to stop at once)."
 
 
 @contextmanager
-def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
+def stop_requests(enabled: bool = True, notice: bool = True) -> Iterator[list[int]]:
     """Turn the first SIGINT/SIGTERM into a request to checkpoint and stop; a second one interrupts.
 
     Disabled (plain KeyboardInterrupt) when there is nowhere to checkpoint, and off the main thread.
+    ``notice=False`` (the ranks of a job, which the launcher also stops when another rank
+    failed) skips the message, so a failed job still ends in one line.
     """
     requested: list[int] = []
     if not enabled or threading.current_thread() is not threading.main_thread():
@@ -149,8 +178,9 @@ def stop_requests(enabled: bool = True) -> Iterator[list[int]]:
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
-        sys.stderr.write(STOPPING_NOTICE + "\n")
-        sys.stderr.flush()
+        if notice:
+            sys.stderr.write(STOPPING_NOTICE + "\n")
+            sys.stderr.flush()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -213,23 +243,30 @@ def distill(
     ``release_data=True`` frees the real images once the start set is drawn (for callers
     that do not need them afterwards, as ``distillkit distill``). ``snapshots`` saves the set
     at iteration 0 and every ``distill.snapshot_every`` iterations, before the checkpoint of
-    that iteration, so a resume never finds a checkpoint without its snapshot.
+    that iteration, so a resume never finds a checkpoint without its snapshot. Over several
+    ranks (``job.scope.world``) only rank 0 reads and writes ``out_dir`` (and takes snapshots);
+    a checkpoint holds every rank's stream.
     """
     reporter = reporter or Reporter()
+    world = job.scope.world
+    writes = out_dir if world.is_main else None
     lines: list[dict[str, Any]] = []
     if resume and out_dir is None:
         raise ConfigError("resuming needs the run directory")
-    if resume and not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
-        reporter.note(f"{out_dir} has no checkpoint yet: distilling from the start")
-        resume = False
+    checkpoint = None
     if resume:
-        checkpoint, lines = _resume_state(out_dir, reporter)
-        saved = checkpoint.current.tensors
-        initial = (saved["images"], saved["labels"], checkpoint.progress["init_source"])
+        point = world.main_decides(lambda: _resume_point(out_dir, reporter))
+        checkpoint = None if point["checkpoint"] is None else Checkpoint.from_object(point["checkpoint"])
+        lines = point["lines"] if writes is not None else []
+    if checkpoint is not None:
+        current, good = (_rank_view(job, state, checkpoint.iteration) for state in checkpoint.states)
+        initial = (current.tensors["images"], current.tensors["labels"], checkpoint.progress["init_source"])
         distiller, source = build_distiller(job, out_dir, initial)
-        distiller.load_state(checkpoint.current)
-        distiller.last_good = checkpoint.last_good
-        reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}")
+        distiller.load_state(current)
+        distiller.last_good = good
+        ranks = saved_ranks(checkpoint.current)
+        moved = f" (saved by {ranks} ranks, continued by {world.size})" if ranks != world.size else ""
+        reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}{moved}")
     else:
         distiller, source = build_distiller(job, out_dir)
     if release_data:
@@ -239,7 +276,8 @@ def distill(
     every = job.cfg.checkpoint_every
     reporter.start("distill", job.cfg.iterations, every=job.cfg.log_every)
     reporter.advance(distiller.iteration)
-    metrics_file = open(out_dir / "metrics.jsonl", "a" if resume else "w") if out_dir else None  # noqa: SIM115
+    mode = "a" if checkpoint is not None else "w"
+    metrics_file = open(writes / "metrics.jsonl", mode) if writes else None  # noqa: SIM115
 
     def snapshot() -> None:
         if snapshots is not None and snapshots.due(distiller.iteration):
@@ -256,25 +294,31 @@ def distill(
                 )
 
     if snapshots is not None:
-        snapshots.discard_after(distiller.iteration if resume else -1)
-        if not resume:
+        snapshots.discard_after(distiller.iteration if checkpoint is not None else -1)
+        if checkpoint is None:
             snapshot()
 
     def save_state() -> None:
-        if out_dir is not None and metrics_file is not None:
+        if out_dir is None:
+            return
+        current, good = distiller.state(), distiller.last_good
+        parts = world.all_gather_object([as_object(local_part(current)), as_object(local_part(good))])
+        if metrics_file is not None:
             metrics_file.flush()
             progress = {"init_source": source, "metrics_bytes": metrics_file.tell()}
-            save_checkpoint(out_dir, Checkpoint(distiller.state(), distiller.last_good, progress))
+            currents, goods = ([from_object(part[i]) for part in parts] for i in (0, 1))
+            states = with_ranks(current, currents), with_ranks(good, goods)
+            save_checkpoint(out_dir, Checkpoint(*states, progress))
 
     try:
-        with stop_requests(enabled=out_dir is not None) as stop:
+        with stop_requests(enabled=out_dir is not None, notice=world.size == 1) as stop:
             while distiller.iteration < job.cfg.iterations:
                 tick = time.perf_counter()
                 try:
                     result = distiller.step()
                 except DivergenceError:
-                    if out_dir is not None:
-                        save_distilled_set(out_dir, distiller, source)
+                    if writes is not None:
+                        save_distilled_set(writes, distiller, source)
                     raise
                 times.append(time.perf_counter() - tick)
                 history.append(result)
@@ -287,7 +331,7 @@ def distill(
                 snapshot()
                 if every and distiller.iteration % every == 0:
                     save_state()
-                if stop:
+                if world.all_reduce_max(1.0 if stop else 0.0) > 0:
                     save_state()
                     raise Interrupted(
                         f"stopped at iteration {distiller.iteration}; state saved in {out_dir}/checkpoints",
@@ -308,6 +352,28 @@ def distill(
         history,
         times,
     )
+
+
+def _resume_point(out_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """Rank 0's decision, for every rank: the checkpoint to continue from (None: there is none yet)
+    and the metrics lines up to it."""
+    if not any(checkpoint_dir(out_dir).glob("ckpt-*.json")):
+        reporter.note(f"{out_dir} has no checkpoint yet: distilling from the start")
+        return {"checkpoint": None, "lines": []}
+    checkpoint, lines = _resume_state(out_dir, reporter)
+    return {"checkpoint": checkpoint.as_object(), "lines": lines}
+
+
+def _rank_view(job: DistillJob, state: EngineState, iteration: int) -> EngineState:
+    """This rank's part of a checkpointed state (a fresh stream if the checkpoint has none for it)."""
+    scope = job.scope
+    rank = scope.world.rank
+
+    def fresh() -> EngineState:
+        seed = rank_seed(scope, rank, resumed_at=iteration)
+        return fresh_part(torch.Generator(device=scope.device).manual_seed(seed).get_state())
+
+    return for_rank(state, rank, fresh)
 
 
 def save_distilled_set(out_dir: Path, distiller: Distiller, source: str) -> None:

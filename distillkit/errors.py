@@ -67,6 +67,10 @@ class RunFailed(DistillkitError):
     """A run could not finish (for example the matching loss kept diverging)."""
 
 
+class CollectiveError(RunFailed):
+    """A collective across the ranks of a job failed or timed out: another rank died or hangs."""
+
+
 class Interrupted(DistillkitError):
     """SIGINT/SIGTERM stopped a run after its state was checkpointed."""
 

@@ -147,76 +147,91 @@ def evaluate_sets(
     networks); each network's accuracy is what :func:`evaluate_set` gives it alone, up to float
     rounding. ``on_run`` gets every network's accuracy, set by set and k = 0, 1, … within a set.
     """
+    networks = [(index, k) for index in range(len(sets)) for k in range(cfg.runs)]
+    accs = evaluate_networks(make_model, model_name, sets, networks, test, cfg, augment, device, on_run)
+    return [EvalResult(model_name, tuple(accs[i * cfg.runs : (i + 1) * cfg.runs])) for i in range(len(sets))]
+
+
+def evaluate_networks(
+    make_model: Callable[[str, int], nn.Module],
+    model_name: str,
+    sets: Sequence[EvalSet],
+    networks: Sequence[tuple[int, int]],
+    test: tuple[Images, torch.Tensor],
+    cfg: EvaluateConfig,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    device: torch.device,
+    on_run: Callable[[float], None] = lambda acc: None,
+) -> list[float]:
+    """The accuracy of each network ``(set index, k)`` of ``networks``, in that order.
+
+    Network k of a set is seeded ``set.seed + k`` whoever trains it, so the ranks of a job can
+    share the networks out and gather exactly the accuracies one process computes (packed
+    training, on when :func:`packs_on`, packs the networks given here).
+    """
     test_x, test_y = (t.to(device) for t in test)
     sets = [EvalSet(s.images.to(device), s.labels.to(device), s.lr, s.seed) for s in sets]
     packed = None
-    if cfg.runs > 0 and sets and packs_on(cfg, device):
+    if networks and packs_on(cfg, device):
 
         def build(seed: int) -> nn.Module:
             return make_model(model_name, seed).to(device)
 
-        packed = _packed_runs(build, sets, (test_x, test_y), cfg, augment, device)
-    results = []
-    for index, item in enumerate(sets):
+        packed = _packed_runs(build, sets, networks, (test_x, test_y), cfg, augment, device)
+    accs = []
+    for network in networks:
         if packed is not None:
-            accs = packed(index)
-            for acc in accs:
-                on_run(acc)
+            acc = packed(network)
         else:
-            accs = []
-            for k in range(cfg.runs):
-                generator = _generator(device, item.seed + k)
-                model = make_model(model_name, item.seed + k).to(device)
-                train_on_set(model, item.images, item.labels, item.lr, cfg, augment, generator)
-                acc = accuracy(model, test_x, test_y)
-                accs.append(acc)
-                on_run(acc)
-        results.append(EvalResult(model_name, tuple(accs)))
-    return results
+            item = sets[network[0]]
+            seed = item.seed + network[1]
+            model = make_model(model_name, seed).to(device)
+            train_on_set(model, item.images, item.labels, item.lr, cfg, augment, _generator(device, seed))
+            acc = accuracy(model, test_x, test_y)
+        accs.append(acc)
+        on_run(acc)
+    return accs
 
 
 def _packed_runs(
     build: Callable[[int], nn.Module],
     sets: Sequence[EvalSet],
+    networks: Sequence[tuple[int, int]],
     test: tuple[Images, torch.Tensor],
     cfg: EvaluateConfig,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     device: torch.device,
-) -> Callable[[int], list[float]] | None:
-    """Pack the networks of ``sets`` (``build(seed)`` makes one) by set size; ``None`` when they cannot be.
+) -> Callable[[tuple[int, int]], float] | None:
+    """Pack ``networks`` (``build(seed)`` makes one) by set size; ``None`` when they cannot be.
 
     Every group is packed (and checked) before any trains, so a refusal falls back for all sets
-    alike. The returned function trains a set's group the first time one of its sets is asked for
-    and gives that set's accuracies.
+    alike. The returned function trains a network's group the first time one of its networks is
+    asked for and gives that network's accuracy.
     """
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, item in enumerate(sets):
-        groups.setdefault(tuple(item.images.shape), []).append(index)
+    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for network in networks:
+        groups.setdefault(tuple(sets[network[0]].images.shape), []).append(network)
     packed: dict[tuple[int, ...], PackedNetworks] = {}
     for key, members in groups.items():
-        seeds = [sets[i].seed + k for i in members for k in range(cfg.runs)]
-        models = [build(seed) for seed in seeds]
+        models = [build(sets[i].seed + k) for i, k in members]
         try:
-            packed[key] = pack(models, sets[members[0]].images[:CHECK_IMAGES].detach())
+            packed[key] = pack(models, sets[members[0][0]].images[:CHECK_IMAGES].detach())
         except NotPackable:
             return None
-    done: dict[int, list[float]] = {}
+    done: dict[tuple[int, int], float] = {}
 
-    def accuracies(index: int) -> list[float]:
-        if index not in done:
-            key = tuple(sets[index].images.shape)
+    def accuracy_of(network: tuple[int, int]) -> float:
+        if network not in done:
+            key = tuple(sets[network[0]].images.shape)
             members = [
                 Member(sets[i].images, sets[i].labels, sets[i].lr, _generator(device, sets[i].seed + k))
-                for i in groups[key]
-                for k in range(cfg.runs)
+                for i, k in groups[key]
             ]
             trained = train_packed(packed.pop(key), members, cfg, augment)
-            accs = packed_accuracy(trained, *test)
-            for position, i in enumerate(groups[key]):
-                done[i] = accs[position * cfg.runs : (position + 1) * cfg.runs]
-        return done[index]
+            done.update(zip(groups[key], packed_accuracy(trained, *test), strict=True))
+        return done[network]
 
-    return accuracies
+    return accuracy_of
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,22 +104,30 @@ def written_elsewhere(run_dir: Path) -> bool:
 
 
 @contextmanager
-def exclusive(folder: Path) -> Iterator[None]:
+def exclusive(folder: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold ``folder/.lock`` for the body, waiting for any other holder first.
 
     For expert stores: a second process training into the same store waits, then
     reuses every expert the first one finished, instead of racing on the same files.
+    With ``waiting``, the wait polls instead of blocking and calls ``waiting()`` about
+    once a second (rank 0 of a job keeps its other ranks, waiting on it, informed).
     """
     if fcntl is None:
         yield
         return
     fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKING:
-                raise ConfigError(f"cannot lock {folder}: {exc.strerror}") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if waiting is None else fcntl.LOCK_NB))
+                break
+            except OSError as exc:
+                if exc.errno in _NO_LOCKING:
+                    break
+                if waiting is None or exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise ConfigError(f"cannot lock {folder}: {exc.strerror}") from None
+                waiting()
+                time.sleep(1.0)
         yield
     finally:
         os.close(fd)

@@ -14,7 +14,7 @@ import platform
 import resource
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from distillkit.data import ZCA, ImageDataset, load_dataset
 from distillkit.data.augment import DSA
 from distillkit.data.holdout import hold_out
 from distillkit.data.pixels import Images, NormalisedPixels
+from distillkit.distributed import World
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
 from distillkit.models import build_model
@@ -189,7 +190,8 @@ class RunScope:
     """The run-wide values every stage takes beside its own config section.
 
     ``plugin_view`` is the whole config only because plugins see it (``RunContext.config``);
-    stage code never reads it. Build one with :func:`run_scope`.
+    stage code never reads it. ``world`` is this process's place in a ``torch.distributed`` job
+    (``World()``: a single process). Build one with :func:`run_scope`.
     """
 
     seed: int
@@ -198,6 +200,7 @@ class RunScope:
     augment: DSA
     host: PluginHost
     plugin_view: RunConfig
+    world: World = field(default_factory=World)
 
     def seed_for(self, *parts: object) -> int:
         """The seed of one stage or item (see :func:`stage_seed`)."""
@@ -214,15 +217,20 @@ class RunScope:
         )
 
 
-def run_scope(config: RunConfig, host: PluginHost) -> RunScope:
-    """The scope of a run: its seed, architecture, device (made deterministic if asked), DSA and plugins."""
+def run_scope(config: RunConfig, host: PluginHost, world: World = World()) -> RunScope:
+    """The scope of a run: seed, architecture, device (made deterministic if asked), DSA, plugins, world.
+
+    In a job of several ranks an unnumbered ``cuda`` device becomes this rank's GPU
+    (:meth:`World.device`).
+    """
     return RunScope(
         seed=config.seed,
         model=config.model.name,
-        device=device_for(config.device, config.deterministic),
+        device=world.device(device_for(config.device, config.deterministic)),
         augment=DSA(config.data.augment),
         host=host,
         plugin_view=config,
+        world=world,
     )
 
 

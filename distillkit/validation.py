@@ -43,6 +43,7 @@ def validate(config: RunConfig) -> None:
         "distill.iterations": config.distill.iterations,
         "distill.batch_syn": config.distill.batch_syn,
         "distill.graph_steps": config.distill.graph_steps,
+        "distill.sync_check_every": config.distill.sync_check_every,
         "evaluate.runs": config.evaluate.runs,
         "experts.eval_every": config.experts.eval_every,
         "distill.snapshot_every": config.distill.snapshot_every,

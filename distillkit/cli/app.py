@@ -55,37 +55,45 @@ err = Console(stderr=True)
 
 @contextmanager
 def cli_errors(debug: bool) -> Iterator[None]:
-    """Map errors to one stderr line (+ hint) and the documented exit codes."""
+    """Map errors to one stderr line (+ hint) and the documented exit codes.
+
+    In a ``torch.distributed`` job the line names the rank, and is left to the launcher
+    when ``--nproc`` started the job (:func:`distillkit.cli.launch.worker_error`).
+    """
     debug = debug or os.environ.get("DISTILLKIT_DEBUG") == "1"
     try:
         yield
     except DistillkitError as exc:
-        if debug:
-            err.print_exception()
-        err.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-        if exc.hint:
-            err.print(f"Hint: {exc.hint}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
-        err.print("Interrupted.")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        _fail(exc, str(exc), exc.hint, exc.exit_code, debug)
+    except KeyboardInterrupt as exc:
+        _fail(exc, "Interrupted.", None, ExitCode.INTERRUPTED, debug=False, plain=True)
     except typer.Exit:
         raise
     except OSError as exc:  # the environment: a full disk, a read-only or missing location, a long name
-        if debug:
-            err.print_exception()
         message, hint, code = describe_os_error(exc)
-        err.print(f"[bold red]Error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
-        err.print(f"Hint: {hint}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(int(code)) from None
+        _fail(exc, message, hint, code, debug)
     except Exception as exc:
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        _fail(exc, message, "rerun with --debug for the traceback and report it", ExitCode.RUN_FAILED, debug)
+
+
+def _fail(
+    exc: BaseException, message: str, hint: str | None, code: int, debug: bool, plain: bool = False
+) -> None:
+    """Print the error line (``plain``: without the ``Error:`` prefix) and its hint, then exit ``code``."""
+    from rich.markup import escape
+
+    from distillkit.cli.launch import worker_error
+
+    message, show = worker_error(message, hint, int(code), exc)
+    if show:
         if debug:
             err.print_exception()
-        err.print(
-            f"[bold red]Error:[/] internal error: {type(exc).__name__}: {exc}", markup=True, soft_wrap=True
-        )
-        err.print("Hint: rerun with --debug for the traceback and report it", markup=False)
-        raise typer.Exit(int(ExitCode.RUN_FAILED)) from None
+        line = message if plain else f"[bold red]Error:[/] {escape(message)}"  # gloo names "[file:line]"
+        err.print(line, highlight=False, markup=not plain, soft_wrap=True)
+        if hint:
+            err.print(f"Hint: {hint}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(int(code)) from None
 
 
 def describe_os_error(exc: OSError) -> tuple[str, str, ExitCode]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from distillkit.cli.cmd_report import refresh_report
+from distillkit.cli.launch import Nproc, job_rank, joined_world, relaunch, will_relaunch
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -28,13 +29,18 @@ from distillkit.cli.options import (
 from distillkit.cli.render import RichReporter, results_table
 
 if TYPE_CHECKING:
-    pass
+    import torch
+
+    from distillkit.config import RunConfig
+    from distillkit.distributed import World
+    from distillkit.evaluate import EvalResult
 
 from distillkit.cli.app import app, cli_errors, out
 
 
 @app.command("evaluate")
 def evaluate_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[
         Path | None, typer.Argument(help="A run directory holding synthetic.safetensors.")
     ] = None,
@@ -72,13 +78,15 @@ def evaluate_cmd(
         int | None, typer.Option(help="Epochs per network (= --set evaluate.epochs=E).")
     ] = None,
     json_out: JsonOut = False,
+    nproc: Nproc = 1,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Evaluate a distilled set again (other architectures with --eval-models), or another tool's (--mtt).
 
     A run's set is evaluated beside the run's random-real baseline, and every evaluation is
-    appended to RUN_DIR/evaluation.json (or --out's), so earlier results are kept.
+    appended to RUN_DIR/evaluation.json (or --out's), so earlier results are kept. Over several
+    ranks (``--nproc N`` or ``torchrun``) the networks are shared out; rank 0 writes and prints.
     """
     with cli_errors(debug):
         from distillkit import api, evaluation_log, invocation
@@ -106,7 +114,7 @@ def evaluate_cmd(
             )
             cfg = resolve(preset, config, overrides, None).config
             images, labels, lr, tag = load_mtt_set(mtt, tag)
-            label, target = f"{mtt} ({tag})", out_dir
+            label, target, meta = f"{mtt} ({tag})", out_dir, {}
             evaluated = {"kind": "mtt", "folder": str(mtt.resolve()), "tag": tag}
         else:
             if any(v is not None for v in (dataset, data_path, model, preset, config, seed, tag, out_dir)):
@@ -117,7 +125,8 @@ def evaluate_cmd(
                 )
             if not (run_dir / "config.json").exists():
                 raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
-            lock_run_dir(run_dir)
+            if job_rank() in (None, 0) and not will_relaunch(nproc):  # the rank that writes
+                lock_run_dir(run_dir)
             recorded = read_json(run_dir / "config.json", ConfigError, f"{run_dir} has no config.json")
             cfg = from_dict(recorded)
             cfg = apply_overrides(
@@ -134,43 +143,69 @@ def evaluate_cmd(
                 file = snapshot_dir(run_dir).name + "/" + snapshot_stem(snapshot) + ".safetensors"
                 evaluated = {"kind": "snapshot", "file": file, "iteration": snapshot}
             target = run_dir
-        data = api.prepare_data(cfg.data)
-        if run_dir is not None and meta.get("dataset") not in (None, data.dataset.name):
-            raise ConfigError(
-                f"{run_dir}: the synthetic set was distilled from {meta.get('dataset')}, but the run's "
-                f"config names {data.dataset.name}",
-                hint="the run directory was altered; evaluate the set with the dataset it came from",
-            )
-        api.check_synthetic_set(images, labels, lr, data)
+        if relaunch(ctx, nproc):
+            return
+        with joined_world(cfg.device) as world:
+            results = _evaluate_here(cfg, (images, labels, lr), run_dir, meta, quiet, world)
+        if not world.is_main:
+            return
         if target is not None:
             invocation.append_record(target, "evaluate", cfg.plugins)
-        sets = {"distilled": (images, labels, lr)}
-        if run_dir is not None:
-            on = api.device_for(cfg.device, cfg.deterministic)
-            sets["random_real"] = (*api.random_real_set(cfg, data, on), cfg.distill.lr_init)
-        reporter = RichReporter(not quiet)
-        try:
-            results = api.evaluate_many(cfg, data, sets, reporter=reporter)
-        finally:
-            reporter.close()
-        if target is not None:
-            entry = api.evaluation_entry("evaluate", cfg, evaluated, results, lr)
-            evaluation_log.append_entry(target, entry)
-        payload = {name: res.as_dict() for name, res in results["distilled"].items()}
-        if json_out:
-            out.print_json(json.dumps(payload))
-        else:
-            from distillkit.evaluate import protocol_line
-
-            baseline = f"; random real at lr {cfg.distill.lr_init:.4g}" if "random_real" in results else ""
-            out.print(f"[dim]protocol: {protocol_line(cfg.evaluate, lr)}{baseline}[/]")
-            rows = [("distilled", name, res) for name, res in payload.items()]
-            rows += [
-                ("random real", name, res.as_dict()) for name, res in results.get("random_real", {}).items()
-            ]
-            out.print(results_table(label, rows))
+            evaluation_log.append_entry(target, api.evaluation_entry("evaluate", cfg, evaluated, results, lr))
+        _print_results(cfg, results, lr, label, json_out)
         if run_dir is not None:
             refresh_report(run_dir, announce=not json_out)
+
+
+def _evaluate_here(
+    cfg: RunConfig,
+    distilled: tuple[torch.Tensor, torch.Tensor, float],
+    run_dir: Path | None,
+    meta: dict,
+    quiet: bool,
+    world: World,
+) -> dict[str, dict[str, EvalResult]]:
+    """Check the set against the dataset and evaluate it beside a run's random-real baseline.
+
+    Over several ranks each evaluates its share of the networks; all return every result.
+    """
+    from distillkit import api
+    from distillkit.config import ConfigError
+
+    data = api.prepare_data(cfg.data)
+    if run_dir is not None and meta.get("dataset") not in (None, data.dataset.name):
+        raise ConfigError(
+            f"{run_dir}: the synthetic set was distilled from {meta.get('dataset')}, but the run's "
+            f"config names {data.dataset.name}",
+            hint="the run directory was altered; evaluate the set with the dataset it came from",
+        )
+    api.check_synthetic_set(*distilled, data)
+    sets = {"distilled": distilled}
+    if run_dir is not None:
+        on = api.device_for(cfg.device, cfg.deterministic)
+        sets["random_real"] = (*api.random_real_set(cfg, data, on), cfg.distill.lr_init)
+    reporter = RichReporter(not quiet and world.is_main)
+    try:
+        return api.evaluate_many(cfg, data, sets, reporter=reporter, world=world)
+    finally:
+        reporter.close()
+
+
+def _print_results(
+    cfg: RunConfig, results: dict[str, dict[str, EvalResult]], lr: float, label: str, json_out: bool
+) -> None:
+    """The distilled set's results as JSON, or a table with the random-real baseline when evaluated."""
+    payload = {name: res.as_dict() for name, res in results["distilled"].items()}
+    if json_out:
+        out.print_json(json.dumps(payload))
+        return
+    from distillkit.evaluate import protocol_line
+
+    baseline = f"; random real at lr {cfg.distill.lr_init:.4g}" if "random_real" in results else ""
+    out.print(f"[dim]protocol: {protocol_line(cfg.evaluate, lr)}{baseline}[/]")
+    rows = [("distilled", name, res) for name, res in payload.items()]
+    rows += [("random real", name, res.as_dict()) for name, res in results.get("random_real", {}).items()]
+    out.print(results_table(label, rows))
 
 
 def _protocol_shortcuts(sets: list[str] | None, runs: int | None, epochs: int | None) -> list[str]:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from distillkit.cli.cmd_report import refresh_report
+from distillkit.cli.launch import MaxRestarts, Nproc, joined_world, relaunch
 from distillkit.cli.options import (
     ConfigFile,
     DataPath,
@@ -35,7 +36,7 @@ from distillkit.cli.options import (
     collect_overrides,
     resolve,
 )
-from distillkit.cli.render import RichReporter, print_summary
+from distillkit.cli.render import RichReporter, print_summary, reporter_for
 
 if TYPE_CHECKING:
     from distillkit.config import RunConfig
@@ -46,6 +47,7 @@ from distillkit.cli.app import app, cli_errors, out
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     dataset: Dataset = None,
     data_path: DataPath = None,
     download: Download = False,
@@ -67,10 +69,16 @@ def run_cmd(
         bool, typer.Option("--no-report", help="Do not write report.html at the end.", metavar="")
     ] = False,
     smoke: Smoke = False,
+    nproc: Nproc = 1,
+    max_restarts: MaxRestarts = 0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train experts (cached), distill, evaluate against random real images. No arguments: digits."""
+    """Train experts (cached), distill, evaluate against random real images. No arguments: digits.
+
+    Over several ranks (``--nproc N`` or ``torchrun``) every stage is shared out; rank 0
+    prints and writes the run files, the others log to ``RUN_DIR/logs/rank-<r>.log``.
+    """
     with cli_errors(debug):
         overrides = collect_overrides(
             sets,
@@ -84,28 +92,66 @@ def run_cmd(
             memory=memory,
         )
         extending = False
-        if resume is not None:
-            _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
+        restarted = _restarted_run(out_dir or resume, max_restarts)
+        if resume is not None or restarted is not None:
+            if restarted is None:
+                _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
+            resume = resume or restarted
             cfg, host, invocation, extending = _recorded(resume, "run", device, overrides)
             experts = Path(invocation["experts"]) if invocation.get("experts") else None
             sources = None
         else:
             overrides.update({"device": device} if device else {})
             cfg, host, sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
+        if relaunch(ctx, nproc, max_restarts):
+            return
         from distillkit import api, rundir
 
-        target = _claim_run_dir(cfg, out_dir, overwrite, resume, extending)
-        reporter = RichReporter(not quiet)
-        try:
-            with rundir.discard_on_bad_input(target):
-                summary = api.run(
-                    cfg, host, target, experts, reporter, resume=resume is not None, sources=sources
-                )
-        finally:
-            reporter.close()
-        print_summary(summary, target)
-        if not no_report:
-            refresh_report(target)
+        with joined_world(cfg.device) as world:
+            target = Path(
+                world.main_decides(lambda: str(_claim_run_dir(cfg, out_dir, overwrite, resume, extending)))
+            )
+            reporter = reporter_for(world.rank, target, quiet)
+            try:
+                with rundir.discard_on_bad_input(target):
+                    summary = api.run(
+                        cfg,
+                        host,
+                        target,
+                        experts,
+                        reporter,
+                        resume=resume is not None,
+                        sources=sources,
+                        world=world,
+                    )
+            finally:
+                reporter.close()
+            if world.is_main:
+                print_summary(summary, target)
+                if not no_report:
+                    refresh_report(target)
+
+
+def _restarted_run(out_dir: Path | None, max_restarts: int) -> Path | None:
+    """The run directory to resume when torchrun restarts a failed job (``--max-restarts``).
+
+    A restarted worker runs the original command line again; it continues the run the failed
+    attempt left in ``--out`` (which a job that may restart must therefore name).
+    """
+    import os
+
+    from distillkit.errors import ConfigError
+
+    restarts = max_restarts or int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or "0")
+    if restarts > 0 and out_dir is None:
+        raise ConfigError(
+            "a job that may restart (--max-restarts) needs --out RUN_DIR, where the restarted ranks find it",
+            hint="add --out runs/NAME",
+        )
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0")
+    if attempt > 0 and out_dir is not None and (out_dir / "invocation.json").exists():
+        return out_dir
+    return None
 
 
 def _check_resume_alone(*options: Any) -> None:
@@ -166,6 +212,7 @@ def _recorded(
 
 @app.command("experts")
 def experts_cmd(
+    ctx: typer.Context,
     dataset: Dataset = None,
     data_path: DataPath = None,
     download: Download = False,
@@ -178,10 +225,14 @@ def experts_cmd(
     device: Device = None,
     out_dir: StoreOut = None,
     smoke: Smoke = False,
+    nproc: Nproc = 1,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train expert trajectories into a store (finished experts with the same manifest are kept)."""
+    """Train expert trajectories into a store (finished experts with the same manifest are kept).
+
+    Over several ranks (``--nproc N`` or ``torchrun``) the ranks share the missing experts.
+    """
     with cli_errors(debug):
         overrides = collect_overrides(
             sets,
@@ -193,14 +244,19 @@ def experts_cmd(
             device=device,
         )
         cfg, host, _sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
+        if relaunch(ctx, nproc):
+            return
         from distillkit import api
 
-        data = api.prepare_data(cfg.data)
-        reporter = RichReporter(not quiet)
-        try:
-            store = api.train_experts(cfg, host, data, out_dir, reporter)
-        finally:
-            reporter.close()
+        with joined_world(cfg.device) as world:
+            data = api.prepare_data(cfg.data)
+            reporter = RichReporter(not quiet and world.is_main)
+            try:
+                store = api.train_experts(cfg, host, data, out_dir, reporter, world)
+            finally:
+                reporter.close()
+            if not world.is_main:
+                return
         table = Table(title=f"experts in {store.root}")
         for column in ("expert", "epochs", "final test acc", "seconds"):
             table.add_column(column, justify="right")
@@ -238,6 +294,7 @@ def convert_store_cmd(
 
 @app.command("distill")
 def distill_cmd(
+    ctx: typer.Context,
     experts: Annotated[Path | None, typer.Option("--experts", help="Trajectory store to match.")] = None,
     dataset: Dataset = None,
     data_path: DataPath = None,
@@ -254,17 +311,25 @@ def distill_cmd(
     memory: Memory = None,
     resume: Resume = None,
     smoke: Smoke = False,
+    nproc: Nproc = 1,
+    max_restarts: MaxRestarts = 0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Distill from an existing trajectory store; writes the synthetic set (no evaluation)."""
+    """Distill from an existing trajectory store; writes the synthetic set (no evaluation).
+
+    Over several ranks (``--nproc N`` or ``torchrun``) each rank matches its own segments.
+    """
     with cli_errors(debug):
         overrides = collect_overrides(
             sets, dataset=dataset, data_path=data_path, model=model, ipc=ipc, seed=seed, memory=memory
         )
         extending = False
-        if resume is not None:
-            _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
+        restarted = _restarted_run(out_dir or resume, max_restarts)
+        if resume is not None or restarted is not None:
+            if restarted is None:
+                _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
+            resume = resume or restarted
             cfg, host, invocation, extending = _recorded(resume, "distill", device, overrides)
             experts = Path(invocation["experts"])
             sources = None
@@ -275,27 +340,39 @@ def distill_cmd(
         else:
             overrides.update({"device": device} if device else {})
             cfg, host, sources = astuple(resolve(preset, config, overrides, plugins, smoke=smoke))
+        if relaunch(ctx, nproc, max_restarts):
+            return
         from distillkit import api, rundir
         from distillkit.experts.store import TrajectoryStore
 
-        store = TrajectoryStore.open(experts)
-        data = api.prepare_data(cfg.data)
-        api.check_ipc(cfg.distill.ipc, data)
-        target = _claim_run_dir(cfg, out_dir, overwrite, resume, extending)
-        if resume is None:
-            api.record_invocation(target, cfg, "distill", experts, sources)
-        else:
-            api.record_resume(target, cfg, "distill")
-        reporter = RichReporter(not quiet)
-        try:
-            with rundir.discard_on_bad_input(target):
-                job = api.distill_job(cfg, host, data, store)
-                snapshots = api.snapshot_writer(cfg, host, data, store, target)
-                result = api.distill(
-                    job, target, reporter, resume=resume is not None, release_data=True, snapshots=snapshots
-                )
-        finally:
-            reporter.close()
+        with joined_world(cfg.device) as world:
+            store = TrajectoryStore.open(experts)
+            data = api.prepare_data(cfg.data)
+            api.check_ipc(cfg.distill.ipc, data)
+            target = Path(
+                world.main_decides(lambda: str(_claim_run_dir(cfg, out_dir, overwrite, resume, extending)))
+            )
+            if world.is_main and resume is None:
+                api.record_invocation(target, cfg, "distill", experts, sources)
+            elif world.is_main:
+                api.record_resume(target, cfg, "distill")
+            reporter = reporter_for(world.rank, target, quiet)
+            try:
+                with rundir.discard_on_bad_input(target):
+                    job = api.distill_job(cfg, host, data, store, world)
+                    snapshots = api.snapshot_writer(cfg, host, data, store, target) if world.is_main else None
+                    result = api.distill(
+                        job,
+                        target,
+                        reporter,
+                        resume=resume is not None,
+                        release_data=True,
+                        snapshots=snapshots,
+                    )
+            finally:
+                reporter.close()
+            if not world.is_main:
+                return
         api.save_distilled(target, cfg, host, data, result, store)
         out.print(
             f"distilled {len(result.images)} images in {result.seconds:.1f}s "

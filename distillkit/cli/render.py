@@ -214,3 +214,42 @@ def print_bench(result: dict[str, Any]) -> None:
         f"[dim]torch {env['torch']} · {env['threads']} threads · {env['device']} · {env['cpu']}"
         f"{' · ' + env['gpu'] if 'gpu' in env else ''}[/]"
     )
+
+
+class RankLogReporter:
+    """Progress of a rank other than 0 (rank 0 alone prints): plain lines in ``RUN_DIR/logs/rank-<r>.log``."""
+
+    def __init__(self, run_dir: Path, rank: int) -> None:
+        import time
+
+        self.path = Path(run_dir) / "logs" / f"rank-{rank}.log"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self.clock = time.strftime
+        self.stage, self.total, self.every, self.done = "", 0, 1, 0
+
+    def _line(self, text: str) -> None:
+        self.file.write(f"{self.clock('%H:%M:%S')} {text}\n")
+
+    def start(self, stage: str, total: int, every: int = 1) -> None:
+        self.stage, self.total, self.every, self.done = stage, total, max(1, every), 0
+        self._line(f"{stage}: {total} to do")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        before, self.done = self.done, self.done + n
+        if self.done // self.every > before // self.every or self.done >= self.total:
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+            self._line(f"{self.stage} {self.done}/{self.total} {text}")
+
+    def finish(self) -> None: ...
+
+    def note(self, message: str) -> None:
+        self._line(message)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def reporter_for(rank: int, run_dir: Path, quiet: bool) -> RichReporter | RankLogReporter:
+    """Rank 0's progress on the terminal, every other rank's in its log file."""
+    return RichReporter(not quiet) if rank == 0 else RankLogReporter(run_dir, rank)

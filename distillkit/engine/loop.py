@@ -24,6 +24,7 @@ from distillkit.context import (
 from distillkit.engine.backprop import BACKPROP, UnrollSetup
 from distillkit.engine.guard import Diverged, DivergenceGuard
 from distillkit.engine.optim import MomentumSGD
+from distillkit.engine.reduce import SOLO, Reducer, fingerprint
 from distillkit.engine.student import FlatStudent
 from distillkit.engine.unroll import BatchSampler, normalised_distance
 from distillkit.errors import RunFailed
@@ -45,6 +46,10 @@ class PluginHostLike(Protocol):
 
 class DivergenceError(RunFailed):
     """The guard gave up after ``distill.max_failures`` rollbacks; the engine holds the last good state."""
+
+
+class RankMismatch(RunFailed):
+    """The ranks of a job no longer hold the same synthetic set (``distill.sync_check_every``)."""
 
 
 @dataclass
@@ -77,6 +82,10 @@ class Distiller:
     updated; on a failure the engine restores its last good state (taken every
     ``guard_every`` iterations), multiplies ``lr_img`` and ``lr_lr`` by ``backoff``
     and carries on, until ``max_failures`` is exceeded.
+
+    Over W ranks (``reducer``) each rank matches its own segment; the loss the guard
+    checks and the gradients of the images and α are means over the ranks, so every
+    rank takes the same update and the same guard decisions (docs/distributed.md).
     """
 
     def __init__(
@@ -89,9 +98,11 @@ class Distiller:
         experts: list[torch.Tensor],
         config: DistillConfig,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+        reducer: Reducer = SOLO,
     ) -> None:
         device = run.device
         self.run = run
+        self.reducer = reducer
         self.host = host
         self.hook = host.hook
         self.student = student
@@ -144,7 +155,24 @@ class Distiller:
             result.rollbacks = rollbacks
             if self.iteration % self.config.guard_every == 0:
                 self.last_good = self.state()
+            every = self.config.sync_check_every
+            if self.reducer.size > 1 and every and self.iteration % every == 0:
+                self.check_ranks_agree()
             return result
+
+    def check_ranks_agree(self) -> None:
+        """Stop with a clear error unless every rank holds the same set, α, momenta and learning rates."""
+        mine = fingerprint(
+            [self.images, self.alpha, self.opt_img.buffer, self.opt_lr.buffer], self.lr_img, self.lr_lr
+        )
+        prints = self.reducer.all_gather_object(mine)
+        differ = [rank for rank, other in enumerate(prints) if other != prints[0]]
+        if differ:
+            raise RankMismatch(
+                f"after iteration {self.iteration} the synthetic set or α of rank(s) "
+                f"{', '.join(map(str, differ))} differ from rank 0's",
+                hint="the ranks must run the same distillkit, torch and config on the same kind of device",
+            )
 
     def _attempt(self) -> IterationResult:
         cfg, run, hook = self.config, self.run, self.hook
@@ -197,10 +225,13 @@ class Distiller:
             match.device,
         )
         loss = match + sum(term.value for term in terms) if terms else match
-        loss_value = self.guard.check_loss(loss)
+        mean_loss = loss.detach().clone()
+        self.reducer.all_reduce_mean_([mean_loss])
+        loss_value = self.guard.check_loss(mean_loss)
         self.opt_img.zero_grad()
         self.opt_lr.zero_grad()
         self.backprop.backward(loss, params)
+        self.reducer.all_reduce_mean_([self.images.grad, self.alpha.grad])
         self.guard.check_grads(images=self.images.grad, alpha=self.alpha.grad)
         self.opt_img.step()
         self.opt_lr.step()

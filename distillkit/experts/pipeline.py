@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from distillkit.config import ExpertsConfig, to_dict
+from distillkit.distributed import World
 from distillkit.errors import StoreError
+from distillkit.experts import sidecars
 from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import epochs_to_store, train_expert
@@ -87,35 +90,86 @@ def train_expert_store(
 
     Each epoch also leaves a partial checkpoint in the store, so an interrupted
     expert resumes from its last complete epoch (see :mod:`distillkit.experts.partial`).
+    Over several ranks (``scope.world``) each trains its share of the missing experts
+    (``missing[rank::size]``: an expert's seed depends on its index only) and rank 0 alone
+    creates the store, holds its lock and writes the manifest (:mod:`.sidecars`).
     """
     reporter = reporter or Reporter()
+    world = scope.world
     key = expert_key(cfg, last_needed, scope, data)
-    store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
-    if set(range(cfg.count)) <= set(store.finished()):
-        return store  # nothing to train, nothing to write: a read-only cache serves as it is
-    # One trainer per store: a second process waits, then reuses what the first finished.
-    with exclusive(store.root):
-        store = TrajectoryStore.open(store.root)
-        _train_missing_experts(cfg, scope, data, store, reporter)
-    return store
+    root = store_dir or default_store_dir(key)
+    # Rank 0 creates the store (others would race on it) and decides; a bad one stops every rank alike.
+    if world.main_decides(lambda: _complete(TrajectoryStore.create_or_open(root, key), cfg.count)):
+        return TrajectoryStore.open(root)  # nothing to train, nothing to write: a read-only cache serves
+    # One trainer (one job) per store: a second one waits, then reuses what the first finished.
+    with ExitStack() as held:
+        _lock_for_job(world, held, root)
+        todo = world.main_decides(lambda: _missing_experts(cfg.count, TrajectoryStore.open(root), reporter))
+        store = TrajectoryStore.open(root)
+        _train_experts(world.shard(todo), cfg, scope, data, store, reporter)
+        world.main_decides(lambda: sidecars.adopt_pending(TrajectoryStore.open(root)))
+    return TrajectoryStore.open(root)
 
 
-def _train_missing_experts(
-    cfg: ExpertsConfig, scope: RunScope, data: PreparedData, store: TrajectoryStore, reporter: Reporter
-) -> None:
-    """Train every expert the store lacks, resuming a partially trained one from its last epoch."""
-    make = model_factory(data)
-    todo = [i for i in range(cfg.count) if i not in store.finished()]
-    if len(todo) < cfg.count:
-        reporter.note(f"reusing {cfg.count - len(todo)} finished experts in {store.root}")
+def _complete(store: TrajectoryStore, count: int) -> bool:
+    return set(range(count)) <= set(store.finished())
+
+
+def _lock_for_job(world: World, held: ExitStack, root: Path) -> None:
+    """Rank 0 takes the store's lock for the whole job; the others wait for its word.
+
+    While another job holds the lock, rank 0 says "wait" about once a second, so the other
+    ranks' collectives never time out however long that job trains.
+    """
+    if world.size == 1:
+        held.enter_context(exclusive(root))
+        return
+
+    def lock() -> str:
+        held.enter_context(exclusive(root, waiting=lambda: world.main_decides(lambda: "wait")))
+        return "held"
+
+    while world.main_decides(lock) == "wait":  # rank 0 returns "held"; the others hear each word
+        pass
+
+
+def _missing_experts(count: int, store: TrajectoryStore, reporter: Reporter) -> list[int]:
+    """Rank 0's view of the store: adopt experts a dead job finished, drop stale partials, list the rest."""
+    sidecars.adopt_pending(store)
+    todo = [i for i in range(count) if i not in store.finished()]
+    if len(todo) < count:
+        reporter.note(f"reusing {count - len(todo)} finished experts in {store.root}")
     for index in store.finished():  # a crash right after write_expert can leave one behind
         PartialCheckpoint(store.root, index).discard()
+    return todo
+
+
+def _train_experts(
+    todo: list[int],
+    cfg: ExpertsConfig,
+    scope: RunScope,
+    data: PreparedData,
+    store: TrajectoryStore,
+    reporter: Reporter,
+) -> None:
+    """Train the experts ``todo``, resuming a partially trained one from its last epoch.
+
+    In a job, every trained epoch is also a heartbeat (:class:`_Pace`), so ranks with less
+    work wait for the others one epoch at a time, never longer than a collective's timeout.
+    """
+    make = model_factory(data)
+    pace = _Pace(scope.world)
     reporter.start("experts", len(todo) * cfg.epochs)
     for index in todo:
         checkpoint = PartialCheckpoint(store.root, index)
         resume = checkpoint.resume(reporter.note)
         if resume is not None:
             reporter.advance(resume.epoch)
+
+        def on_epoch(epoch: int, acc: float | None, i: int = index) -> None:
+            reporter.advance(expert=i, test_acc=acc)
+            pace.beat()
+
         result = train_expert(
             scope.context("expert", index),
             scope.host.hook,
@@ -124,15 +178,36 @@ def _train_missing_experts(
             data.test,
             cfg,
             scope.augment,
-            on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
+            on_epoch=on_epoch,
             keep=store.key.get("stored_epochs"),
             resume=resume,
             on_checkpoint=checkpoint.save,
         )
         info = {"test_acc": result.test_acc, "seconds": result.seconds, "history": result.history}
-        store.write_expert(index, result.trajectory, info)
+        if scope.world.size == 1:
+            store.write_expert(index, result.trajectory, info)
+        else:
+            sidecars.write_pending(store, index, result.trajectory, info)
         checkpoint.discard()
+    pace.rest()
     reporter.finish()
+
+
+class _Pace:
+    """Ranks in step, one round per trained epoch: 1 from a rank that trained, 0 from an idle one.
+
+    A rank out of work keeps answering rounds with 0 until every rank does; one process never waits.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def beat(self) -> None:
+        self.world.all_reduce_max(1.0)
+
+    def rest(self) -> None:
+        while self.world.all_reduce_max(0.0) > 0:
+            pass
 
 
 def load_expert_slices(store: TrajectoryStore, needed: int) -> list[torch.Tensor]:

@@ -301,7 +301,11 @@ class TrajectoryStore:
         return sorted(e["index"] for e in self._manifest.experts if (self.root / e["file"]).exists())
 
     def write_expert(self, index: int, trajectory: torch.Tensor, info: dict) -> None:
-        """Store one expert's trajectory, then record it in the manifest.
+        """Store one expert's trajectory, then record it in the manifest (see :meth:`write_expert_file`)."""
+        self.record([self.write_expert_file(index, trajectory, info)])
+
+    def write_expert_file(self, index: int, trajectory: torch.Tensor, info: dict) -> dict[str, Any]:
+        """Write expert ``index``'s file atomically and return its manifest entry, not yet recorded.
 
         ``trajectory`` is ``[epochs + 1, P]``, or one row per epoch of the key's
         ``stored_epochs`` when it has them.
@@ -355,7 +359,12 @@ class TrajectoryStore:
             "seconds": None if info.get("seconds") is None else float(info["seconds"]),
             **_canonical({k: v for k, v in info.items() if k not in _ENTRY_FIELDS}),
         }
-        experts = [e for e in self._manifest.experts if e["index"] != index] + [entry]
+        return entry
+
+    def record(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Add (or replace) manifest entries, in one atomic write of ``manifest.json``."""
+        indices = {e["index"] for e in entries}
+        experts = [e for e in self._manifest.experts if e["index"] not in indices] + list(entries)
         experts.sort(key=lambda e: e["index"])
         manifest = StoreManifest(key=self._manifest.key, experts=experts)
         atomic_write_json(self.root / MANIFEST, manifest.to_json())
