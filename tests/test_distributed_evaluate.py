@@ -54,5 +54,5 @@ def test_evaluation_over_two_ranks_equals_one_process(tmp_path: Path) -> None:
     assert together == json.loads(alone.output)
     assert set(together) == {"convnet-w8-d1", "convnet-w4-d1-nn"}
     assert all(len(result["runs"]) == 3 for result in together.values())
-    written = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    written = json.loads((tmp_path / "out" / "evaluation.json").read_text())[-1]["models"]
     assert {name: written[name]["runs"] for name in written} == {n: r["runs"] for n, r in together.items()}
