@@ -17,20 +17,20 @@ from distillkit.config import RunConfig, last_needed_epoch
 #: How the per-key sources name the layer.
 SMOKE_LABEL = "smoke"
 #: At most this many synthetic images per class, and per student step.
-MAX_IPC = 2
+MAX_IPC = 1
 MAX_BATCH_SYN = 20
 #: At most this many real images per expert step: on the few images a smoke run is usually given,
 #: a paper's batch of 256 makes an epoch one step, and an expert that barely moves makes the
 #: normalised matching loss (divided by its movement) explode.
-MAX_EXPERT_BATCH = 16
+MAX_EXPERT_BATCH = 4
 
 
 def smoke_values(config: RunConfig) -> dict[str, Any]:
     """The keys ``--smoke`` sets, given the config of the layers below it.
 
     One expert trained just long enough for start epoch 0 and the setting's M
-    (T⁺ = 1) in batches of at most 16, tested only after its last epoch; 2 iterations of 2 student steps;
-    ipc and batch_syn capped; one network × 2 epochs, no cross-architecture models.
+    (T⁺ = 1) in batches of at most 4, tested only after its last epoch; 2 iterations of 2 student steps;
+    ipc and batch_syn capped; one network × 1 epoch, no cross-architecture models.
     """
     distill = config.distill
     return {
@@ -44,7 +44,7 @@ def smoke_values(config: RunConfig) -> dict[str, Any]:
         "distill.ipc": min(distill.ipc, MAX_IPC),
         "distill.batch_syn": min(distill.batch_syn or MAX_BATCH_SYN, MAX_BATCH_SYN),
         "evaluate.runs": 1,
-        "evaluate.epochs": 2,
+        "evaluate.epochs": 1,
         "evaluate.models": (),
     }
 

@@ -27,7 +27,7 @@ def test_a_paper_preset_runs_end_to_end_with_smoke(name, shared, tmp_path, monke
     preset = read_preset(name).values
     dataset = preset["data.dataset"]
     if dataset not in folders:
-        folders[dataset] = write_fake_dataset(dataset, root / dataset)
+        folders[dataset] = write_fake_dataset(dataset, root / dataset, train_per_class=1, test_per_class=1)
     out = tmp_path / "run"
     args = ["run", "--preset", name, "--smoke", "--data-path", folders[dataset], "--device", "cpu"]
     result = invoke(*args, "--out", out, "--quiet")

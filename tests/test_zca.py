@@ -94,3 +94,17 @@ def test_shape_mismatch_and_too_few_images() -> None:
         zca.transform(torch.zeros(2, 1, 4, 4))
     with pytest.raises(DataError, match="at least two"):
         ZCA.fit(torch.zeros(1, 3, 4, 4))
+
+
+def test_the_low_rank_fit_equals_the_covariance_fit_when_there_are_fewer_images_than_pixels() -> None:
+    """N ≤ D takes a thin SVD instead of a D×D eigendecomposition; both give the same transform."""
+    from distillkit.data import zca
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 3, 6, 6, generator=gen) * torch.linspace(0.1, 3.0, 108).reshape(3, 6, 6)
+    flat = images.reshape(40, -1)
+    mean = flat.double().mean(dim=0)
+    fitted = zca.ZCA.fit(images)
+    matrix, inverse = zca._covariance_fit(flat, mean, 0.1)
+    torch.testing.assert_close(fitted.matrix.double(), matrix, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fitted.inverse_matrix.double(), inverse, atol=1e-6, rtol=0)
