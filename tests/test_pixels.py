@@ -19,6 +19,7 @@ from distillkit import api
 from distillkit.context import RunContext
 from distillkit.data import ImageDataset, NormalisedPixels, load_dataset
 from distillkit.data import datasets as ds
+from distillkit.data.holdout import stratified_split
 from distillkit.engine import defaults
 from distillkit.errors import DataError
 from distillkit_plugins.kmeans_init import KMeansInit
@@ -64,7 +65,7 @@ def digits_pixels() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    train, test = ds._stratified_split(bunch.target, test_fraction=0.25, seed=0)
+    train, test = stratified_split(bunch.target, fraction=0.25, seed=0)
     pixels = bunch.images.astype(np.uint8)[:, None]
     return pixels[train], pixels[test]
 
