@@ -33,6 +33,7 @@ from distillkit.experts import pipeline
 from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
 from distillkit.experts.store import TrajectoryStore
 from distillkit.host import PluginHost
+from distillkit.observers import Observers, observing
 from distillkit.rundir import default_run_dir, prepare_run_dir
 from distillkit.runtime import (
     PreparedData,
@@ -290,7 +291,8 @@ def run(
     ``resume=True`` continues a run directory from its newest checkpoint (finished
     experts and epochs are reused from the store); the config must be the recorded one.
     ``baseline=False`` leaves out the random-real evaluation (``distillkit ablate``
-    evaluates it once per seed instead of once per arm).
+    evaluates it once per seed instead of once per arm). Observer plugins (``on_metrics``)
+    see every stage's records with ``out_dir`` as their run directory, and are closed at the end.
     """
     reporter = reporter or Reporter()
     scope = run_scope(config, host)
@@ -298,18 +300,35 @@ def run(
     check_ipc(config.distill.ipc, data)
     if not resume:
         record_invocation(out_dir, config, "run", store_dir, sources)
+    with observing(scope, out_dir, reporter.note) as watching:
+        return _run_stages(config, scope, data, out_dir, store_dir, reporter, resume, baseline, watching)
+
+
+def _run_stages(
+    config: RunConfig,
+    scope: RunScope,
+    data: PreparedData,
+    out_dir: Path,
+    store_dir: Path | None,
+    reporter: Reporter,
+    resume: bool,
+    baseline: bool,
+    watching: Observers,
+) -> dict[str, Any]:
+    """The stages of :func:`run` once its directory is recorded; every record also goes to ``watching``."""
+    host = scope.host
     timings: dict[str, float] = {}
     last_needed = last_needed_epoch(config.distill)
     tick = time.perf_counter()
     if store_dir is not None and (store_dir / "manifest.json").exists():
         store = TrajectoryStore.open(store_dir)
     else:
-        store = train_expert_store(config.experts, last_needed, scope, data, store_dir, reporter)
+        store = train_expert_store(config.experts, last_needed, scope, data, store_dir, reporter, watching)
     timings["experts"] = time.perf_counter() - tick
     tick = time.perf_counter()
     key = pipeline.expert_key(config.experts, last_needed, scope, data)
     job = DistillJob(config.distill, scope, data, store, key)
-    result = distill(job, out_dir, reporter, resume=resume)
+    result = distill(job, out_dir, reporter, resume=resume, observers=watching)
     timings["distill"] = time.perf_counter() - tick
     save_distilled(out_dir, config, host, data, result, store)
     tick = time.perf_counter()
@@ -321,12 +340,14 @@ def run(
         "learned_lr": result.lr,
         "final_loss": result.history[-1].loss if result.history else None,
     }
+    evaluated: dict[str, dict[str, EvalResult]] = {}
     if config.evaluate.runs > 0:
         sets = {"distilled": (result.images, result.labels, result.lr)}
         if baseline:
             real_x, real_y = random_real_set(config, data, scope.device)
             sets["random_real"] = (real_x, real_y, config.distill.lr_init)
-        for label, results in evaluate_many(config, data, sets, reporter=reporter).items():
+        evaluated = evaluate_many(config, data, sets, reporter=reporter)
+        for label, results in evaluated.items():
             summary[label] = result_summary(results)
         summary["protocol"] = {
             "distilled_lr": result.lr,
@@ -339,6 +360,10 @@ def run(
     summary.update(peak_memory_mb(scope.device))
     summary["expert_store"] = str(store.root)
     atomic_write_json(out_dir / "results.json", summary)
+    for label, results in evaluated.items():
+        for name, res in results.items():
+            values = {"mean": res.mean, "std": res.std, **{f"run/{k}": acc for k, acc in enumerate(res.runs)}}
+            watching.metrics("evaluate", len(result.history), values, subject=f"{label}/{name}")
     atomic_write_json(
         out_dir / "run.json",
         {
@@ -347,6 +372,7 @@ def run(
             "plugins": [r.as_dict() for r in host.records.values()],
             "timings_s": timings,
             **peak_memory_mb(scope.device),
+            **({"dropped_observers": dict(watching.dropped)} if watching.dropped else {}),
         },
     )
     return summary

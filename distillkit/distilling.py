@@ -31,6 +31,7 @@ from distillkit.experts.pipeline import load_expert_slices
 from distillkit.experts.store import TrajectoryStore
 from distillkit.hookcalls import call_each, first_init
 from distillkit.models.flat import load_flat
+from distillkit.observers import Observers, distill_values, observing
 from distillkit.rundir import being_trained
 from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
 
@@ -201,6 +202,7 @@ def distill(
     reporter: Reporter | None = None,
     resume: bool = False,
     release_data: bool = False,
+    observers: Observers | None = None,
 ) -> DistillResult:
     """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set.
 
@@ -209,7 +211,8 @@ def distill(
     ``resume=True`` continues from the newest checkpoint there, bit for bit. If the
     divergence guard gives up, the last good set is saved before the error propagates.
     ``release_data=True`` frees the real images once the start set is drawn (for callers
-    that do not need them afterwards, as ``distillkit distill``).
+    that do not need them afterwards, as ``distillkit distill``). Every iteration's metrics line
+    also goes to ``observers`` (by default new ones for ``out_dir``, closed on return).
     """
     reporter = reporter or Reporter()
     lines: list[dict[str, Any]] = []
@@ -243,37 +246,41 @@ def distill(
             progress = {"init_source": source, "metrics_bytes": metrics_file.tell()}
             save_checkpoint(out_dir, Checkpoint(distiller.state(), distiller.last_good, progress))
 
-    try:
-        with stop_requests(enabled=out_dir is not None) as stop:
-            while distiller.iteration < job.cfg.iterations:
-                tick = time.perf_counter()
-                try:
-                    result = distiller.step()
-                except DivergenceError:
-                    if out_dir is not None:
-                        save_distilled_set(out_dir, distiller, source)
-                    raise
-                times.append(time.perf_counter() - tick)
-                history.append(result)
-                for note in result.rollbacks:
-                    reporter.note(f"divergence guard: {note}")
-                if metrics_file:
-                    metrics_file.write(json.dumps({**result.__dict__, "seconds": times[-1]}) + "\n")
-                if every and distiller.iteration % every == 0:
-                    save_state()
-                if stop:
-                    save_state()
-                    raise Interrupted(
-                        f"stopped at iteration {distiller.iteration}; state saved in {out_dir}/checkpoints",
-                        hint=f"continue with --resume {out_dir} on the command that started it",
-                    )
-                reporter.advance(loss=result.loss, alpha=result.alpha)
-            if not (every and distiller.iteration % every == 0):
-                save_state()  # the final state, so a run stopped during evaluation resumes from here
-    finally:
-        if metrics_file:
-            metrics_file.close()
-        reporter.finish()
+    with observing(job.scope, out_dir, reporter.note, observers) as watching:
+        try:
+            with stop_requests(enabled=out_dir is not None) as stop:
+                while distiller.iteration < job.cfg.iterations:
+                    tick = time.perf_counter()
+                    try:
+                        result = distiller.step()
+                    except DivergenceError:
+                        if out_dir is not None:
+                            save_distilled_set(out_dir, distiller, source)
+                        raise
+                    times.append(time.perf_counter() - tick)
+                    history.append(result)
+                    for note in result.rollbacks:
+                        reporter.note(f"divergence guard: {note}")
+                    line = {**result.__dict__, "seconds": times[-1]}
+                    if metrics_file:
+                        metrics_file.write(json.dumps(line) + "\n")
+                    watching.metrics("distill", result.iteration, distill_values(line), expert=result.expert)
+                    if every and distiller.iteration % every == 0:
+                        save_state()
+                    if stop:
+                        save_state()
+                        raise Interrupted(
+                            f"stopped at iteration {distiller.iteration}; "
+                            f"state saved in {out_dir}/checkpoints",
+                            hint=f"continue with --resume {out_dir} on the command that started it",
+                        )
+                    reporter.advance(loss=result.loss, alpha=result.alpha)
+                if not (every and distiller.iteration % every == 0):
+                    save_state()  # the final state, so a run stopped during evaluation resumes from here
+        finally:
+            if metrics_file:
+                metrics_file.close()
+            reporter.finish()
     return DistillResult(
         distiller.images.detach().cpu(),
         distiller.labels.cpu(),

@@ -20,6 +20,7 @@ from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import epochs_to_store, train_expert
 from distillkit.models.flat import param_layout
+from distillkit.observers import Observers, observing
 from distillkit.rundir import exclusive
 from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
 
@@ -79,11 +80,14 @@ def train_expert_store(
     data: PreparedData,
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
+    observers: Observers | None = None,
 ) -> TrajectoryStore:
     """Train ``cfg.count`` experts into a store, reusing every expert already finished there.
 
     Each epoch also leaves a partial checkpoint in the store, so an interrupted
     expert resumes from its last complete epoch (see :mod:`distillkit.experts.partial`).
+    Every trained epoch is reported to ``observers`` (by default new ones without a run
+    directory, closed on return); reused experts report nothing.
     """
     reporter = reporter or Reporter()
     key = expert_key(cfg, last_needed, scope, data)
@@ -91,14 +95,19 @@ def train_expert_store(
     if set(range(cfg.count)) <= set(store.finished()):
         return store  # nothing to train, nothing to write: a read-only cache serves as it is
     # One trainer per store: a second process waits, then reuses what the first finished.
-    with exclusive(store.root):
+    with exclusive(store.root), observing(scope, None, reporter.note, observers) as watching:
         store = TrajectoryStore.open(store.root)
-        _train_missing_experts(cfg, scope, data, store, reporter)
+        _train_missing_experts(cfg, scope, data, store, reporter, watching)
     return store
 
 
 def _train_missing_experts(
-    cfg: ExpertsConfig, scope: RunScope, data: PreparedData, store: TrajectoryStore, reporter: Reporter
+    cfg: ExpertsConfig,
+    scope: RunScope,
+    data: PreparedData,
+    store: TrajectoryStore,
+    reporter: Reporter,
+    observers: Observers,
 ) -> None:
     """Train every expert the store lacks, resuming a partially trained one from its last epoch."""
     make = model_factory(data)
@@ -121,7 +130,7 @@ def _train_missing_experts(
             data.test,
             cfg,
             scope.augment,
-            on_epoch=lambda epoch, acc, i=index: reporter.advance(expert=i, test_acc=acc),
+            on_epoch=lambda epoch, row, i=index: _epoch_done(reporter, observers, i, epoch, row),
             keep=store.key.get("stored_epochs"),
             resume=resume,
             on_checkpoint=checkpoint.save,
@@ -130,6 +139,14 @@ def _train_missing_experts(
         store.write_expert(index, result.trajectory, info)
         checkpoint.discard()
     reporter.finish()
+
+
+def _epoch_done(
+    reporter: Reporter, observers: Observers, index: int, epoch: int, row: dict[str, float]
+) -> None:
+    """An expert epoch is trained (and its partial checkpoint saved): progress, then observers."""
+    reporter.advance(expert=index, test_acc=row.get("test_acc"))
+    observers.metrics("experts", epoch, {k: v for k, v in row.items() if k != "epoch"}, expert=index)
 
 
 def load_expert_slices(store: TrajectoryStore, needed: int) -> list[torch.Tensor]:
