@@ -29,6 +29,7 @@ import argparse
 import gzip
 import json
 import math
+import pickle
 import re
 import statistics
 from pathlib import Path
@@ -168,11 +169,20 @@ def augment(x: Tensor, groups: list[str], g: torch.Generator) -> Tensor:
 
 
 def load_set(folder: Path) -> tuple[Tensor, Tensor, float]:
-    """``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``: tensors only."""
-    images, labels, lr = (
-        torch.load(folder / f"{name}_best.pt", map_location="cpu", weights_only=True)
-        for name in ("images", "labels", "lr")
-    )
+    """``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``: tensors only (nothing is unpickled)."""
+    tensors = []
+    for name in ("images", "labels", "lr"):
+        path = folder / f"{name}_best.pt"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} is missing (write it with `distillkit export RUN --format mtt`)")
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise SystemExit(f"error: {path} is not a tensor-only file ({type(exc).__name__})") from None
+        if not isinstance(value, Tensor):
+            raise SystemExit(f"error: {path} holds a {type(value).__name__}, not a tensor")
+        tensors.append(value)
+    images, labels, lr = tensors
     return images.float(), labels.long(), float(lr)
 
 
@@ -186,8 +196,14 @@ def _idx(path: Path) -> np.ndarray:
 def load_test(spec: str, data_dir: Path | None) -> tuple[Tensor, Tensor]:
     """The normalised real test set: IDX files of ``fashion-mnist``/``mnist``, or a ``.npz``."""
     if spec.endswith(".npz"):
-        arrays = np.load(spec)
-        return torch.from_numpy(arrays["images"]).float(), torch.from_numpy(arrays["labels"]).long()
+        if not Path(spec).is_file():
+            raise SystemExit(f"error: {spec} is missing")
+        try:
+            with np.load(spec) as arrays:  # arrays only: allow_pickle stays off
+                images, labels = arrays["images"], arrays["labels"]
+        except (OSError, ValueError, EOFError, KeyError) as exc:
+            raise SystemExit(f"error: {spec} is not an .npz of 'images' and 'labels' ({exc})") from None
+        return torch.from_numpy(images).float(), torch.from_numpy(labels).long()
     if spec not in IDX_STATS:
         raise SystemExit(f"error: --test takes {', '.join(IDX_STATS)} or a FILE.npz, got {spec!r}")
     folder = data_dir or Path("/usr/share/datasets") / spec
@@ -255,8 +271,8 @@ def main() -> None:
     unknown = set(args.augment.split("_")) - set(OPS) if args.augment not in ("", "none") else set()
     if unknown:
         raise SystemExit(f"error: unknown DSA group(s) {sorted(unknown)}; known: {'_'.join(OPS)}")
-    images, labels, lr = load_set(args.folder)
     test_x, test_y = load_test(args.test, args.data_dir)
+    images, labels, lr = load_set(args.folder)
     if test_x.shape[1:] != images.shape[1:]:
         shapes = f"{tuple(images.shape[1:])} vs {tuple(test_x.shape[1:])}"
         raise SystemExit(f"error: the set's images and the test images differ in shape: {shapes}")
