@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class TensorBoard:
-    """An ``on_metrics`` observer writing event files; ``on_close`` flushes and closes the writer."""
+    """Every metric of a run as TensorBoard scalars under RUN_DIR/tensorboard/ (the tensorboard extra)."""
 
     name: ClassVar[str] = "tensorboard"
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class WandB:
-    """An ``on_metrics`` observer logging to one wandb run; ``on_close`` finishes it."""
+    """Every metric of a run in one wandb run, by default offline under RUN_DIR/wandb/ (the wandb extra)."""
 
     name: ClassVar[str] = "wandb"
 
