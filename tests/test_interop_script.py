@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY, invoke
 
-from distillkit.artifacts import load_synthetic
 from distillkit.data import load_dataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "interop" / "train_mtt_set.py"
@@ -24,11 +25,16 @@ WITHOUT_DISTILLKIT = (
 )
 
 
-def test_the_script_trains_on_an_exported_digits_set_without_distillkit(tmp_path):
+def _tiny(**changes: str) -> list[str]:
+    """conftest's TINY with some ``--set`` values changed."""
+    return [next((f"{k}={v}" for k, v in changes.items() if arg.startswith(f"{k}=")), arg) for arg in TINY]
+
+
+def test_the_script_gives_distillkits_networks_on_an_exported_digits_set(tmp_path, monkeypatch, capsys):
+    """2 epochs × 2 networks: with --distillkit-seed every accuracy equals `distillkit run`'s evaluation."""
     run_dir, mtt, npz = tmp_path / "run", tmp_path / "mtt", tmp_path / "digits-test.npz"
-    no_evaluation = ["evaluate.runs=0" if arg == "evaluate.runs=2" else arg for arg in TINY]
-    small = ["--set", "model.name=convnet-w8-d1", "--set", "data.augment=none"]
-    result = invoke("run", *no_evaluation, *small, "--out", run_dir, "--quiet")
+    budget = [*_tiny(**{"evaluate.epochs": "2"}), "--set", "model.name=convnet-w8-d1"]
+    result = invoke("run", *budget, "--out", run_dir, "--quiet")
     assert result.exit_code == 0, result.output
     result = invoke("export", run_dir, "--format", "mtt", "--out", mtt)
     assert result.exit_code == 0, result.output
@@ -36,17 +42,26 @@ def test_the_script_trains_on_an_exported_digits_set_without_distillkit(tmp_path
     np.savez(npz, images=digits.test_images[:].numpy(), labels=digits.test_labels.numpy())
 
     args = [SCRIPT, mtt, "--test", npz, "--model", "convnet-w8-d1", "--epochs", "2", "--runs", "2"]
-    args += ["--augment", "color_crop_cutout_scale_rotate", "--device", "cpu", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    args += ["--augment", "color_crop_cutout_scale_rotate", "--device", "cpu"]  # the digits preset's DSA
+    threads = str(torch.get_num_threads())  # the same kernels as this process's evaluation
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_DISTILLKIT, *map(str, args)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", WITHOUT_DISTILLKIT, *map(str, args), "--distillkit-seed", "0", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    _images, _labels, lr, _meta, _extra = load_synthetic(run_dir)
-    assert report["images"] == 10 and report["lr"] == np.float32(lr)
-    assert len(report["runs"]) == 2 and all(0 <= acc <= 1 for acc in report["runs"])
-    assert report["mean"] == sum(report["runs"]) / 2 and report["runs"][0] != report["runs"][1]
+    summary = json.loads((run_dir / "results.json").read_text())
+    assert report["images"] == 10 and report["lr"] == np.float32(summary["learned_lr"])
+    assert report["runs"] == summary["distilled"]["runs"]  # the same networks, bit for bit
+
+    monkeypatch.setattr(sys, "argv", list(map(str, args)))  # own seeds 0, 1: other networks
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    line = capsys.readouterr().out.strip()
+    acc = r"\d+\.\d\d"
+    assert re.fullmatch(rf"10 images, lr [0-9.e-]+: {acc} ± {acc} % \({acc}, {acc}\)", line), line
 
 
 @pytest.mark.parametrize(

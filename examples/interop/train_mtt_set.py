@@ -6,8 +6,9 @@ The protocol is ``distillkit evaluate``'s (docs/config.md): K networks, MTT's Co
 instance norm → ReLU → 2×2 average pool per block, a Linear head; 1×28×28 inputs padded to 32×32
 by the first conv), SGD with momentum 0.9 and weight decay 5e-4 at lr = the set's learned α,
 lr × 0.1 at epoch epochs // 2, batches of 256, DSA on every batch (one op group per batch, as
-MTT), accuracy on the real test set after the last epoch. Seeds differ from distillkit's, so
-single networks differ; means agree within noise (docs/interop.md has the comparison).
+MTT), accuracy on the real test set after the last epoch. Network k is seeded ``--seed`` + k
+(its initialisation, shuffling and augmentation); ``--distillkit-seed RUN_SEED`` uses the seeds
+``distillkit evaluate`` uses instead, and then gives its networks (docs/interop.md).
 
 Usage:
     python examples/interop/train_mtt_set.py DIR --test fashion-mnist --model convnet-w32
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import math
 import pickle
@@ -253,6 +255,12 @@ def train_and_test(args: argparse.Namespace, k: int, data: tuple[Tensor, ...], l
     return correct / len(test_x)
 
 
+def evaluation_seed(run_seed: int, model: str) -> int:
+    """The first network's seed in ``distillkit evaluate``: 63 bits of sha256 of (seed, "evaluate", model)."""
+    digest = hashlib.sha256(repr((run_seed, "evaluate", model)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="folder holding images/labels/lr_best.pt")
@@ -265,12 +273,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0, help="network k is seeded seed + k")
+    parser.add_argument(
+        "--distillkit-seed",
+        type=int,
+        default=None,
+        metavar="RUN_SEED",
+        help="seed the networks as `distillkit evaluate` does for a run seeded RUN_SEED and this --model "
+        "(spelt as distillkit spells it), which reproduces its networks",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     unknown = set(args.augment.split("_")) - set(OPS) if args.augment not in ("", "none") else set()
     if unknown:
         raise SystemExit(f"error: unknown DSA group(s) {sorted(unknown)}; known: {'_'.join(OPS)}")
+    if args.distillkit_seed is not None:
+        args.seed = evaluation_seed(args.distillkit_seed, args.model)
     test_x, test_y = load_test(args.test, args.data_dir)
     images, labels, lr = load_set(args.folder)
     if test_x.shape[1:] != images.shape[1:]:
