@@ -172,13 +172,23 @@ def test_tensorboard_without_its_package_is_one_line_naming_the_extra(monkeypatc
     assert "distillkit[tensorboard]" in result.output and not (tmp_path / "run").exists()
 
 
-def test_a_tracker_refuses_a_command_without_a_run_directory_in_one_line():
+def test_the_testing_kit_drives_a_tracker_and_a_command_without_a_run_directory_is_refused(tmp_path):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from distillkit.errors import PluginError
     from distillkit_plugins.tensorboard_tracker import TensorBoard
 
-    with pytest.raises(PluginError, match="no run directory"):
+    with pytest.raises(PluginError, match="tensorboard: this command has no run directory"):
         check_hooks(TensorBoard(TensorBoard.Config()))
+    assert check_hooks(TensorBoard(TensorBoard.Config()), run_dir=tmp_path) == {
+        "on_metrics": None,
+        "on_close": None,
+    }
+    board = EventAccumulator(str(tmp_path / "tensorboard"))
+    board.Reload()
+    assert board.Scalars("distill/terms/x")[0].value == pytest.approx(0.1)
+    assert board.Scalars("evaluate/distilled/tinynet/run/1")[0].step == 1
 
 
 def test_wandb_offline_writes_its_run_files_without_network(tmp_path):
