@@ -81,3 +81,32 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
         runpy.run_path(str(SCRIPT), run_name="__main__")
     text = str(stopped.value.code)
     assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 28, 28), (6, 1, 8, 8), (4, 3, 32, 32)])
+def test_the_scripts_dsa_and_convnet_are_distillkits_bit_for_bit(shape):
+    """Its own code, the same numbers: each DSA op from one generator state, the network's init and output."""
+    from distillkit.data import augment
+    from distillkit.models import build_model
+
+    script = runpy.run_path(str(SCRIPT))  # the module's functions, without running main()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    for op in (op for group in script["OPS"].values() for op in group):
+        ours = getattr(augment, op.__name__)(x, torch.Generator().manual_seed(1))
+        assert torch.equal(op(x, torch.Generator().manual_seed(1)), ours), op.__name__
+    size = tuple(shape[2:])
+    torch.manual_seed(2)
+    reference = build_model("convnet-w16-d2", shape[1], 10, size)
+    torch.manual_seed(2)
+    net = script["ConvNet"](shape[1], 10, size, 16, 2)
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), net.parameters(), strict=True))
+    assert torch.equal(reference(x), net(x))
+
+
+def test_the_scripts_fashion_mnist_test_set_is_distillkits():
+    folder = Path("/usr/share/datasets/fashion-mnist")
+    if not folder.is_dir():
+        pytest.skip("FashionMNIST is not installed (apt-get install dataset-fashion-mnist)")
+    images, labels = runpy.run_path(str(SCRIPT))["load_test"]("fashion-mnist", None)
+    dataset = load_dataset("fashion-mnist")
+    assert torch.equal(images, dataset.test_images[:]) and torch.equal(labels, dataset.test_labels)

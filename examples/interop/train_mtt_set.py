@@ -89,7 +89,7 @@ def _u(x: Tensor, g: torch.Generator, *shape: int) -> Tensor:
 
 
 def brightness(x: Tensor, g: torch.Generator) -> Tensor:
-    return x + _u(x, g, 1, 1, 1) - 0.5
+    return x + (_u(x, g, 1, 1, 1) - 0.5)
 
 
 def saturation(x: Tensor, g: torch.Generator) -> Tensor:
