@@ -91,13 +91,14 @@ def train_expert_store(
     """
     reporter = reporter or Reporter()
     key = expert_key(cfg, last_needed, scope, data)
-    store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
-    if set(range(cfg.count)) <= set(store.finished()):
-        return store  # nothing to train, nothing to write: a read-only cache serves as it is
-    # One trainer per store: a second process waits, then reuses what the first finished.
-    with exclusive(store.root), observing(scope, None, reporter.note, observers) as watching:
-        store = TrajectoryStore.open(store.root)
-        _train_missing_experts(cfg, scope, data, store, reporter, watching)
+    with observing(scope, None, reporter.note, observers) as watching:
+        store = TrajectoryStore.create_or_open(store_dir or default_store_dir(key), key)
+        if set(range(cfg.count)) <= set(store.finished()):
+            return store  # nothing to train, nothing to write: a read-only cache serves as it is
+        # One trainer per store: a second process waits, then reuses what the first finished.
+        with exclusive(store.root):
+            store = TrajectoryStore.open(store.root)
+            _train_missing_experts(cfg, scope, data, store, reporter, watching)
     return store
 
 
