@@ -112,7 +112,9 @@ def crop(x: Tensor, g: torch.Generator) -> Tensor:
     rows = torch.arange(h, device=x.device).view(1, h, 1) + dy + sh
     cols = torch.arange(w, device=x.device).view(1, 1, w) + dx + sw
     batch = torch.arange(b, device=x.device).view(b, 1, 1)
-    return padded[batch, rows, cols].permute(0, 3, 1, 2)
+    # Copied to standard strides: with one channel the permuted view also looks channels-last,
+    # which sends the convolutions down other kernels (other rounding) than a plain batch.
+    return padded[batch, rows, cols].permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def cutout(x: Tensor, g: torch.Generator) -> Tensor:
