@@ -35,6 +35,7 @@ from distillkit.experts import pipeline
 from distillkit.experts.pipeline import default_store_dir, load_expert_slices, train_expert_store
 from distillkit.experts.store import TrajectoryStore
 from distillkit.host import PluginHost
+from distillkit.observers import Observers, observing
 from distillkit.records import (
     evaluation_entry,
     record_invocation,
@@ -287,6 +288,8 @@ def run(
     evaluates it once per seed instead of once per arm). Over several ranks (``world``)
     every stage runs on all of them and rank 0 alone writes the run files; the other
     ranks return the same summary without writing it.
+    Observer plugins (``on_metrics``) see every stage's records with ``out_dir`` as their run
+    directory (rank 0's only), and are closed at the end.
     """
     reporter = reporter or Reporter()
     scope = run_scope(config, host, world)
@@ -296,19 +299,36 @@ def run(
         record_resume(out_dir, config, "run")
     elif world.is_main:
         record_invocation(out_dir, config, "run", store_dir, sources)
+    with observing(scope, out_dir, reporter.note) as watching:
+        return _run_stages(config, scope, data, out_dir, store_dir, reporter, resume, baseline, watching)
+
+
+def _run_stages(
+    config: RunConfig,
+    scope: RunScope,
+    data: PreparedData,
+    out_dir: Path,
+    store_dir: Path | None,
+    reporter: Reporter,
+    resume: bool,
+    baseline: bool,
+    watching: Observers,
+) -> dict[str, Any]:
+    """The stages of :func:`run` once its directory is recorded; every record also goes to ``watching``."""
+    host, world = scope.host, scope.world
     timings: dict[str, float] = {}
     last_needed = last_needed_epoch(config.distill)
     tick = time.perf_counter()
     if store_dir is not None and (store_dir / "manifest.json").exists():
         store = TrajectoryStore.open(store_dir)
     else:
-        store = train_expert_store(config.experts, last_needed, scope, data, store_dir, reporter)
+        store = train_expert_store(config.experts, last_needed, scope, data, store_dir, reporter, watching)
     timings["experts"] = time.perf_counter() - tick
     tick = time.perf_counter()
     key = pipeline.expert_key(config.experts, last_needed, scope, data)
     job = DistillJob(config.distill, scope, data, store, key)
     snapshots = snapshot_writer(config, host, data, store, out_dir) if world.is_main else None
-    result = distill(job, out_dir, reporter, resume=resume, snapshots=snapshots)
+    result = distill(job, out_dir, reporter, resume=resume, snapshots=snapshots, observers=watching)
     timings["distill"] = time.perf_counter() - tick
     if world.is_main:
         save_distilled(out_dir, config, host, data, result, store)
@@ -321,6 +341,7 @@ def run(
         "learned_lr": result.lr,
         "final_loss": result.history[-1].loss if result.history else None,
     }
+    evaluated: dict[str, dict[str, EvalResult]] = {}
     if config.evaluate.runs > 0:
         sets = {"distilled": (result.images, result.labels, result.lr)}
         if baseline:
@@ -346,6 +367,10 @@ def run(
     if not world.is_main:
         return summary
     atomic_write_json(out_dir / "results.json", summary)
+    for label, results in evaluated.items():
+        for name, res in results.items():
+            values = {"mean": res.mean, "std": res.std, **{f"run/{k}": acc for k, acc in enumerate(res.runs)}}
+            watching.metrics("evaluate", len(result.history), values, subject=f"{label}/{name}")
     atomic_write_json(
         out_dir / "run.json",
         {
@@ -354,6 +379,7 @@ def run(
             "plugins": [r.as_dict() for r in host.records.values()],
             "timings_s": timings,
             **peak_memory_mb(scope.device),
+            **({"dropped_observers": dict(watching.dropped)} if watching.dropped else {}),
         },
     )
     return summary

@@ -8,10 +8,10 @@ today keep working.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -173,3 +173,40 @@ class MatchContext:
     unperturbed_start: torch.Tensor
     reference: torch.Tensor
     distance: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+#: The stages that report metrics (``MetricsContext.stage``).
+Stage = Literal["experts", "distill", "evaluate"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsContext:
+    """One record of numbers for observers such as experiment trackers (``on_metrics``).
+
+    ``stage`` "experts": one expert epoch, ``step`` the 0-based epoch, ``expert`` its index,
+    ``values`` that epoch's history row (loss, ce, train_acc, loss/<term>, test_acc when tested).
+    ``stage`` "distill": one outer iteration, ``step`` its 0-based index, ``expert`` the expert
+    drawn, ``values`` the numbers of its ``metrics.jsonl`` line (terms as ``terms/<name>``).
+    ``stage`` "evaluate": one evaluation result, ``subject`` "<set>/<model>", ``step`` the
+    distillation iterations behind the set, ``values`` mean, std and ``run/<k>`` accuracies.
+    ``run_dir`` is where a run writes its files (``None`` for commands that have none).
+    """
+
+    stage: Stage
+    step: int
+    values: Mapping[str, float]
+    run_dir: Path | None
+    expert: int | None = None
+    subject: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseContext:
+    """The end of a command that reported metrics (``on_close``): flush and close writers.
+
+    ``status`` is "finished", "failed" (an error stops it) or "interrupted" (Ctrl-C/SIGTERM;
+    the run can be resumed, and then reports from its checkpoint on).
+    """
+
+    run_dir: Path | None
+    status: Literal["finished", "failed", "interrupted"]

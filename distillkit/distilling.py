@@ -40,6 +40,7 @@ from distillkit.experts.pipeline import load_expert_slices
 from distillkit.experts.store import TrajectoryStore
 from distillkit.hookcalls import call_each, first_init
 from distillkit.models.flat import load_flat
+from distillkit.observers import Observers, distill_values, observing
 from distillkit.rundir import being_trained
 from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
 from distillkit.snapshots import Snapshots
@@ -233,6 +234,7 @@ def distill(
     resume: bool = False,
     release_data: bool = False,
     snapshots: Snapshots | None = None,
+    observers: Observers | None = None,
 ) -> DistillResult:
     """Run ``distill.iterations`` outer iterations of trajectory matching; return the synthetic set.
 
@@ -246,6 +248,8 @@ def distill(
     that iteration, so a resume never finds a checkpoint without its snapshot. Over several
     ranks (``job.scope.world``) only rank 0 reads and writes ``out_dir`` (and takes snapshots);
     a checkpoint holds every rank's stream.
+    Every iteration's metrics line also goes to ``observers`` (by default new ones for
+    ``out_dir``, closed on return; rank 0's only).
     """
     reporter = reporter or Reporter()
     world = job.scope.world
@@ -310,40 +314,46 @@ def distill(
             states = with_ranks(current, currents), with_ranks(good, goods)
             save_checkpoint(out_dir, Checkpoint(*states, progress))
 
-    try:
-        with stop_requests(enabled=out_dir is not None, notice=world.size == 1) as stop:
-            while distiller.iteration < job.cfg.iterations:
-                tick = time.perf_counter()
-                try:
-                    result = distiller.step()
-                except DivergenceError:
-                    if writes is not None:
-                        save_distilled_set(writes, distiller, source)
-                    raise
-                times.append(time.perf_counter() - tick)
-                history.append(result)
-                for note in result.rollbacks:
-                    reporter.note(f"divergence guard: {note}")
-                if result.rollbacks and snapshots is not None:
-                    snapshots.discard_after(distiller.iteration)  # those past the rollback point are redone
-                if metrics_file:
-                    metrics_file.write(json.dumps({**result.__dict__, "seconds": times[-1]}) + "\n")
-                snapshot()
-                if every and distiller.iteration % every == 0:
-                    save_state()
-                if world.all_reduce_max(1.0 if stop else 0.0) > 0:
-                    save_state()
-                    raise Interrupted(
-                        f"stopped at iteration {distiller.iteration}; state saved in {out_dir}/checkpoints",
-                        hint=f"continue with --resume {out_dir} on the command that started it",
-                    )
-                reporter.advance(loss=result.loss, alpha=result.alpha)
-            if not (every and distiller.iteration % every == 0):
-                save_state()  # the final state, so a run stopped during evaluation resumes from here
-    finally:
-        if metrics_file:
-            metrics_file.close()
-        reporter.finish()
+    with observing(job.scope, writes, reporter.note, observers) as watching:
+        try:
+            with stop_requests(enabled=out_dir is not None, notice=world.size == 1) as stop:
+                while distiller.iteration < job.cfg.iterations:
+                    tick = time.perf_counter()
+                    try:
+                        result = distiller.step()
+                    except DivergenceError:
+                        if writes is not None:
+                            save_distilled_set(writes, distiller, source)
+                        raise
+                    times.append(time.perf_counter() - tick)
+                    history.append(result)
+                    for note in result.rollbacks:
+                        reporter.note(f"divergence guard: {note}")
+                    if result.rollbacks and snapshots is not None:
+                        snapshots.discard_after(
+                            distiller.iteration
+                        )  # those past the rollback point are redone
+                    line = {**result.__dict__, "seconds": times[-1]}
+                    if metrics_file:
+                        metrics_file.write(json.dumps(line) + "\n")
+                    watching.metrics("distill", result.iteration, distill_values(line), expert=result.expert)
+                    snapshot()
+                    if every and distiller.iteration % every == 0:
+                        save_state()
+                    if world.all_reduce_max(1.0 if stop else 0.0) > 0:
+                        save_state()
+                        raise Interrupted(
+                            f"stopped at iteration {distiller.iteration}; "
+                            f"state saved in {out_dir}/checkpoints",
+                            hint=f"continue with --resume {out_dir} on the command that started it",
+                        )
+                    reporter.advance(loss=result.loss, alpha=result.alpha)
+                if not (every and distiller.iteration % every == 0):
+                    save_state()  # the final state, so a run stopped during evaluation resumes from here
+        finally:
+            if metrics_file:
+                metrics_file.close()
+            reporter.finish()
     return DistillResult(
         distiller.images.detach().cpu(),
         distiller.labels.cpu(),

@@ -7,13 +7,14 @@ reductions are: ``expert_loss`` base · ∏ scales + Σ terms; ``init_synthetic`
 the first answer (exclusive, the core default last); ``inner_loss_weight`` the
 product; ``perturb_expert`` start + Σ deltas; ``intermediate_match`` Σ terms.
 Results are combined in pluggy's call order, so sums are the same bit for bit.
+Observer hooks (``on_metrics``, ``on_close``) combine nothing: :func:`notify` calls them.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +49,28 @@ def call_each(hook: Any, name: str, **kwargs: Any) -> Answers:
             if first_only:
                 break
     return answers
+
+
+def notify(
+    hook: Any, name: str, dropped: MutableMapping[str, str], warn: Callable[[str], None], **kwargs: Any
+) -> None:
+    """Call every implementation of observer hook ``name``, except the plugins in ``dropped``.
+
+    Answers are ignored. A plugin that raises is reported through ``warn`` (one line naming it)
+    and added to ``dropped`` with its message, so it gets no further calls; the caller carries
+    on, since an observer cannot have changed the run. Only Ctrl-C passes through.
+    """
+    for impl in reversed(getattr(hook, name).get_hookimpls()):
+        if impl.plugin_name in dropped:
+            continue
+        try:
+            impl.function(*(kwargs[arg] for arg in impl.argnames))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: an observer must not end the run
+            message = f"plugin '{impl.plugin_name}' failed in {name}: {type(exc).__name__}: {exc}"
+            dropped[impl.plugin_name] = message
+            warn(f"{message} (it gets no further calls; the run goes on)")
 
 
 def _bad(plugin: str, hook: str, what: str) -> PluginRuntimeError:

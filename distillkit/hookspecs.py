@@ -5,7 +5,8 @@ Rules every hook follows:
 * it is called with two keyword arguments, ``run`` and ``ctx``;
 * call order never changes results: collected hooks are reduced by sum or
   product; replace-style hooks are ``firstresult`` *and exclusive* (at most one
-  selected plugin may implement them);
+  selected plugin may implement them); observer hooks (``on_metrics``,
+  ``on_close``) change nothing: their answers are ignored;
 * implementations must not give their parameters default values (pluggy never
   passes a parameter that has one).
 """
@@ -20,12 +21,14 @@ if TYPE_CHECKING:
     import torch
 
     from distillkit.context import (
+        CloseContext,
         ExpertStepContext,
         InitContext,
         InnerLossContext,
         LossScale,
         LossTerm,
         MatchContext,
+        MetricsContext,
         PerturbContext,
         RunContext,
         SyntheticInit,
@@ -92,4 +95,28 @@ def intermediate_match(run: RunContext, ctx: MatchContext) -> LossTerm | list[Lo
 
     Fires once per outer iteration after the unroll; the terms are added to the
     normalised parameter-matching loss and back-propagated with it.
+    """
+
+
+# -- observers (experiment trackers) ---------------------------------------------------
+
+
+@hookspec
+def on_metrics(run: RunContext, ctx: MetricsContext) -> None:
+    """Observe one record of numbers: an expert epoch, a distillation iteration, an evaluation result.
+
+    Fires after the record is written to the run's own files (the store's history,
+    ``metrics.jsonl``, ``results.json``), in stage order. Every implementation is
+    called and the answer is ignored; ``run`` is a context of its own (its generator
+    and ``log`` drive nothing). A plugin that raises here is reported by name and gets
+    no further observer calls in that command; the run itself carries on unchanged.
+    """
+
+
+@hookspec
+def on_close(run: RunContext, ctx: CloseContext) -> None:
+    """The command that reported metrics ends (finished, failed or interrupted): flush and close.
+
+    Fires once per ``run``, ``distill`` or ``experts`` command, after its last ``on_metrics``,
+    also when it stops with an error. Answers are ignored; a raising plugin is reported.
     """

@@ -22,6 +22,7 @@ from distillkit import hookspecs
 from distillkit.config import coerce
 from distillkit.errors import (
     ConfigError,
+    DistillkitError,
     PluginConflictError,
     PluginError,
     PluginRuntimeError,
@@ -211,7 +212,8 @@ class PluginHost:
         try:
             return cls(config) if config is not None else cls()
         except Exception as exc:
-            raise PluginError(f"plugin '{name}' could not be created: {exc}") from exc
+            hint = exc.hint if isinstance(exc, DistillkitError) else None
+            raise PluginError(f"plugin '{name}' could not be created: {exc}", hint=hint) from exc
 
     def _register(self, name: str, plugin: Any, config: Any, package: str, version: str) -> None:
         try:

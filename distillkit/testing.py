@@ -29,10 +29,12 @@ from torch import nn
 
 from distillkit.config import RunConfig
 from distillkit.context import (
+    CloseContext,
     ExpertStepContext,
     InitContext,
     InnerLossContext,
     MatchContext,
+    MetricsContext,
     PerturbContext,
     RunContext,
 )
@@ -173,11 +175,39 @@ def match_context(syn_steps: int = 4, expert_epochs: int = 2, seed: int = 0) -> 
     )
 
 
-def check_hooks(plugin: Any, seed: int = 0) -> dict[str, Any]:
+def metrics_contexts(run_dir: Path | None = None) -> list[MetricsContext]:
+    """A record of each stage in run order: an expert epoch, an iteration, a result (``on_metrics``)."""
+    return [
+        MetricsContext("experts", 0, {"loss": 2.0, "ce": 2.0, "train_acc": 0.25}, run_dir, expert=0),
+        MetricsContext(
+            "distill",
+            0,
+            {"loss": 0.9, "match_loss": 0.9, "alpha": 0.01, "start_epoch": 0, "terms/x": 0.1},
+            run_dir,
+            expert=0,
+        ),
+        MetricsContext(
+            "evaluate",
+            1,
+            {"mean": 0.5, "std": 0.1, "run/0": 0.4, "run/1": 0.6},
+            run_dir,
+            subject="distilled/tinynet",
+        ),
+    ]
+
+
+def close_context(run_dir: Path | None = None, status: str = "finished") -> CloseContext:
+    """The end of a command (``on_close``)."""
+    return CloseContext(run_dir, status)  # type: ignore[arg-type]
+
+
+def check_hooks(plugin: Any, seed: int = 0, run_dir: Path | None = None) -> dict[str, Any]:
     """Call every hook ``plugin`` implements on these contexts and combine it as the core does.
 
     Returns ``{hook name: combined result}``; a result the engine would refuse raises the
-    same :class:`~distillkit.errors.PluginRuntimeError` a run would.
+    same :class:`~distillkit.errors.PluginRuntimeError` a run would. Observer hooks
+    (``on_metrics`` with :func:`metrics_contexts`, then ``on_close``; ``run_dir`` is their
+    run directory) combine nothing: their entry is ``None``, and what they raise propagates.
     """
     name = getattr(plugin, "name", type(plugin).__name__)
     implemented = _registered_hooks(plugin, name)
@@ -208,6 +238,13 @@ def check_hooks(plugin: Any, seed: int = 0) -> dict[str, Any]:
         done["intermediate_match"] = combine_terms(
             _answer(name, implemented["intermediate_match"](run, ctx)), ctx.start.device
         )
+    if "on_metrics" in implemented:
+        for ctx in metrics_contexts(run_dir):
+            implemented["on_metrics"](run, ctx)
+        done["on_metrics"] = None
+    if "on_close" in implemented:
+        implemented["on_close"](run, close_context(run_dir))
+        done["on_close"] = None
     return done
 
 

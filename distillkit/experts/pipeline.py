@@ -23,6 +23,7 @@ from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import epochs_to_store, train_expert
 from distillkit.models.flat import param_layout
+from distillkit.observers import Observers, observing
 from distillkit.rundir import exclusive
 from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
 
@@ -85,6 +86,7 @@ def train_expert_store(
     data: PreparedData,
     store_dir: Path | None = None,
     reporter: Reporter | None = None,
+    observers: Observers | None = None,
 ) -> TrajectoryStore:
     """Train ``cfg.count`` experts into a store, reusing every expert already finished there.
 
@@ -93,21 +95,26 @@ def train_expert_store(
     Over several ranks (``scope.world``) each trains its share of the missing experts
     (``missing[rank::size]``: an expert's seed depends on its index only) and rank 0 alone
     creates the store, holds its lock and writes the manifest (:mod:`.sidecars`).
+    Every trained epoch is reported to ``observers`` (by default new ones without a run
+    directory, closed on return; rank 0's only); reused experts report nothing.
     """
     reporter = reporter or Reporter()
     world = scope.world
     key = expert_key(cfg, last_needed, scope, data)
-    root = store_dir or default_store_dir(key)
-    # Rank 0 creates the store (others would race on it) and decides; a bad one stops every rank alike.
-    if world.main_decides(lambda: _complete(TrajectoryStore.create_or_open(root, key), cfg.count)):
-        return TrajectoryStore.open(root)  # nothing to train, nothing to write: a read-only cache serves
-    # One trainer (one job) per store: a second one waits, then reuses what the first finished.
-    with ExitStack() as held:
-        _lock_for_job(world, held, root)
-        todo = world.main_decides(lambda: _missing_experts(cfg.count, TrajectoryStore.open(root), reporter))
-        store = TrajectoryStore.open(root)
-        _train_experts(world.shard(todo), cfg, scope, data, store, reporter)
-        world.main_decides(lambda: sidecars.adopt_pending(TrajectoryStore.open(root)))
+    with observing(scope, None, reporter.note, observers) as watching:
+        root = store_dir or default_store_dir(key)
+        # Rank 0 creates the store (others would race on it) and decides; a bad one stops every rank alike.
+        if world.main_decides(lambda: _complete(TrajectoryStore.create_or_open(root, key), cfg.count)):
+            return TrajectoryStore.open(root)  # nothing to train, nothing to write: a read-only cache serves
+        # One trainer (one job) per store: a second one waits, then reuses what the first finished.
+        with ExitStack() as held:
+            _lock_for_job(world, held, root)
+            todo = world.main_decides(
+                lambda: _missing_experts(cfg.count, TrajectoryStore.open(root), reporter)
+            )
+            store = TrajectoryStore.open(root)
+            _train_experts(world.shard(todo), cfg, scope, data, store, reporter, watching)
+            world.main_decides(lambda: sidecars.adopt_pending(TrajectoryStore.open(root)))
     return TrajectoryStore.open(root)
 
 
@@ -151,6 +158,7 @@ def _train_experts(
     data: PreparedData,
     store: TrajectoryStore,
     reporter: Reporter,
+    observers: Observers,
 ) -> None:
     """Train the experts ``todo``, resuming a partially trained one from its last epoch.
 
@@ -166,8 +174,8 @@ def _train_experts(
         if resume is not None:
             reporter.advance(resume.epoch)
 
-        def on_epoch(epoch: int, acc: float | None, i: int = index) -> None:
-            reporter.advance(expert=i, test_acc=acc)
+        def on_epoch(epoch: int, row: dict[str, float], i: int = index) -> None:
+            _epoch_done(reporter, observers, i, epoch, row)
             pace.beat()
 
         result = train_expert(
@@ -208,6 +216,14 @@ class _Pace:
     def rest(self) -> None:
         while self.world.all_reduce_max(0.0) > 0:
             pass
+
+
+def _epoch_done(
+    reporter: Reporter, observers: Observers, index: int, epoch: int, row: dict[str, float]
+) -> None:
+    """An expert epoch is trained (and its partial checkpoint saved): progress, then observers."""
+    reporter.advance(expert=index, test_acc=row.get("test_acc"))
+    observers.metrics("experts", epoch, {k: v for k, v in row.items() if k != "epoch"}, expert=index)
 
 
 def load_expert_slices(store: TrajectoryStore, needed: int) -> list[torch.Tensor]:

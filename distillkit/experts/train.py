@@ -115,7 +115,7 @@ def train_expert(
     test: tuple[Images, torch.Tensor] | None,
     cfg: ExpertsConfig,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    on_epoch: Callable[[int, float | None], None] = lambda epoch, acc: None,
+    on_epoch: Callable[[int, dict[str, float]], None] = lambda epoch, row: None,
     keep: Sequence[int] | None = None,
     resume: TrainingState | None = None,
     on_checkpoint: Callable[[TrainingState], None] | None = None,
@@ -123,7 +123,8 @@ def train_expert(
     """Train one expert for ``cfg.epochs`` epochs, keeping the snapshots of epochs ``keep`` (default all).
 
     Snapshots are clones (never aliases); dropping unneeded ones here keeps
-    memory at what the store will hold. After each epoch, before ``on_epoch``,
+    memory at what the store will hold. ``on_epoch(epoch, row)`` gets each epoch's
+    history row (``test_acc`` in it when the epoch was tested). After each epoch, before ``on_epoch``,
     ``on_checkpoint`` gets the whole training state; passing such a state back
     as ``resume`` (with a freshly built ``model`` and ``run``) continues from it
     and gives the same expert, bit for bit, as an uninterrupted run.
@@ -193,6 +194,6 @@ def train_expert(
         if on_checkpoint is not None:
             seconds = earlier_seconds + time.perf_counter() - began
             on_checkpoint(capture(epoch + 1, model, optimizer, run, snapshots, test_acc, seconds, history))
-        on_epoch(epoch, acc)
+        on_epoch(epoch, history[-1])
     seconds = earlier_seconds + time.perf_counter() - began
     return ExpertResult(torch.stack(snapshots).cpu(), test_acc, seconds, history)
