@@ -164,7 +164,7 @@ def test_smoke_shrinks_only_the_budget_and_the_command_line_still_wins(name):
     assert smoke.config.experts.batch_size == MAX_EXPERT_BATCH
     assert (smoke.config.evaluate.runs, smoke.config.evaluate.epochs, smoke.config.evaluate.models) == (
         1,
-        2,
+        1,
         (),
     )
     for key in ("distill.ipc", "experts.count", "evaluate.runs", "distill.iterations"):
