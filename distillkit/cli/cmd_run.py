@@ -91,13 +91,11 @@ def run_cmd(
             eval_models=eval_models,
             memory=memory,
         )
+        options = (preset, config, plugins, out_dir, experts, smoke or None)
+        continued = _continued("run", resume, out_dir, max_restarts, device, overrides, options)
         extending = False
-        restarted = _restarted_run(out_dir or resume, max_restarts)
-        if resume is not None or restarted is not None:
-            if restarted is None:
-                _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
-            resume = resume or restarted
-            cfg, host, invocation, extending = _recorded(resume, "run", device, overrides)
+        if continued is not None:
+            resume, cfg, host, invocation, extending = continued
             experts = Path(invocation["experts"]) if invocation.get("experts") else None
             sources = None
         else:
@@ -130,6 +128,29 @@ def run_cmd(
                 print_summary(summary, target)
                 if not no_report:
                     refresh_report(target)
+
+
+def _continued(
+    command: str,
+    resume: Path | None,
+    out_dir: Path | None,
+    max_restarts: int,
+    device: str | None,
+    overrides: dict[str, Any],
+    options: tuple[Any, ...],
+) -> tuple[Path, RunConfig, PluginHost, dict[str, Any], bool] | None:
+    """The run to continue and its recorded config, or None for a new run.
+
+    That is ``--resume RUN`` (refused beside config ``options``), or the run a torchrun restart
+    left in ``--out``; the last item says whether ``--set distill.iterations`` extends it.
+    """
+    restarted = _restarted_run(out_dir or resume, max_restarts)
+    if resume is None and restarted is None:
+        return None
+    if restarted is None:
+        _check_resume_alone(*options)
+    run_dir = resume or restarted
+    return (run_dir, *_recorded(run_dir, command, device, overrides))
 
 
 def _restarted_run(out_dir: Path | None, max_restarts: int) -> Path | None:
@@ -324,13 +345,11 @@ def distill_cmd(
         overrides = collect_overrides(
             sets, dataset=dataset, data_path=data_path, model=model, ipc=ipc, seed=seed, memory=memory
         )
+        options = (preset, config, plugins, out_dir, experts, smoke or None)
+        continued = _continued("distill", resume, out_dir, max_restarts, device, overrides, options)
         extending = False
-        restarted = _restarted_run(out_dir or resume, max_restarts)
-        if resume is not None or restarted is not None:
-            if restarted is None:
-                _check_resume_alone(preset, config, plugins, out_dir, experts, smoke or None)
-            resume = resume or restarted
-            cfg, host, invocation, extending = _recorded(resume, "distill", device, overrides)
+        if continued is not None:
+            resume, cfg, host, invocation, extending = continued
             experts = Path(invocation["experts"])
             sources = None
         elif experts is None:
