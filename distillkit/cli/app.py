@@ -139,3 +139,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
+    finally:
+        # Past the command nothing is left to save: a SIGTERM during interpreter shutdown (a job's
+        # launcher stopping its ranks) ends the process instead of raising into atexit handlers.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -138,9 +137,6 @@ def relaunch(ctx: click.Context, nproc: int, max_restarts: int = 0, log_dir: Pat
     try:
         elastic_launch(config, sys.executable)("-m", "distillkit", *worker_argv(ctx))
     except ChildFailedError as exc:
-        # The agent's shutdown may still signal this process as it exits; the job is over and its
-        # one line follows, so a late SIGTERM must not raise into interpreter shutdown.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise _first_failure(exc.failures, logs) from None
     except SignalException:
         raise KeyboardInterrupt from None
