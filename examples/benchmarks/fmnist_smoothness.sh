@@ -1,26 +1,42 @@
 #!/usr/bin/env bash
-# Expert smoothness on FashionMNIST at the fmnist-ref expert budget (1 expert × 6 epochs, seed 0):
-# plain SGD, momentum only, smooth without its gradient penalty (clipped CE only), smooth (the AST
-# paper's Fig. 4 / Table 6 comparison). Trains the four stores (about 10, 10, 8 and 50 minutes at
-# one thread), then writes the table, docs/img/expert-smoothness-fmnist.{png,json}.
-# Usage (from the repository root): examples/benchmarks/fmnist_smoothness.sh STORES_DIR [extra experts options...]
+# Expert smoothness on FashionMNIST (the AST paper's Fig. 4 / Table 6 comparison): trains one store
+# per recipe — plain SGD, momentum only, smooth without its gradient penalty (clipped CE only),
+# smooth — then writes the table, the per-epoch JSON and the plot.
+#
+#   PRESET   expert budget (default fmnist-ref: 1 expert × 6 epochs, seed 0; fmnist-cpu: 4 experts)
+#   RECIPES  which stores to train (default "plain momentum clip-only smooth")
+#   FIGURE   output path without extension (default docs/img/expert-smoothness-fmnist)
+#
+# At one thread per store, fmnist-ref takes about 10, 10, 8 and 50 minutes; fmnist-cpu four times that.
+# Usage (from the repository root):
+#   examples/benchmarks/fmnist_smoothness.sh STORES_DIR [extra experts options...]
+#   PRESET=fmnist-cpu RECIPES="plain momentum smooth" FIGURE=docs/img/expert-smoothness-fmnist-cpu \
+#     examples/benchmarks/fmnist_smoothness.sh STORES_DIR --nproc 2
 set -euo pipefail
 out="${1:?usage: fmnist_smoothness.sh STORES_DIR [options...]}"
 shift
 extra=("$@")
-momentum=(--set experts.momentum=0.9 --set experts.lr_decay=ast-code --set experts.lr_decay_factor=0.6)
+preset="${PRESET:-fmnist-ref}"
+read -r -a recipes <<<"${RECIPES:-plain momentum clip-only smooth}"
+figure="${FIGURE:-docs/img/expert-smoothness-fmnist}"
 
-train() { # name, then distillkit experts options
-    local name="$1"
-    shift
-    distillkit experts --preset fmnist-ref --quiet --out "$out/$name" "$@" "${extra[@]}"
+options() { # the experts options of one recipe
+    case "$1" in
+    plain) ;;
+    momentum) # the recipe `smooth` brings, without the plugin
+        echo --set experts.momentum=0.9 --set experts.lr_decay=ast-code --set experts.lr_decay_factor=0.6 ;;
+    clip-only) echo --plugins smooth --set smooth.gp_weight=0 ;;
+    smooth) echo --plugins smooth ;;
+    *) echo "unknown recipe: $1" >&2 && exit 2 ;;
+    esac
 }
 
-train fmnist-plain
-train fmnist-momentum "${momentum[@]}"      # the recipe `smooth` brings, without the plugin
-train fmnist-clip-only --plugins smooth --set smooth.gp_weight=0
-train fmnist-smooth --plugins smooth
+stores=()
+for recipe in "${recipes[@]}"; do
+    read -r -a opts <<<"$(options "$recipe")"
+    distillkit experts --preset "$preset" --quiet --out "$out/fmnist-$recipe" "${opts[@]}" "${extra[@]}"
+    stores+=("$out/fmnist-$recipe")
+done
 
-stores=("$out"/fmnist-{plain,momentum,clip-only,smooth})
-COLUMNS=160 distillkit inspect-experts "${stores[@]}" --plot docs/img/expert-smoothness-fmnist.png
-distillkit inspect-experts "${stores[@]}" --json >docs/img/expert-smoothness-fmnist.json
+COLUMNS=160 distillkit inspect-experts "${stores[@]}" --plot "$figure.png"
+distillkit inspect-experts "${stores[@]}" --json >"$figure.json"
