@@ -39,6 +39,13 @@ def test_window_grows_linearly_to_the_final_bound():
     assert window(0, at_once) == (0, 4)
 
 
+def test_datm_passes_the_testing_kit():
+    from distillkit.testing import check_hooks
+
+    seg = check_hooks(DATMWindow(DATMWindow.Config()))["sample_segment"]
+    assert seg.source == "datm" and 0 <= seg.start_epoch < 2
+
+
 def test_window_options_are_checked():
     with pytest.raises(ConfigError, match="min_start_epoch < current_max_start_epoch"):
         DATMWindow.Config(min_start_epoch=2, current_max_start_epoch=2)
