@@ -126,6 +126,41 @@ class InitContext:
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """The expert trajectory and start epoch t one outer iteration matches; ``source`` names who chose it."""
+
+    expert: int
+    start_epoch: int
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentContext:
+    """What a segment sampler may use (``sample_segment``).
+
+    ``experts`` is the number of expert trajectories; ``epochs_available[e]`` the latest
+    epoch held for expert ``e`` (a segment needs ``start_epoch + expert_epochs`` ≤ it);
+    ``max_start_epoch`` is the config's T⁺. ``randint(high)`` draws one integer in
+    ``0 … high − 1`` from ``generator`` (the run's, per rank), so one seed reproduces the run.
+    """
+
+    iteration: int
+    total_iterations: int
+    experts: int
+    epochs_available: tuple[int, ...]
+    max_start_epoch: int
+    expert_epochs: int
+    generator: torch.Generator
+
+    def randint(self, high: int) -> int:
+        """One uniform integer in ``0 … high − 1`` from the run's generator."""
+        import torch
+
+        g = self.generator
+        return int(torch.randint(high, (1,), generator=g, device=g.device).item())
+
+
+@dataclass(frozen=True, slots=True)
 class InnerLossContext:
     """The sampled segment of one outer iteration (``inner_loss_weight``)."""
 

@@ -4,7 +4,7 @@ Every result is checked where it is combined (type, shape, dtype, device, value)
 and a bad one fails with the name of the plugin that returned it, so a wrong
 answer can never be broadcast or summed into a run that then "succeeds". The
 reductions are: ``expert_loss`` base · ∏ scales + Σ terms; ``init_synthetic``
-the first answer (exclusive, the core default last); ``inner_loss_weight`` the
+and ``sample_segment`` the first answer (exclusive, the core default last); ``inner_loss_weight`` the
 product; ``perturb_expert`` start + Σ deltas; ``intermediate_match`` Σ terms.
 Results are combined in pluggy's call order, so sums are the same bit for bit.
 Observer hooks (``on_metrics``, ``on_close``) combine nothing: :func:`notify` calls them.
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from distillkit.context import LossScale, LossTerm, SyntheticInit
+from distillkit.context import LossScale, LossTerm, Segment, SegmentContext, SyntheticInit
 from distillkit.errors import PluginRuntimeError
 
 Answers = list[tuple[str, Any]]
@@ -189,3 +189,26 @@ def first_init(answers: Answers, count: int, shape: Sequence[int], classes: int)
     if not bool(torch.isfinite(images).all()):
         raise _bad(plugin, "init_synthetic", "images holding NaN or infinite values")
     return init
+
+
+def first_segment(answers: Answers, ctx: SegmentContext) -> Segment:
+    """The ``sample_segment`` answer: an expert that exists and a segment its trajectory holds."""
+    if not answers:
+        raise PluginRuntimeError("no plugin answered sample_segment (the core default should have)")
+    plugin, seg = answers[0]
+    if not isinstance(seg, Segment):
+        raise _bad(plugin, "sample_segment", f"{_describe(seg)}, not a Segment")
+    e, t = seg.expert, seg.start_epoch
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (e, t)):
+        raise _bad(plugin, "sample_segment", f"expert {e!r} and start_epoch {t!r}, not integers")
+    if not 0 <= e < ctx.experts:
+        raise _bad(plugin, "sample_segment", f"expert {e}, not in 0..{ctx.experts - 1}")
+    held = ctx.epochs_available[e]
+    if t < 0 or t + ctx.expert_epochs > held:
+        raise _bad(
+            plugin,
+            "sample_segment",
+            f"start_epoch {t}; expert {e} holds epochs 0..{held}, so t must be in "
+            f"0..{held - ctx.expert_epochs} (expert_epochs {ctx.expert_epochs})",
+        )
+    return seg

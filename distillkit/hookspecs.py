@@ -31,6 +31,8 @@ if TYPE_CHECKING:
         MetricsContext,
         PerturbContext,
         RunContext,
+        Segment,
+        SegmentContext,
         SyntheticInit,
     )
 
@@ -39,7 +41,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: Replace-style hooks: at most one selected plugin may implement them.
-EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic"})
+EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic", "sample_segment"})
 
 # -- expert stage ----------------------------------------------------------------
 
@@ -68,6 +70,21 @@ def init_synthetic(run: RunContext, ctx: InitContext) -> SyntheticInit | None:
     implement it; the core default (``ipc`` random real images per class) answers last.
 
     :return: a :class:`~distillkit.context.SyntheticInit`, or ``None`` to defer.
+    """
+
+
+@hookspec(firstresult=True)
+def sample_segment(run: RunContext, ctx: SegmentContext) -> Segment | None:
+    """Choose the expert and start epoch t of this outer iteration.
+
+    Fires once per outer iteration (again on a retry after a rollback). Exclusive: at
+    most one selected plugin may implement it; the core default (expert, then t uniform
+    in 0 … T⁺ − 1, both with ``ctx.randint``) answers last. Draw random numbers only
+    through ``ctx.randint``/``ctx.generator`` so resumes and rollbacks replay them. The
+    core checks the answer: ``0 ≤ expert < ctx.experts``, ``0 ≤ start_epoch`` and
+    ``start_epoch + ctx.expert_epochs ≤ ctx.epochs_available[expert]``.
+
+    :return: a :class:`~distillkit.context.Segment`, or ``None`` to defer.
     """
 
 

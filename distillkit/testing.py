@@ -37,6 +37,7 @@ from distillkit.context import (
     MetricsContext,
     PerturbContext,
     RunContext,
+    SegmentContext,
 )
 from distillkit.engine.unroll import normalised_distance
 from distillkit.hookcalls import (
@@ -45,6 +46,7 @@ from distillkit.hookcalls import (
     combine_terms,
     combine_weights,
     first_init,
+    first_segment,
 )
 from distillkit.models.flat import flatten_params, load_flat, param_layout
 
@@ -141,6 +143,12 @@ def init_context(ipc: int = 1, per_class: int = 10, seed: int = 0) -> InitContex
     )
 
 
+def segment_context(iteration: int = 0, experts: int = 2, epochs: int = 30, seed: int = 0) -> SegmentContext:
+    """``experts`` trajectories holding epochs 0..``epochs``, T⁺ 5, M 2 (``sample_segment``)."""
+    generator = torch.Generator().manual_seed(seed)
+    return SegmentContext(iteration, 100, experts, (epochs,) * experts, 5, 2, generator)
+
+
 def inner_loss_context(start_epoch: int = 0, max_start_epoch: int = 5) -> InnerLossContext:
     """An outer iteration starting at ``start_epoch`` (``inner_loss_weight``)."""
     return InnerLossContext(0, start_epoch, max_start_epoch, expert_epochs=2, syn_steps=4)
@@ -224,6 +232,9 @@ def check_hooks(plugin: Any, seed: int = 0, run_dir: Path | None = None) -> dict
         done["init_synthetic"] = first_init(
             _answer(name, implemented["init_synthetic"](run, ctx)), count, shape, CLASSES
         )
+    if "sample_segment" in implemented:
+        ctx = segment_context(seed=seed)
+        done["sample_segment"] = first_segment(_answer(name, implemented["sample_segment"](run, ctx)), ctx)
     if "inner_loss_weight" in implemented:
         done["inner_loss_weight"] = combine_weights(
             _answer(name, implemented["inner_loss_weight"](run, inner_loss_context()))

@@ -1,6 +1,6 @@
 """Core default hook implementations (registered as ``distillkit.core``, always last).
 
-Only ``init_synthetic`` needs a default: the other hooks are reduced by sum or
+Only ``init_synthetic`` and ``sample_segment`` need a default: the other hooks are reduced by sum or
 product, whose empty values (no loss terms, weight 1, zero delta) are the
 baseline MTT behaviour.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distillkit.context import InitContext, SyntheticInit
+from distillkit.context import InitContext, Segment, SegmentContext, SyntheticInit
 from distillkit.errors import DataError
 from distillkit.hookspecs import hookimpl
 
@@ -32,3 +32,10 @@ def init_synthetic(run: Any, ctx: InitContext) -> SyntheticInit:
         images.append(ctx.train_images[chosen].clone())
         labels.append(torch.full((ctx.ipc,), c, dtype=torch.long))
     return SyntheticInit(torch.cat(images), torch.cat(labels), source="random-real")
+
+
+@hookimpl(trylast=True)
+def sample_segment(run: Any, ctx: SegmentContext) -> Segment:
+    """An expert, then t in 0 … T⁺ − 1, uniform, in that order (the draws every earlier run made)."""
+    expert = ctx.randint(ctx.experts)
+    return Segment(expert, ctx.randint(ctx.max_start_epoch), source="uniform")

@@ -1,6 +1,7 @@
 """The MTT outer loop with the four distillation hook call sites.
 
-One iteration: draw an expert and a start epoch t ≤ T⁺ − 1, perturb the start
+One iteration: draw an expert and a start epoch t (hook ``sample_segment``; by default
+uniform, t ≤ T⁺ − 1), perturb the start
 (hook ``perturb_expert``), weight the inner loss (hook ``inner_loss_weight``),
 unroll N student steps on the synthetic set, match θ̂_N to θ*_{t+M} (plus hook
 ``intermediate_match``), then step the images and the learned step size α.
@@ -20,6 +21,7 @@ from distillkit.context import (
     MatchContext,
     PerturbContext,
     RunContext,
+    SegmentContext,
 )
 from distillkit.engine.backprop import BACKPROP, UnrollSetup
 from distillkit.engine.guard import Diverged, DivergenceGuard
@@ -28,7 +30,7 @@ from distillkit.engine.reduce import SOLO, Reducer, fingerprint
 from distillkit.engine.student import FlatStudent
 from distillkit.engine.unroll import BatchSampler, normalised_distance
 from distillkit.errors import RunFailed
-from distillkit.hookcalls import call_each, combine_deltas, combine_terms, combine_weights
+from distillkit.hookcalls import call_each, combine_deltas, combine_terms, combine_weights, first_segment
 
 #: α is clamped to at least this fraction of its initial value, so it stays positive.
 ALPHA_FLOOR = 1e-3
@@ -108,6 +110,7 @@ class Distiller:
         self.student = student
         self.config = config
         self.experts = [e.to(device) for e in experts]
+        self.epochs_available = tuple(len(e) - 1 for e in self.experts)
         self.images = images.detach().to(device).clone().requires_grad_(True)
         self.labels = labels.to(device)
         self.alpha = torch.tensor(config.lr_init, device=device).requires_grad_(True)
@@ -138,10 +141,6 @@ class Distiller:
 
     def _log(self, name: str, value: Any) -> None:
         self._logged[name] = value
-
-    def _randint(self, high: int) -> int:
-        g = self.run.generator
-        return int(torch.randint(high, (1,), generator=g, device=g.device).item())
 
     def step(self) -> IterationResult:
         """One good outer iteration; divergent attempts are rolled back and retried at lower lr."""
@@ -178,8 +177,18 @@ class Distiller:
         cfg, run, hook = self.config, self.run, self.hook
         it = self.iteration
         self._logged = {}
-        expert = self._randint(len(self.experts))
-        t = self._randint(cfg.max_start_epoch)
+        # hook: sample_segment — the first answer (exclusive; core default: uniform).
+        ctx = SegmentContext(
+            iteration=it,
+            total_iterations=cfg.iterations,
+            experts=len(self.experts),
+            epochs_available=self.epochs_available,
+            max_start_epoch=cfg.max_start_epoch,
+            expert_epochs=cfg.expert_epochs,
+            generator=run.generator,
+        )
+        chosen = first_segment(call_each(hook, "sample_segment", run=run, ctx=ctx), ctx)
+        expert, t = chosen.expert, chosen.start_epoch
         segment = self.experts[expert]
         start, target = segment[t], segment[t + cfg.expert_epochs]
 
