@@ -22,8 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from distillkit.config import first_decayed_epoch
 from distillkit.context import ExpertStepResult
 from distillkit.errors import ConfigError
@@ -80,6 +78,8 @@ class FlatTrajectory:
 
 def gsam_step(ctx: ExpertOptimContext, rho: float, alpha: float, adaptive: bool) -> None:
     """Backward at w, ascend by e, backward at w + e, write d = g_f − α·g_⊥ and step."""
+    import torch  # here, so that reading the plugin's options (docs) needs no torch
+
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     ctx.loss.backward()
     g = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
