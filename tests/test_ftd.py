@@ -92,3 +92,15 @@ def test_ftd_composes_with_smooth(tmp_path: Path, data) -> None:
     both, history = _train(tmp_path, data, ["smooth", "ftd"], "both")
     assert not torch.equal(both, smooth)
     assert {"loss/clip", "loss/gp", "ftd/rho"} <= set(history[0])
+
+
+def test_an_interrupted_ftd_expert_resumes_bit_identically(tmp_path: Path, data) -> None:
+    from test_experts_api import RESUME, Interrupted, Recorder
+
+    overrides = {**TINY, **RESUME}  # momentum and an lr decay: ρ is read from the restored lr
+    config, host = distillkit.resolve_config(preset="digits", overrides=overrides, plugins=["ftd"])
+    whole = api.train_experts(config, host, data, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        api.train_experts(config, host, data, tmp_path / "cut", Recorder(stop_after=2))
+    resumed = api.train_experts(config, host, data, tmp_path / "cut", Recorder())
+    assert torch.equal(resumed.load(0), whole.load(0))
