@@ -90,6 +90,35 @@ class ExpertStepContext:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpertOptimContext:
+    """The parameter update of one expert-training step (``expert_step``).
+
+    ``loss`` is the step's loss, already computed (graph attached, no backward yet);
+    ``compute_loss()`` evaluates the same loss again at the model's current weights, on the
+    same augmented batch with the same ``expert_loss`` terms and no new random draws, so a
+    plugin can take a second forward/backward at perturbed weights. Gradients are zeroed
+    before the hook; the plugin calls ``backward`` and ``optimizer.step()`` itself.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    compute_loss: Callable[[], torch.Tensor]
+    loss: torch.Tensor
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    total_epochs: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertStepResult:
+    """What an ``expert_step`` plugin did: ``values`` go to the expert history as ``<name>/<key>``."""
+
+    name: str
+    values: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
 class SyntheticInit:
     """Initial synthetic set: ``images`` [n, C, H, W] in the dataset's (normalised) space, ``labels`` [n]."""
 

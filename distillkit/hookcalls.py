@@ -3,7 +3,8 @@
 Every result is checked where it is combined (type, shape, dtype, device, value)
 and a bad one fails with the name of the plugin that returned it, so a wrong
 answer can never be broadcast or summed into a run that then "succeeds". The
-reductions are: ``expert_loss`` base · ∏ scales + Σ terms; ``init_synthetic``
+reductions are: ``expert_loss`` base · ∏ scales + Σ terms; ``expert_step``
+the one answer (exclusive; none = the core's plain step); ``init_synthetic``
 and ``sample_segment`` the first answer (exclusive, the core default last); ``inner_loss_weight`` the
 product; ``perturb_expert`` start + Σ deltas; ``intermediate_match`` Σ terms.
 Results are combined in pluggy's call order, so sums are the same bit for bit.
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from distillkit.context import LossScale, LossTerm, Segment, SegmentContext, SyntheticInit
+from distillkit.context import ExpertStepResult, LossScale, LossTerm, Segment, SegmentContext, SyntheticInit
 from distillkit.errors import PluginRuntimeError
 
 Answers = list[tuple[str, Any]]
@@ -212,3 +213,20 @@ def first_segment(answers: Answers, ctx: SegmentContext) -> Segment:
             f"0..{held - ctx.expert_epochs} (expert_epochs {ctx.expert_epochs})",
         )
     return seg
+
+
+def step_values(answers: Answers) -> dict[str, float]:
+    """The ``expert_step`` answer's values as ``<name>/<key>`` floats (empty when none answered)."""
+    if not answers:
+        return {}
+    plugin, result = answers[0]
+    if not isinstance(result, ExpertStepResult):
+        raise _bad(plugin, "expert_step", f"{_describe(result)}, not an ExpertStepResult")
+    values = {}
+    for key, value in result.values.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value.detach())
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise _bad(plugin, "expert_step", f"value '{key}' as {_describe(value)}, not a finite number")
+        values[f"{result.name}/{key}"] = float(value)
+    return values

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
     from distillkit.context import (
         CloseContext,
+        ExpertOptimContext,
         ExpertStepContext,
+        ExpertStepResult,
         InitContext,
         InnerLossContext,
         LossScale,
@@ -41,7 +43,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: Replace-style hooks: at most one selected plugin may implement them.
-EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic", "sample_segment"})
+EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic", "sample_segment", "expert_step"})
 
 # -- expert stage ----------------------------------------------------------------
 
@@ -56,6 +58,19 @@ def expert_loss(
     ``base_loss · ∏ LossScale.factor + Σ LossTerm.value`` over all plugins.
 
     :return: loss terms and/or scale factors, or ``None`` to leave the loss alone.
+    """
+
+
+@hookspec(firstresult=True)
+def expert_step(run: RunContext, ctx: ExpertOptimContext) -> ExpertStepResult | None:
+    """Replace ``loss.backward(); optimizer.step()`` of one expert-training step.
+
+    Fires on every mini-batch of ``distillkit experts``, after ``expert_loss``. Exclusive:
+    at most one selected plugin may implement it. The plugin back-propagates (possibly
+    several times, through ``ctx.compute_loss()``) and calls ``ctx.optimizer.step()``.
+
+    :return: an :class:`~distillkit.context.ExpertStepResult` (its values are logged per
+        epoch), or ``None`` to let the core take the plain step.
     """
 
 

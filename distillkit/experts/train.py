@@ -1,4 +1,4 @@
-"""Expert training: real data, one flat snapshot per epoch, hook ``expert_loss`` on every step.
+"""Expert training: real data, one flat snapshot per epoch, hooks ``expert_loss``/``expert_step`` per step.
 
 The dataset is moved to the device once and batched by indexing (no
 per-sample DataLoader), which is what makes small datasets fast on CPU. Image
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillkit.config import ExpertsConfig, first_decayed_epoch
-from distillkit.context import ExpertStepContext, RunContext
+from distillkit.context import ExpertOptimContext, ExpertStepContext, RunContext
 from distillkit.data.pixels import Images
 from distillkit.errors import StoreError
 from distillkit.experts.partial import TrainingState, capture, restore
-from distillkit.hookcalls import call_each, combine_expert_loss
+from distillkit.hookcalls import call_each, combine_expert_loss, step_values
 from distillkit.models.flat import flatten_params
 
 
@@ -159,31 +159,41 @@ def train_expert(
         for step, idx in enumerate(order.split(cfg.batch_size)):
             raw = images[idx]
             x = augment(raw, generator)
-            logits = model(x)
-            base = F.cross_entropy(logits, labels[idx])
-            # hook: expert_loss — scales multiply the base loss, terms are added.
-            results = call_each(
-                hook,
-                "expert_loss",
-                run=run,
-                ctx=ExpertStepContext(
-                    model=model,
-                    images=x,
-                    raw_images=raw,
-                    labels=labels[idx],
-                    logits=logits,
-                    base_loss=base,
-                    epoch=epoch,
-                    step=step,
-                    steps_per_epoch=steps_per_epoch,
-                    total_epochs=cfg.epochs,
-                ),
-            )
-            loss, parts = combine_expert_loss(base, results)
-            means.add(loss, base, parts, logits.detach().argmax(1) == labels[idx])
+            y = labels[idx]
+
+            def step_loss(
+                x: torch.Tensor = x,
+                raw: torch.Tensor = raw,
+                y: torch.Tensor = y,
+                step: int = step,
+                epoch: int = epoch,
+            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor]:
+                """The step's loss at the current weights on this very batch (no new random draws)."""
+                logits = model(x)
+                base = F.cross_entropy(logits, y)
+                # hook: expert_loss — scales multiply the base loss, terms are added.
+                ctx = ExpertStepContext(
+                    model=model, images=x, raw_images=raw, labels=y, logits=logits, base_loss=base,
+                    epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, total_epochs=cfg.epochs,
+                )  # fmt: skip
+                loss, parts = combine_expert_loss(base, call_each(hook, "expert_loss", run=run, ctx=ctx))
+                return loss, base, parts, logits
+
+            loss, base, parts, logits = step_loss()
+            means.add(loss, base, parts, logits.detach().argmax(1) == y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            # hook: expert_step — one plugin may take the update itself; otherwise the plain step.
+            optim_ctx = ExpertOptimContext(
+                model=model, optimizer=optimizer, compute_loss=lambda f=step_loss: f()[0], loss=loss,
+                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, total_epochs=cfg.epochs,
+            )  # fmt: skip
+            answers = call_each(hook, "expert_step", run=run, ctx=optim_ctx)
+            if answers:
+                for name, value in step_values(answers).items():
+                    means.log(name, value)
+            else:
+                loss.backward()
+                optimizer.step()
         if epoch + 1 in kept:
             snapshots.append(flatten_params(model))
         acc = None
