@@ -168,13 +168,19 @@ def combine_terms(answers: Answers, device: torch.device) -> list[LossTerm]:
     ]
 
 
+def _first(answers: Answers, hook: str, kind: type) -> tuple[str, Any]:
+    """The first answer of a replace-style hook with a core default, checked to be a ``kind``."""
+    if not answers:
+        raise PluginRuntimeError(f"no plugin answered {hook} (the core default should have)")
+    plugin, answer = answers[0]
+    if not isinstance(answer, kind):
+        raise _bad(plugin, hook, f"{_describe(answer)}, not a {kind.__name__}")
+    return plugin, answer
+
+
 def first_init(answers: Answers, count: int, shape: Sequence[int], classes: int) -> SyntheticInit:
     """The ``init_synthetic`` answer: ``count`` finite images of ``shape`` with labels in range."""
-    if not answers:
-        raise PluginRuntimeError("no plugin answered init_synthetic (the core default should have)")
-    plugin, init = answers[0]
-    if not isinstance(init, SyntheticInit):
-        raise _bad(plugin, "init_synthetic", f"{_describe(init)}, not a SyntheticInit")
+    plugin, init = _first(answers, "init_synthetic", SyntheticInit)
     images, labels = init.images, init.labels
     expected = [count, *shape]
     if (
@@ -194,11 +200,7 @@ def first_init(answers: Answers, count: int, shape: Sequence[int], classes: int)
 
 def first_segment(answers: Answers, ctx: SegmentContext) -> Segment:
     """The ``sample_segment`` answer: an expert that exists and a segment its trajectory holds."""
-    if not answers:
-        raise PluginRuntimeError("no plugin answered sample_segment (the core default should have)")
-    plugin, seg = answers[0]
-    if not isinstance(seg, Segment):
-        raise _bad(plugin, "sample_segment", f"{_describe(seg)}, not a Segment")
+    plugin, seg = _first(answers, "sample_segment", Segment)
     e, t = seg.expert, seg.start_epoch
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (e, t)):
         raise _bad(plugin, "sample_segment", f"expert {e!r} and start_epoch {t!r}, not integers")
