@@ -155,6 +155,40 @@ class InitContext:
 
 
 @dataclass(frozen=True, slots=True)
+class SoftLabels:
+    """Soft labels of the synthetic set (``init_labels``).
+
+    ``logits`` [n, classes]: the label of image i is softmax(logits[i]). ``lr`` > 0 learns
+    them with the images (SGD with ``momentum``); 0 keeps them fixed. ``source`` names how
+    they were made (recorded with the set).
+    """
+
+    logits: torch.Tensor
+    lr: float
+    momentum: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelInitContext:
+    """The initial synthetic set and the experts, for choosing soft labels (``init_labels``).
+
+    ``images`` [n, C, H, W] (detached, on the run's device) and their hard ``labels`` [n].
+    ``expert_params(e, epoch)`` returns the flat parameters of expert ``e`` after ``epoch``
+    epochs (``-1`` = the last held, ``epochs_held[e]``); ``predict(theta, images)`` returns the
+    logits of the run's network with flat parameters ``theta`` (no graph, batched).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    experts: int
+    epochs_held: tuple[int, ...]
+    expert_params: Callable[[int, int], torch.Tensor]
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """The expert trajectory and start epoch t one outer iteration matches; ``source`` names who chose it."""
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         ExpertStepResult,
         InitContext,
         InnerLossContext,
+        LabelInitContext,
         LossScale,
         LossTerm,
         MatchContext,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         RunContext,
         Segment,
         SegmentContext,
+        SoftLabels,
         SyntheticInit,
     )
 
@@ -43,7 +45,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 #: Replace-style hooks: at most one selected plugin may implement them.
-EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic", "sample_segment", "expert_step"})
+EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic", "init_labels", "sample_segment", "expert_step"})
 
 # -- expert stage ----------------------------------------------------------------
 
@@ -85,6 +87,22 @@ def init_synthetic(run: RunContext, ctx: InitContext) -> SyntheticInit | None:
     implement it; the core default (``ipc`` random real images per class) answers last.
 
     :return: a :class:`~distillkit.context.SyntheticInit`, or ``None`` to defer.
+    """
+
+
+@hookspec(firstresult=True)
+def init_labels(run: RunContext, ctx: LabelInitContext) -> SoftLabels | None:
+    """Give the synthetic set soft labels: logits per image, fixed or learned with the images.
+
+    Fires once when distillation starts, after ``init_synthetic`` (and again on a resume,
+    where the checkpointed labels then replace the answer's tensor). Exclusive: at most one
+    selected plugin may implement it. With no answer the set keeps its hard labels. With an
+    answer every inner step's loss is the soft cross-entropy
+    −Σ_c softmax(logits)_c · log softmax(f(x))_c; ``lr > 0`` makes the logits a parameter of
+    the outer optimisation (momentum SGD); the logits are saved with the set and used by
+    evaluation with the same loss.
+
+    :return: :class:`~distillkit.context.SoftLabels`, or ``None`` to keep hard labels.
     """
 
 
