@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from distillkit import evaluation_log
-from distillkit.artifacts import SYNTHETIC_TENSORS, atomic_write_json, save_grid, save_synthetic
+from distillkit.artifacts import SOFT_LABELS, SYNTHETIC_TENSORS, atomic_write_json, save_grid, save_synthetic
 from distillkit.config import RunConfig, last_needed_epoch, to_dict
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
@@ -259,6 +259,9 @@ def save_distilled(
     """Write ``synthetic.safetensors``/``.json`` and ``grid.png`` for a distilled set."""
     meta, extra = synthetic_meta(config, host, data, store)
     meta |= {"init": result.init_source, "iteration": config.distill.iterations}
+    if result.soft_labels is not None:
+        meta["labels"] = result.labels_meta
+        extra[SOFT_LABELS] = result.soft_labels
     save_synthetic(out_dir, result.images, result.labels, result.lr, meta, extra)
     save_grid(
         out_dir / "grid.png",
@@ -343,7 +346,7 @@ def _run_stages(
     }
     evaluated: dict[str, dict[str, EvalResult]] = {}
     if config.evaluate.runs > 0:
-        sets = {"distilled": (result.images, result.labels, result.lr)}
+        sets = {"distilled": (result.images, result.training_labels, result.lr)}
         if baseline:
             real_x, real_y = random_real_set(config, data, scope.device)
             sets["random_real"] = (real_x, real_y, config.distill.lr_init)

@@ -121,6 +121,9 @@ class DistillConfig:
     iterations: int = 200
     #: Momentum of the synthetic images' SGD, in [0, 1).
     img_momentum: float = 0.5
+    #: Decay d of a moving average E ← d·E + (1 − d)·images kept after every update; the average
+    #: is the set saved and evaluated (FTD's EMA; 0: off, the images themselves).
+    image_ema: float = 0.0
     #: Progress lines every this many iterations when stderr is not a terminal.
     log_every: int = 10
     #: Denominator start of the final match: "expert" θ*_t (MTT, AST paper) or "perturbed" θ*_t + δ
@@ -436,7 +439,7 @@ DATASET_KEYS = frozenset(
         "evaluate.models",
     }
     | {f"distill.{f.name}" for f in fields(DistillConfig)}
-    - {"distill.student_momentum", "distill.match_denominator", "distill.img_momentum"}
+    - {"distill.student_momentum", "distill.match_denominator", "distill.img_momentum", "distill.image_ema"}
 )
 
 

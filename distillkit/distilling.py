@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from distillkit.artifacts import save_synthetic
+from distillkit.artifacts import SOFT_LABELS, save_synthetic
 from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from distillkit.config import DistillConfig, last_needed_epoch
-from distillkit.context import RunContext
+from distillkit.context import LabelInitContext, RunContext, SoftLabels
 from distillkit.engine.loop import Distiller, DivergenceError, EngineState, IterationResult
 from distillkit.engine.rankstate import (
     as_object,
@@ -38,7 +38,7 @@ from distillkit.engine.student import FlatStudent
 from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
 from distillkit.experts.pipeline import load_expert_slices
 from distillkit.experts.store import TrajectoryStore
-from distillkit.hookcalls import call_each, first_init
+from distillkit.hookcalls import call_each, first_init, first_labels
 from distillkit.models.flat import load_flat
 from distillkit.observers import Observers, distill_values, observing
 from distillkit.rundir import being_trained
@@ -56,6 +56,15 @@ class DistillResult:
     init_source: str
     history: list[IterationResult] = field(default_factory=list)
     iteration_seconds: list[float] = field(default_factory=list)
+    #: Soft-label logits [n, classes] when a plugin gave the set soft labels (``init_labels``).
+    soft_labels: torch.Tensor | None = None
+    #: How the labels were made, for ``synthetic.json`` (None: hard labels).
+    labels_meta: dict[str, Any] | None = None
+
+    @property
+    def training_labels(self) -> torch.Tensor:
+        """What evaluation trains on: the soft-label logits if any, else the class indices."""
+        return self.labels if self.soft_labels is None else self.soft_labels
 
     @property
     def seconds(self) -> float:
@@ -115,6 +124,55 @@ def initial_set(
     return init.images, init.labels, init.source
 
 
+def label_context(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    data: PreparedData,
+    store: TrajectoryStore,
+    student: FlatStudent,
+) -> LabelInitContext:
+    """The ``init_labels`` context: the start set on the student's device, every finished expert."""
+    device = images.device
+    finished = store.finished()
+    held = tuple(store.num_epochs(i) for i in finished)
+
+    def expert_params(expert: int, epoch: int) -> torch.Tensor:
+        index = finished[expert]
+        return store.load(index, [held[expert] if epoch < 0 else epoch], device=device)[0]
+
+    @torch.no_grad()
+    def predict(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([student(theta, chunk) for chunk in x.split(256)])
+
+    return LabelInitContext(
+        images=images.detach(),
+        labels=labels,
+        num_classes=data.dataset.num_classes,
+        experts=len(finished),
+        epochs_held=held,
+        expert_params=expert_params,
+        predict=predict,
+    )
+
+
+def initial_labels(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    scope: RunScope,
+    data: PreparedData,
+    store: TrajectoryStore,
+    student: FlatStudent,
+    run: RunContext,
+) -> SoftLabels | None:
+    """Ask ``init_labels`` (exclusive, no core default) for soft labels; None keeps the hard ones."""
+    device = scope.device
+    ctx = label_context(images.to(device), labels.to(device), data, store, student)
+    answer = first_labels(
+        call_each(scope.host.hook, "init_labels", run=run, ctx=ctx), len(labels), data.dataset.num_classes
+    )
+    return None if answer is None else answer[1]
+
+
 def build_distiller(
     job: DistillJob,
     out_dir: Path | None = None,
@@ -123,7 +181,9 @@ def build_distiller(
     """Check the store against the job's key, load the expert slices, initialise the set; return the engine.
 
     ``initial`` skips the ``init_synthetic`` hook (a resumed run restores its images
-    anyway). Shared by :func:`distill` and ``distillkit bench`` so both measure the same thing.
+    anyway); ``init_labels`` is asked either way, for the labels' learning rate and momentum
+    (a resumed run then restores the logits). Shared by :func:`distill` and ``distillkit bench``
+    so both measure the same thing.
     Over several ranks every rank starts from rank 0's set, then draws from its own stream
     (:func:`rank_seed`); only rank 0's hooks see ``out_dir``.
     """
@@ -144,7 +204,11 @@ def build_distiller(
         if world.rank > 0:
             run.generator.manual_seed(rank_seed(scope, world.rank))
     student = FlatStudent(model_factory(data)(scope.model, 0).to(scope.device), cfg.channels_last)
-    distiller = Distiller(run, scope.host, student, images, labels, experts, cfg, scope.augment, world)
+    soft = initial_labels(images, labels, scope, data, store, student, run)
+    if world.size > 1 and soft is not None:
+        (logits,) = world.broadcast_object((soft.logits.cpu(),))
+        soft = SoftLabels(logits, soft.lr, soft.momentum, soft.source)
+    distiller = Distiller(run, scope.host, student, images, labels, experts, cfg, scope.augment, world, soft)
     return distiller, source
 
 
@@ -287,7 +351,7 @@ def distill(
         if snapshots is not None and snapshots.due(distiller.iteration):
             entry = snapshots.save(
                 distiller.iteration,
-                distiller.images.detach(),
+                distiller.final_images(),
                 distiller.labels,
                 float(distiller.alpha.detach()),
             )
@@ -355,13 +419,23 @@ def distill(
                 metrics_file.close()
             reporter.finish()
     return DistillResult(
-        distiller.images.detach().cpu(),
+        distiller.final_images().cpu(),
         distiller.labels.cpu(),
         float(distiller.alpha.detach()),
         source,
         history,
         times,
+        *_label_parts(distiller),
     )
+
+
+def _label_parts(distiller: Distiller) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """The soft-label logits and their description for ``synthetic.json`` (both None for hard labels)."""
+    soft = distiller.soft
+    if soft is None or distiller.soft_labels is None:
+        return None, None
+    meta = {"kind": "soft", "source": soft.source, "learned": soft.lr > 0}
+    return distiller.soft_labels.detach().cpu(), meta
 
 
 def _resume_point(out_dir: Path, reporter: Reporter) -> dict[str, Any]:
@@ -389,11 +463,12 @@ def _rank_view(job: DistillJob, state: EngineState, iteration: int) -> EngineSta
 def save_distilled_set(out_dir: Path, distiller: Distiller, source: str) -> None:
     """Write the engine's current (last good) set so a stopped run still leaves usable images."""
     meta = {"init": source, "iteration": distiller.iteration, "status": "stopped by the divergence guard"}
+    soft, labels_meta = _label_parts(distiller)
     save_synthetic(
         out_dir,
-        distiller.images.detach().cpu(),
+        distiller.final_images().cpu(),
         distiller.labels.cpu(),
         float(distiller.alpha.detach()),
-        meta,
-        {},
+        meta | ({"labels": labels_meta} if labels_meta else {}),
+        {SOFT_LABELS: soft} if soft is not None else {},
     )

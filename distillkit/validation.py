@@ -75,6 +75,7 @@ def validate(config: RunConfig) -> None:
         "experts.momentum": config.experts.momentum,
         "distill.student_momentum": config.distill.student_momentum,
         "distill.img_momentum": config.distill.img_momentum,
+        "distill.image_ema": config.distill.image_ema,
         "evaluate.momentum": config.evaluate.momentum,
     }.items():
         if not 0 <= value < 1:

@@ -15,6 +15,7 @@ v_{i+1} = μ·v_i + g(θ_i, X_i) and adjoints θ̄, v̄ the sweep is, for i = N�
     X̄   += (∂g/∂X)ᵀu
     v̄_i  = μ·u
 
+With learnable soft labels Y the same sweep adds Ȳ += (∂g/∂Y)ᵀu.
 Each (∂g/∂·)ᵀu is one double-backward through a single recomputed step, so peak
 memory is that of one step plus O(N·P) floats for the stored θ̂_i and v_i.
 With ``distill.graph_steps = K`` the last K steps keep their graph instead (autograd
@@ -28,17 +29,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from distillkit.engine.student import FlatStudent
 from distillkit.engine.unroll import BatchSampler, sgd_step, unroll
+from distillkit.labels import label_loss
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class UnrollSetup:
-    """What both strategies need to unroll the student on the synthetic set."""
+    """What both strategies need to unroll the student on the synthetic set.
+
+    ``labels`` are class indices or soft-label logits; logits that require grad are
+    learned, and both strategies then also accumulate ``labels.grad``.
+    """
 
     student: FlatStudent
     images: torch.Tensor
@@ -75,11 +80,12 @@ class StandardBackprop:
         )
 
     def backward(self, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
-        """Only images and α: autograd then skips θ̄_0, which nothing uses."""
+        """Only images, α (and learned labels): autograd then skips θ̄_0, which nothing uses."""
         s = self.s
-        images_grad, alpha_grad = torch.autograd.grad(loss, [s.images, s.alpha], allow_unused=True)
-        _accumulate(s.images, _or_zeros(images_grad, s.images))
-        _accumulate(s.alpha, _or_zeros(alpha_grad, s.alpha))
+        leaves = _learned(s)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        for leaf, grad in zip(leaves, grads, strict=True):
+            _accumulate(leaf, _or_zeros(grad, leaf))
 
 
 class ConstantMemoryBackprop:
@@ -104,7 +110,7 @@ class ConstantMemoryBackprop:
         self._loss_weight = loss_weight
         self._velocities, self._batches = [], []
         self._split = max(s.steps - s.graph_steps, 0)
-        images, alpha = s.images.detach(), s.alpha.detach()
+        images, alpha, labels = s.images.detach(), s.alpha.detach(), s.labels.detach()
         theta = theta0.detach().clone()
         velocity: torch.Tensor | None = None
         params = [theta.requires_grad_(True)]
@@ -114,7 +120,7 @@ class ConstantMemoryBackprop:
             x = s.augment(images[idx])
             step_theta = theta.detach().requires_grad_(True)
             new_theta, velocity = sgd_step(
-                s.student, step_theta, velocity, x, s.labels[idx], alpha, loss_weight, s.momentum, False
+                s.student, step_theta, velocity, x, labels[idx], alpha, loss_weight, s.momentum, False
             )
             theta, velocity = new_theta.detach(), velocity.detach()
             self._velocities.append(velocity)
@@ -137,54 +143,63 @@ class ConstantMemoryBackprop:
         return params + tail[1:]
 
     def backward(self, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
-        """Accumulate ∂loss/∂images into ``images.grad`` and ∂loss/∂α into ``alpha.grad``."""
+        """Accumulate ∂loss/∂images, ∂loss/∂α (and ∂loss/∂labels when learned) into their ``.grad``."""
         s, split = self.s, self._split
         velocity = [self._split_velocity] if self._split_velocity is not None else []
         leaves = params[: split + 1]
-        grads = torch.autograd.grad(loss, [*leaves, *velocity, s.images, s.alpha], allow_unused=True)
+        learned = _learned(s)
+        grads = torch.autograd.grad(loss, [*leaves, *velocity, *learned], allow_unused=True)
         direct = grads[: split + 1]
         theta_bar = _or_zeros(direct[split], params[split])
         v_bar = _or_zeros(grads[split + 1], theta_bar) if velocity else torch.zeros_like(theta_bar)
-        images_bar = _or_zeros(grads[-2], s.images)
-        alpha_bar = _or_zeros(grads[-1], s.alpha)
+        images_bar, alpha_bar, *labels_bar = (
+            _or_zeros(g, leaf) for g, leaf in zip(grads[-len(learned) :], learned, strict=True)
+        )
         alpha = s.alpha.detach()
         resume_state = s.generator.get_state()
         try:
             for i in reversed(range(split)):
                 alpha_bar -= (theta_bar * self._velocities[i]).sum()
                 u = v_bar - alpha * theta_bar
-                theta_vjp, images_vjp = self._step_vjp(i, params[i], u)
+                theta_vjp, data_vjps = self._step_vjp(i, params[i], u)
                 if theta_vjp is not None:
                     theta_bar = theta_bar + theta_vjp
                 if direct[i] is not None:
                     theta_bar = theta_bar + direct[i]
-                if images_vjp is not None:
-                    images_bar += images_vjp
+                for bar, vjp in zip([images_bar, *labels_bar], data_vjps, strict=True):
+                    if vjp is not None:
+                        bar += vjp
                 v_bar = s.momentum * u
         finally:
             s.generator.set_state(resume_state)
-        _accumulate(s.images, images_bar)
-        _accumulate(s.alpha, alpha_bar)
+        for leaf, bar in zip(learned, [images_bar, alpha_bar, *labels_bar], strict=True):
+            _accumulate(leaf, bar)
 
     def _step_vjp(
         self, i: int, theta_i: torch.Tensor, u: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(∂g/∂θ_i)ᵀu and (∂g/∂X)ᵀu for step i, replaying its batch and augmentation draws.
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """(∂g/∂θ_i)ᵀu and [(∂g/∂X)ᵀu, (∂g/∂Y)ᵀu when labels are learned] for step i,
+        replaying its batch and augmentation draws.
 
-        θ̄_0 is never used, so step 0 asks autograd for the image term only.
+        θ̄_0 is never used, so step 0 asks autograd for the data terms only.
         """
         s = self.s
         idx, rng_state = self._batches[i]
         s.generator.set_state(rng_state)
         theta = theta_i.detach().requires_grad_(True)
         x = s.augment(s.images[idx])
-        inner = self._loss_weight * F.cross_entropy(s.student(theta, x), s.labels[idx])
+        inner = self._loss_weight * label_loss(s.student(theta, x), s.labels[idx])
         (grad,) = torch.autograd.grad(inner, theta, create_graph=True)
+        data = [s.images, *([s.labels] if s.labels.requires_grad else [])]
         if i == 0:
-            (images_vjp,) = torch.autograd.grad(grad, [s.images], u, allow_unused=True)
-            return None, images_vjp
-        theta_vjp, images_vjp = torch.autograd.grad(grad, [theta, s.images], u, allow_unused=True)
-        return theta_vjp, images_vjp
+            return None, list(torch.autograd.grad(grad, data, u, allow_unused=True))
+        theta_vjp, *data_vjps = torch.autograd.grad(grad, [theta, *data], u, allow_unused=True)
+        return theta_vjp, data_vjps
+
+
+def _learned(s: UnrollSetup) -> list[torch.Tensor]:
+    """The leaves the outer step updates: images, α, and the labels when they are learned."""
+    return [s.images, s.alpha, *([s.labels] if s.labels.requires_grad else [])]
 
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

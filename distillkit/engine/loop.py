@@ -22,6 +22,7 @@ from distillkit.context import (
     PerturbContext,
     RunContext,
     SegmentContext,
+    SoftLabels,
 )
 from distillkit.engine.backprop import BACKPROP, UnrollSetup
 from distillkit.engine.guard import Diverged, DivergenceGuard
@@ -88,6 +89,11 @@ class Distiller:
     Over W ranks (``reducer``) each rank matches its own segment; the loss the guard
     checks and the gradients of the images and α are means over the ranks, so every
     rank takes the same update and the same guard decisions (docs/distributed.md).
+
+    ``soft`` (the ``init_labels`` answer) replaces the hard labels in every inner step
+    by soft-label logits, learned with their own momentum SGD when ``soft.lr > 0``.
+    With ``distill.image_ema`` = d > 0 the engine also keeps E ← d·E + (1 − d)·images after
+    every update; :meth:`final_images` is then E (FTD's evaluated set).
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Distiller:
         config: DistillConfig,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
         reducer: Reducer = SOLO,
+        soft: SoftLabels | None = None,
     ) -> None:
         device = run.device
         self.run = run
@@ -113,16 +120,25 @@ class Distiller:
         self.epochs_available = tuple(len(e) - 1 for e in self.experts)
         self.images = images.detach().to(device).clone().requires_grad_(True)
         self.labels = labels.to(device)
+        self.soft = soft
+        self.soft_labels = None if soft is None else soft.logits.detach().to(device).clone()
+        learn_labels = soft is not None and soft.lr > 0
+        if self.soft_labels is not None and learn_labels:
+            self.soft_labels.requires_grad_(True)
+        self.images_ema = self.images.detach().clone() if config.image_ema > 0 else None
         self.alpha = torch.tensor(config.lr_init, device=device).requires_grad_(True)
         self.alpha_floor = config.lr_init * ALPHA_FLOOR
         self.opt_img = MomentumSGD(self.images, lr=config.lr_img, momentum=config.img_momentum)
         self.opt_lr = MomentumSGD(self.alpha, lr=config.lr_lr, momentum=0.5)
+        self.opt_labels = (
+            MomentumSGD(self.soft_labels, lr=soft.lr, momentum=soft.momentum) if learn_labels else None
+        )
         self.sampler = BatchSampler(len(self.images), config.batch_syn, run.generator)
         self.backprop = BACKPROP[config.memory](
             UnrollSetup(
                 student=student,
                 images=self.images,
-                labels=self.labels,
+                labels=self.labels if self.soft_labels is None else self.soft_labels,
                 alpha=self.alpha,
                 steps=config.syn_steps,
                 sampler=self.sampler,
@@ -141,6 +157,22 @@ class Distiller:
 
     def _log(self, name: str, value: Any) -> None:
         self._logged[name] = value
+
+    @property
+    def _optimisers(self) -> list[tuple[str, MomentumSGD]]:
+        """Every outer optimiser with its state name (the labels' only when they are learned)."""
+        named = [("opt_img", self.opt_img), ("opt_lr", self.opt_lr)]
+        return named + ([("opt_labels", self.opt_labels)] if self.opt_labels is not None else [])
+
+    def _learned_grads(self) -> dict[str, torch.Tensor | None]:
+        """The gradients the outer step applies, by what they update (for the guard's messages)."""
+        names = {"opt_img": "images", "opt_lr": "alpha", "opt_labels": "labels"}
+        return {names[name]: opt.param.grad for name, opt in self._optimisers}
+
+    def final_images(self) -> torch.Tensor:
+        """The set to save and evaluate: the images, or their moving average with ``distill.image_ema``."""
+        chosen = self.images if self.images_ema is None else self.images_ema
+        return chosen.detach()
 
     def step(self) -> IterationResult:
         """One good outer iteration; divergent attempts are rolled back and retried at lower lr."""
@@ -162,7 +194,15 @@ class Distiller:
     def check_ranks_agree(self) -> None:
         """Stop with a clear error unless every rank holds the same set, α, momenta and learning rates."""
         mine = fingerprint(
-            [self.images, self.alpha, self.opt_img.buffer, self.opt_lr.buffer], self.lr_img, self.lr_lr
+            [
+                self.images,
+                self.alpha,
+                self.soft_labels,
+                self.images_ema,
+                *(o.buffer for _, o in self._optimisers),
+            ],
+            self.lr_img,
+            self.lr_lr,
         )
         prints = self.reducer.all_gather_object(mine)
         differ = [rank for rank, other in enumerate(prints) if other != prints[0]]
@@ -237,17 +277,19 @@ class Distiller:
         mean_loss = loss.detach().clone()
         self.reducer.all_reduce_mean_([mean_loss])
         loss_value = self.guard.check_loss(mean_loss)
-        self.opt_img.zero_grad()
-        self.opt_lr.zero_grad()
+        for _, opt in self._optimisers:
+            opt.zero_grad()
         self.backprop.backward(loss, params)
-        self.reducer.all_reduce_mean_([self.images.grad, self.alpha.grad])
-        self.guard.check_grads(images=self.images.grad, alpha=self.alpha.grad)
-        self.opt_img.step()
-        self.opt_lr.step()
+        self.reducer.all_reduce_mean_([opt.param.grad for _, opt in self._optimisers])
+        self.guard.check_grads(**self._learned_grads())
+        for _, opt in self._optimisers:
+            opt.step()
         self.guard.check_images(self.images)
         self.guard.check_alpha(self.alpha)
         with torch.no_grad():
             self.alpha.clamp_(min=self.alpha_floor)
+            if self.images_ema is not None:
+                self.images_ema.lerp_(self.images, 1.0 - self.config.image_ema)
         self.guard.accept(loss_value)
         self.iteration += 1
         return IterationResult(
@@ -307,7 +349,10 @@ class Distiller:
             "alpha": self.alpha.detach().clone(),
             "rng": self.run.generator.get_state(),
         }
-        for name, opt in (("opt_img", self.opt_img), ("opt_lr", self.opt_lr)):
+        for name, tensor in (("soft_labels", self.soft_labels), ("images_ema", self.images_ema)):
+            if tensor is not None:
+                tensors[name] = tensor.detach().clone()
+        for name, opt in self._optimisers:
             if opt.buffer is not None:
                 tensors[f"{name}.momentum"] = opt.buffer.clone()
         queue = self.sampler.queue
@@ -333,8 +378,17 @@ class Distiller:
             self.alpha.copy_(t["alpha"].to(device))
         if not torch.equal(t["labels"].to(device), self.labels):
             raise RunFailed("the saved state's labels do not match this run's synthetic set")
+        for name, tensor in (("soft_labels", self.soft_labels), ("images_ema", self.images_ema)):
+            if (name in t) != (tensor is not None):
+                raise RunFailed(
+                    f"the saved state {'has' if name in t else 'lacks'} {name.replace('_', ' ')}, "
+                    "unlike this run (other plugins or distill.image_ema?)"
+                )
+            if tensor is not None:
+                with torch.no_grad():
+                    tensor.copy_(t[name].to(device))
         self.run.generator.set_state(t["rng"].cpu())
-        for name, opt in (("opt_img", self.opt_img), ("opt_lr", self.opt_lr)):
+        for name, opt in self._optimisers:
             buffer = t.get(f"{name}.momentum")
             opt.buffer = None if buffer is None else buffer.to(device).clone()
         sizes = meta["sampler_sizes"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from distillkit.engine.student import FlatStudent
+from distillkit.labels import label_loss
 
 #: Denominators below this are treated as a degenerate (stagnant) expert segment.
 MIN_DENOMINATOR = 1e-12
@@ -53,9 +53,10 @@ def sgd_step(
     """One student step on an (augmented) batch: g = ∂(w·CE)/∂θ, b = μb + g, θ ← θ − α·b.
 
     The one place the inner update is written, so the standard unroll and the
-    constant-memory recomputation cannot drift apart.
+    constant-memory recomputation cannot drift apart. ``y`` holds class indices or
+    soft-label logits (:func:`~distillkit.labels.label_loss`).
     """
-    loss = loss_weight * F.cross_entropy(student(theta, x), y)
+    loss = loss_weight * label_loss(student(theta, x), y)
     (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
     velocity = grad if velocity is None or momentum == 0.0 else momentum * velocity + grad
     return theta - alpha * velocity, velocity
