@@ -44,8 +44,14 @@ PROJECT = "distillkit"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: Hooks of the expert stage: a plugin implementing one changes the trajectories, so it is
+#: part of an expert store's key.
+EXPERT_HOOKS: frozenset[str] = frozenset({"expert_loss", "expert_step"})
+
 #: Replace-style hooks: at most one selected plugin may implement them.
-EXCLUSIVE_HOOKS: frozenset[str] = frozenset({"init_synthetic", "init_labels", "sample_segment", "expert_step"})
+EXCLUSIVE_HOOKS: frozenset[str] = frozenset(
+    {"init_synthetic", "init_labels", "sample_segment", "expert_step"}
+)
 
 # -- expert stage ----------------------------------------------------------------
 

@@ -13,8 +13,15 @@ then w is restored, d is written into ``.grad`` and the core optimizer steps (it
 and weight decay apply). ρ_t follows the lr: ρ_min + (ρ_max − ρ_min)(lr_t − lr_min)/(lr_max − lr_min),
 ρ_max when the lr never changes. Paper vs code: the FTD paper states the flatness
 regulariser as a sharpness term; its code uses GSAM with ρ_max = ρ_min = 0.01 and α = 0.4
-(the defaults here), so ρ is constant. Not implemented: FTD's EMA of the synthetic images
-used for evaluation (no clean hook point for it yet).
+(the defaults here), so ρ is constant.
+
+FTD's second part is an exponential moving average of the synthetic images, E ← d·E + (1 − d)·S
+after every image update, and E is the set FTD evaluates (timm's ``ModelEmaV2`` over the image
+tensor, ``--ema_decay``). The core keeps such an average under ``distill.image_ema``; this plugin
+sets it to the FTD code's default d = 0.999 (``config_defaults``; its Table 7 uses 0.999–0.9999
+per setting, see the ``ftd-*`` presets). The average spans about 1/(1 − d) iterations: 1 000 of
+FTD's 5 000, so for runs of a few hundred iterations set a smaller d (e.g. 0.95 at 100 iterations
+keeps the same fraction of the run), or the average stays close to the initial images.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ class FlatTrajectory:
         def __post_init__(self) -> None:
             if not 0 <= self.rho_min <= self.rho_max:
                 raise ConfigError(f"ftd needs 0 <= rho_min <= rho_max, got {self.rho_min}, {self.rho_max}")
+
+    #: FTD evaluates the moving average of the synthetic images (code: --ema_decay 0.999).
+    config_defaults: ClassVar[dict[str, object]] = {"distill.image_ema": 0.999}
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -104,3 +104,24 @@ def test_an_interrupted_ftd_expert_resumes_bit_identically(tmp_path: Path, data)
         api.train_experts(config, host, data, tmp_path / "cut", Recorder(stop_after=2))
     resumed = api.train_experts(config, host, data, tmp_path / "cut", Recorder())
     assert torch.equal(resumed.load(0), whole.load(0))
+
+
+def test_ftd_brings_the_image_average_as_a_config_default_that_a_user_can_override() -> None:
+    config, _ = distillkit.resolve_config(preset="digits", overrides=TINY, plugins=["ftd"])
+    assert config.distill.image_ema == 0.999
+    config, _ = distillkit.resolve_config(
+        preset="digits", overrides={**TINY, "distill.image_ema": 0.9}, plugins=["ftd"]
+    )
+    assert config.distill.image_ema == 0.9
+    plain, _ = distillkit.resolve_config(preset="digits", overrides=TINY)
+    assert plain.distill.image_ema == 0.0
+
+
+def test_ftd_experts_have_a_store_key_of_their_own(data) -> None:
+    """An expert_step plugin changes the trajectories, so plain and ftd experts never share a store."""
+    plain, plain_host = distillkit.resolve_config(preset="digits", overrides=TINY)
+    ftd, ftd_host = distillkit.resolve_config(preset="digits", overrides=TINY, plugins=["ftd"])
+    plain_key = api.expert_key(plain, data, plain_host)
+    ftd_key = api.expert_key(ftd, data, ftd_host)
+    assert plain_key != ftd_key
+    assert set(ftd_key["expert_plugins"]) == {"ftd"} and plain_key["expert_plugins"] == {}

@@ -22,6 +22,7 @@ from distillkit.experts import sidecars
 from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import epochs_to_store, train_expert
+from distillkit.hookspecs import EXPERT_HOOKS
 from distillkit.models.flat import param_layout
 from distillkit.observers import Observers, observing
 from distillkit.rundir import exclusive
@@ -36,7 +37,7 @@ def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: Prep
     expert_plugins = {
         name: to_dict(host.configs.get(name))
         for name, record in host.records.items()
-        if "expert_loss" in record.hooks
+        if EXPERT_HOOKS & set(record.hooks)
     }
     experts = to_dict(cfg)
     experts.pop("count")
