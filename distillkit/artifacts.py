@@ -32,6 +32,8 @@ from distillkit.errors import DistillkitError, StoreError
 FORMAT_VERSION = 1
 SYNTHETIC_TENSORS = "synthetic.safetensors"
 SYNTHETIC_JSON = "synthetic.json"
+#: The extra tensor of a set with soft labels: float logits [n, classes] (``labels`` stays the classes).
+SOFT_LABELS = "soft_labels"
 _RESERVED_TENSORS = ("images", "labels", "lr")
 _RESERVED_META = ("sha256", "format_version")
 GRID_MIN_CELL = 64
@@ -213,6 +215,37 @@ def load_synthetic(
     images, labels, lr = (tensors.pop(name) for name in _RESERVED_TENSORS)
     meta = {k: v for k, v in sidecar.items() if k not in _RESERVED_META}
     return images, labels, float(lr), meta, tensors
+
+
+def training_labels(
+    labels: Tensor, extra_tensors: dict[str, Tensor], num_classes: int | None = None
+) -> Tensor:
+    """What networks train on: the set's soft-label logits (:data:`SOFT_LABELS`) when saved, else ``labels``.
+
+    Sets saved before soft labels existed have none and train on their class indices as before.
+    """
+    soft = extra_tensors.get(SOFT_LABELS)
+    if soft is None:
+        return labels
+    check_soft_labels(soft, len(labels), num_classes, f"{SYNTHETIC_TENSORS}: {SOFT_LABELS}")
+    return soft
+
+
+def check_soft_labels(soft: Tensor, count: int, num_classes: int | None, where: str) -> None:
+    """Refuse soft labels that are not finite float logits [count, classes] (``where`` names them)."""
+    classes = "classes" if num_classes is None else str(num_classes)
+    if (
+        not soft.is_floating_point()
+        or soft.dim() != 2
+        or len(soft) != count
+        or (num_classes is not None and soft.shape[1] != num_classes)
+    ):
+        raise StoreError(
+            f"{where}: expected float soft-label logits [{count}, {classes}], "
+            f"got {soft.dtype} {tuple(soft.shape)}"
+        )
+    if not bool(torch.isfinite(soft).all()):
+        raise StoreError(f"{where}: the soft-label logits hold NaN or infinite values")
 
 
 # --------------------------------------------------------------------- pictures

@@ -354,6 +354,7 @@ def distill(
                 distiller.final_images(),
                 distiller.labels,
                 float(distiller.alpha.detach()),
+                soft_labels=distiller.soft_labels,
             )
             if "validation" in entry:
                 mean, std = entry["validation"]["mean"], entry["validation"]["std"]
@@ -362,6 +363,9 @@ def distill(
                 )
 
     if snapshots is not None:
+        labels_meta = _label_parts(distiller)[1]
+        if labels_meta is not None:
+            snapshots.meta["labels"] = labels_meta
         snapshots.discard_after(distiller.iteration if checkpoint is not None else -1)
         if checkpoint is None:
             snapshot()

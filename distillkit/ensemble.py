@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillkit.config import EvaluateConfig
+from distillkit.labels import is_soft, label_loss
 from distillkit.packed_sgd import PackedSGD
 
 __all__ = [
@@ -313,7 +314,7 @@ def train_packed(
     network's generator, then per batch ``augment(images[idx], generator)``, one SGD step, the
     lr × ``lr_decay_factor`` (and the momentum change) at epoch ``epochs // 2``. Each generator is
     used in that order, so it draws what it would alone. All members need the same number of
-    images (the same batches); their images, labels and lr may differ.
+    images (the same batches); their images, labels (hard or soft, mixed) and lr may differ.
     """
     if len(members) != packed.size:
         raise ValueError(f"{packed.size} packed networks but {len(members)} members")
@@ -340,12 +341,22 @@ def train_packed(
                 [augment(x[idx], m.generator) for m, (x, _), idx in zip(members, images, batch, strict=True)],
                 dim=1,
             )
-            targets = torch.stack([y[idx] for (_, y), idx in zip(images, batch, strict=True)], dim=1)
-            logits = packed(inputs)
-            # Σ_k mean_b CE: network k's gradient is that of its own mean loss.
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum") / len(inputs)
+            targets = [y[idx] for (_, y), idx in zip(images, batch, strict=True)]
+            loss = _packed_loss(packed(inputs), targets)
             optimizer.step(torch.autograd.grad(loss, params))
     return packed
+
+
+def _packed_loss(logits: Tensor, targets: Sequence[Tensor]) -> Tensor:
+    """Σ_k of network k's mean loss on its batch, so network k's gradient is that of its own loss.
+
+    ``logits`` is ``[B, K, classes]``; ``targets[k]`` network k's labels, hard or soft
+    (:func:`distillkit.labels.label_loss`). Hard labels only: one fused cross-entropy over all networks.
+    """
+    if any(is_soft(y) for y in targets):
+        return torch.stack([label_loss(logits[:, k], y) for k, y in enumerate(targets)]).sum()
+    stacked = torch.stack(list(targets), dim=1)
+    return F.cross_entropy(logits.flatten(0, 1), stacked.flatten(), reduction="sum") / len(logits)
 
 
 @torch.no_grad()

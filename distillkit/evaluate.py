@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distillkit.config import EvaluateConfig
 from distillkit.data.pixels import Images
 from distillkit.ensemble import Member, NotPackable, PackedNetworks, pack, packed_accuracy, train_packed
 from distillkit.experts.train import accuracy
+from distillkit.labels import label_loss
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,10 @@ def train_on_set(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     generator: torch.Generator,
 ) -> nn.Module:
-    """Train ``model`` on (images, labels) with the evaluation schedule; return it."""
+    """Train ``model`` on (images, labels) with the evaluation schedule; return it.
+
+    ``labels`` are class indices [n] or soft-label logits [n, classes] (:func:`distillkit.labels.label_loss`).
+    """
     model.train()
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -79,7 +82,7 @@ def train_on_set(
                     group["momentum"] = cfg.momentum_after_decay
         order = torch.randperm(len(images), generator=generator, device=generator.device)
         for idx in order.to(images.device).split(cfg.batch_size):
-            loss = F.cross_entropy(model(augment(images[idx], generator)), labels[idx])
+            loss = label_loss(model(augment(images[idx], generator)), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -88,7 +91,10 @@ def train_on_set(
 
 @dataclass(frozen=True)
 class EvalSet:
-    """One image set to evaluate; its ``runs`` networks are seeded ``seed``, ``seed + 1``, …"""
+    """One image set to evaluate; its ``runs`` networks are seeded ``seed``, ``seed + 1``, …
+
+    ``labels``: class indices [n], or soft-label logits [n, classes] that the networks train on.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor

@@ -5,8 +5,9 @@ and a bad one fails with the name of the plugin that returned it, so a wrong
 answer can never be broadcast or summed into a run that then "succeeds". The
 reductions are: ``expert_loss`` base · ∏ scales + Σ terms; ``expert_step``
 the one answer (exclusive; none = the core's plain step); ``init_synthetic``
-and ``sample_segment`` the first answer (exclusive, the core default last); ``inner_loss_weight`` the
-product; ``perturb_expert`` start + Σ deltas; ``intermediate_match`` Σ terms.
+and ``sample_segment`` the first answer (exclusive, the core default last); ``init_labels``
+the one answer (exclusive; none = hard labels); ``inner_loss_weight`` the product;
+``perturb_expert`` start + Σ deltas; ``intermediate_match`` Σ terms.
 Results are combined in pluggy's call order, so sums are the same bit for bit.
 Observer hooks (``on_metrics``, ``on_close``) combine nothing: :func:`notify` calls them.
 """
@@ -20,7 +21,15 @@ from typing import Any
 
 import torch
 
-from distillkit.context import ExpertStepResult, LossScale, LossTerm, Segment, SegmentContext, SyntheticInit
+from distillkit.context import (
+    ExpertStepResult,
+    LossScale,
+    LossTerm,
+    Segment,
+    SegmentContext,
+    SoftLabels,
+    SyntheticInit,
+)
 from distillkit.errors import PluginRuntimeError
 
 Answers = list[tuple[str, Any]]
@@ -196,6 +205,42 @@ def first_init(answers: Answers, count: int, shape: Sequence[int], classes: int)
     if not bool(torch.isfinite(images).all()):
         raise _bad(plugin, "init_synthetic", "images holding NaN or infinite values")
     return init
+
+
+def first_labels(answers: Answers, count: int, classes: int) -> tuple[str, SoftLabels] | None:
+    """The ``init_labels`` answer and its plugin: float logits [count, classes], lr ≥ 0, 0 ≤ momentum < 1.
+
+    ``None`` when no plugin answered (the set keeps its hard labels). The logits may be on any
+    device (the caller moves them); a bad answer fails naming the plugin, as for every hook.
+    """
+    if not answers:
+        return None
+    plugin, soft = answers[0]
+    if not isinstance(soft, SoftLabels):
+        raise _bad(plugin, "init_labels", f"{_describe(soft)}, not a SoftLabels")
+    logits, expected = soft.logits, [count, classes]
+    shaped = isinstance(logits, torch.Tensor) and list(logits.shape) == expected
+    if not (shaped and logits.is_floating_point()):
+        raise _bad(plugin, "init_labels", f"logits as {_describe(logits)}; expected float {expected}")
+    if not bool(torch.isfinite(logits).all()):
+        raise _bad(plugin, "init_labels", "logits holding NaN or infinite values")
+    lr, momentum = _real(plugin, soft.lr, "lr"), _real(plugin, soft.momentum, "momentum")
+    if lr < 0:
+        raise _bad(plugin, "init_labels", f"lr {lr}, not >= 0")
+    if not 0 <= momentum < 1:
+        raise _bad(plugin, "init_labels", f"momentum {momentum}, not in [0, 1)")
+    if not isinstance(soft.source, str):
+        raise _bad(plugin, "init_labels", f"source as {_describe(soft.source)}, not a str")
+    return plugin, soft
+
+
+def _real(plugin: str, value: Any, what: str) -> float:
+    """A finite real number from an ``init_labels`` answer (bools and tensors are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad(plugin, "init_labels", f"{what} as {_describe(value)}, not a number")
+    if not math.isfinite(value):
+        raise _bad(plugin, "init_labels", f"{what} {value}, not a finite number")
+    return float(value)
 
 
 def first_segment(answers: Answers, ctx: SegmentContext) -> Segment:

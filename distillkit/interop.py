@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from distillkit.artifacts import atomic_path, cpu_copy, save_png, to_image, to_uint8
+from distillkit.artifacts import atomic_path, check_soft_labels, cpu_copy, save_png, to_image, to_uint8
 from distillkit.errors import StoreError
 
 
 def export_mtt(out_dir: Path, images: Tensor, labels: Tensor, lr: Tensor | float) -> None:
     """Write ``images_best.pt``, ``labels_best.pt`` and ``lr_best.pt`` as MTT's evaluators expect.
 
-    Plain tensors only, so the files load with ``torch.load(weights_only=True)``.
+    ``labels`` are class indices [n], or soft-label logits [n, classes] as DATM saves its learned
+    labels. Plain tensors only, so the files load with ``torch.load(weights_only=True)``.
     """
     out_dir = Path(out_dir)
     lr_tensor = torch.as_tensor(lr, dtype=torch.float32)
@@ -96,7 +97,8 @@ def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, 
 
     Loaded with ``torch.load(weights_only=True)``, so only tensors are accepted and
     nothing is unpickled. ``tag`` defaults to ``best`` when present, otherwise the
-    only (or highest numbered) tag in the folder. Returns ``(images, labels, lr, tag)``.
+    only (or highest numbered) tag in the folder. Returns ``(images, labels, lr, tag)``; ``labels``
+    are class indices, or soft-label logits [N, classes] where the file holds them (DATM).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -117,16 +119,25 @@ def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, 
             f"{folder / f'images_{tag}.pt'}: expected float images [N, C, H, W], got "
             f"{images.dtype} {tuple(images.shape)}"
         )
-    if labels.dim() != 1 or labels.is_floating_point() or len(labels) != len(images):
-        raise StoreError(
-            f"{folder / f'labels_{tag}.pt'}: expected {len(images)} integer labels, got "
-            f"{labels.dtype} {tuple(labels.shape)}"
-        )
+    labels = _mtt_labels(labels, len(images), folder / f"labels_{tag}.pt")
     if lr.numel() != 1:
         raise StoreError(
             f"{folder / f'lr_{tag}.pt'}: expected one learning rate, got shape {tuple(lr.shape)}"
         )
-    return images.detach().float(), labels.long(), float(lr.detach().reshape(())), tag
+    return images.detach().float(), labels, float(lr.detach().reshape(())), tag
+
+
+def _mtt_labels(labels: Tensor, count: int, path: Path) -> Tensor:
+    """Integer class labels [count] as long, or float soft-label logits [count, classes] (DATM) as float32."""
+    if labels.is_floating_point() and labels.dim() == 2:
+        check_soft_labels(labels, count, None, str(path))
+        return labels.detach().float()
+    if labels.dim() != 1 or labels.is_floating_point() or len(labels) != count:
+        raise StoreError(
+            f"{path}: expected {count} integer labels or float soft-label logits [{count}, classes], "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+    return labels.long()
 
 
 def _load_tensor(path: Path) -> Tensor:

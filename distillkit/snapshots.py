@@ -23,13 +23,20 @@ from typing import Any
 
 from torch import Tensor
 
-from distillkit.artifacts import atomic_write_bytes, load_synthetic, save_synthetic
+from distillkit.artifacts import (
+    SOFT_LABELS,
+    atomic_write_bytes,
+    load_synthetic,
+    save_synthetic,
+    training_labels,
+)
 from distillkit.errors import ConfigError, StoreError
 
 DIRNAME = "snapshots"
 INDEX = "index.jsonl"
 
-#: Trains networks on a set and returns their accuracies on the validation split (a JSON-ready dict).
+#: Trains networks on a set (images, hard labels or soft-label logits, lr) and returns their
+#: accuracies on the validation split (a JSON-ready dict).
 SnapshotEval = Callable[[Tensor, Tensor, float], dict[str, Any]]
 
 
@@ -88,14 +95,28 @@ class Snapshots:
     def due(self, iteration: int) -> bool:
         return self.every > 0 and iteration % self.every == 0
 
-    def save(self, iteration: int, images: Tensor, labels: Tensor, lr: float, **info: Any) -> dict[str, Any]:
-        """Write snapshot ``iteration`` (replacing one of the same iteration); return its index entry."""
+    def save(
+        self,
+        iteration: int,
+        images: Tensor,
+        labels: Tensor,
+        lr: float,
+        soft_labels: Tensor | None = None,
+        **info: Any,
+    ) -> dict[str, Any]:
+        """Write snapshot ``iteration`` (replacing one of the same iteration); return its index entry.
+
+        ``labels`` are the class indices; ``soft_labels``, the set's soft-label logits at this
+        iteration (they change when learned), are saved as :data:`~distillkit.artifacts.SOFT_LABELS`
+        and are what the snapshot's networks train on.
+        """
         stem = snapshot_stem(iteration)
         meta = {**self.meta, **info, "iteration": iteration}
-        save_synthetic(snapshot_dir(self.run_dir), images, labels, lr, meta, self.extra, stem)
+        extra = self.extra if soft_labels is None else {**self.extra, SOFT_LABELS: soft_labels}
+        save_synthetic(snapshot_dir(self.run_dir), images, labels, lr, meta, extra, stem)
         entry: dict[str, Any] = {"iteration": iteration, "file": f"{stem}.safetensors", "lr": lr, **info}
         if self.evaluate is not None:
-            entry["validation"] = self.evaluate(images, labels, lr)
+            entry["validation"] = self.evaluate(images, training_labels(labels, extra), lr)
         entries = [e for e in read_index(self.run_dir) if int(e["iteration"]) != iteration]
         _write_index(self.run_dir, [*entries, entry])
         return entry

@@ -33,6 +33,7 @@ from distillkit.context import (
     ExpertStepContext,
     InitContext,
     InnerLossContext,
+    LabelInitContext,
     MatchContext,
     MetricsContext,
     PerturbContext,
@@ -46,6 +47,7 @@ from distillkit.hookcalls import (
     combine_terms,
     combine_weights,
     first_init,
+    first_labels,
     first_segment,
 )
 from distillkit.models.flat import flatten_params, load_flat, param_layout
@@ -143,6 +145,41 @@ def init_context(ipc: int = 1, per_class: int = 10, seed: int = 0) -> InitContex
     )
 
 
+def label_context(ipc: int = 1, experts: int = 2, epochs: int = 2, seed: int = 0) -> LabelInitContext:
+    """``ipc`` images per class and ``experts`` TinyNet trajectories, epochs 0..``epochs`` (``init_labels``).
+
+    Expert e at epoch k is a seeded TinyNet moved by k small random steps, so experts and
+    epochs differ; ``predict`` runs a real TinyNet with the given flat parameters.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(CLASSES).repeat_interleave(ipc)
+    images = torch.randn(len(labels), *IMAGE_SHAPE, generator=g)
+    trajectories = []
+    for e in range(experts):
+        start = flatten_params(tiny_net(seed + e)).detach()
+        steps = 0.1 * torch.randn(epochs, *start.shape, generator=g)
+        trajectories.append(torch.cat([start[None], start + steps.cumsum(0)]))
+
+    def expert_params(expert: int, epoch: int) -> torch.Tensor:
+        return trajectories[expert][epochs if epoch == -1 else epoch].clone()
+
+    def predict(theta: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        model = TinyNet()
+        load_flat(model, theta)
+        with torch.no_grad():
+            return model.eval()(batch)
+
+    return LabelInitContext(
+        images=images,
+        labels=labels,
+        num_classes=CLASSES,
+        experts=experts,
+        epochs_held=(epochs,) * experts,
+        expert_params=expert_params,
+        predict=predict,
+    )
+
+
 def segment_context(iteration: int = 0, experts: int = 2, epochs: int = 30, seed: int = 0) -> SegmentContext:
     """``experts`` trajectories holding epochs 0..``epochs``, T⁺ 5, M 2 (``sample_segment``)."""
     generator = torch.Generator().manual_seed(seed)
@@ -213,7 +250,9 @@ def check_hooks(plugin: Any, seed: int = 0, run_dir: Path | None = None) -> dict
     """Call every hook ``plugin`` implements on these contexts and combine it as the core does.
 
     Returns ``{hook name: combined result}``; a result the engine would refuse raises the
-    same :class:`~distillkit.errors.PluginRuntimeError` a run would. Observer hooks
+    same :class:`~distillkit.errors.PluginRuntimeError` a run would. A replace-style hook that
+    defers (answers ``None``: the core default, or hard labels for ``init_labels`` on
+    :func:`label_context`) has the entry ``None``. Observer hooks
     (``on_metrics`` with :func:`metrics_contexts`, then ``on_close``; ``run_dir`` is their
     run directory) combine nothing: their entry is ``None``, and what they raise propagates.
     """
@@ -229,12 +268,16 @@ def check_hooks(plugin: Any, seed: int = 0, run_dir: Path | None = None) -> dict
     if "init_synthetic" in implemented:
         ctx = init_context(seed=seed)
         shape, count = ctx.train_images.shape[1:], ctx.ipc * CLASSES
-        done["init_synthetic"] = first_init(
-            _answer(name, implemented["init_synthetic"](run, ctx)), count, shape, CLASSES
-        )
+        answer = _answer(name, implemented["init_synthetic"](run, ctx))
+        done["init_synthetic"] = first_init(answer, count, shape, CLASSES) if answer else None
+    if "init_labels" in implemented:
+        ctx = label_context(seed=seed)
+        found = first_labels(_answer(name, implemented["init_labels"](run, ctx)), len(ctx.images), CLASSES)
+        done["init_labels"] = found[1] if found else None
     if "sample_segment" in implemented:
         ctx = segment_context(seed=seed)
-        done["sample_segment"] = first_segment(_answer(name, implemented["sample_segment"](run, ctx)), ctx)
+        answer = _answer(name, implemented["sample_segment"](run, ctx))
+        done["sample_segment"] = first_segment(answer, ctx) if answer else None
     if "inner_loss_weight" in implemented:
         done["inner_loss_weight"] = combine_weights(
             _answer(name, implemented["inner_loss_weight"](run, inner_loss_context()))

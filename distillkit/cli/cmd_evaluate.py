@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from distillkit.config import RunConfig
     from distillkit.distributed import World
     from distillkit.evaluate import EvalResult
+    from distillkit.runtime import PreparedData
 
 from distillkit.cli.app import app, cli_errors, out
 
@@ -49,7 +50,8 @@ def evaluate_cmd(
         typer.Option(
             "--mtt",
             help="Instead of a run: a folder with another tool's images_<tag>.pt, labels_<tag>.pt and "
-            "lr_<tag>.pt (MTT, AST, DATM; tensors only), evaluated under this config's protocol.",
+            "lr_<tag>.pt (MTT, AST, DATM; tensors only), evaluated under this config's protocol. "
+            "Float labels [N, classes] are soft-label logits (DATM).",
         ),
     ] = None,
     tag: Annotated[
@@ -90,7 +92,7 @@ def evaluate_cmd(
     """
     with cli_errors(debug):
         from distillkit import api, evaluation_log, invocation
-        from distillkit.artifacts import SYNTHETIC_TENSORS, load_synthetic, read_json
+        from distillkit.artifacts import SYNTHETIC_TENSORS, load_synthetic, read_json, training_labels
         from distillkit.config import ConfigError, apply_overrides, from_dict
         from distillkit.interop import load_mtt_set
         from distillkit.rundir import lock_run_dir
@@ -134,14 +136,15 @@ def evaluate_cmd(
             )
             validate(cfg)
             if snapshot is None:
-                images, labels, lr, meta, _extra = load_synthetic(run_dir)
+                images, labels, lr, meta, extra = load_synthetic(run_dir)
                 label = str(run_dir)
                 evaluated = {"kind": "final", "file": SYNTHETIC_TENSORS, "iteration": meta.get("iteration")}
             else:
-                images, labels, lr, meta, _extra = load_snapshot(run_dir, snapshot)
+                images, labels, lr, meta, extra = load_snapshot(run_dir, snapshot)
                 label = f"{run_dir} (snapshot {snapshot})"
                 file = snapshot_dir(run_dir).name + "/" + snapshot_stem(snapshot) + ".safetensors"
                 evaluated = {"kind": "snapshot", "file": file, "iteration": snapshot}
+            labels = training_labels(labels, extra)
             target = run_dir
         if relaunch(ctx, nproc):
             return
@@ -179,7 +182,7 @@ def _evaluate_here(
             f"config names {data.dataset.name}",
             hint="the run directory was altered; evaluate the set with the dataset it came from",
         )
-    api.check_synthetic_set(*distilled, data)
+    _check_set(*distilled, data)
     sets = {"distilled": distilled}
     if run_dir is not None:
         on = api.device_for(cfg.device, cfg.deterministic)
@@ -189,6 +192,17 @@ def _evaluate_here(
         return api.evaluate_many(cfg, data, sets, reporter=reporter, world=world)
     finally:
         reporter.close()
+
+
+def _check_set(images: torch.Tensor, labels: torch.Tensor, lr: float, data: PreparedData) -> None:
+    """Refuse a set that cannot be evaluated on ``data``; soft-label logits need one per class."""
+    from distillkit import api
+    from distillkit.artifacts import check_soft_labels
+    from distillkit.labels import hard_labels, is_soft
+
+    if is_soft(labels):
+        check_soft_labels(labels, len(images), data.dataset.num_classes, "the set's soft labels")
+    api.check_synthetic_set(images, hard_labels(labels), lr, data)
 
 
 def _print_results(

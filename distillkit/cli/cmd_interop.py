@@ -31,7 +31,8 @@ def export_cmd(
             "--format",
             "-f",
             help="mtt: images_best.pt, labels_best.pt, lr_best.pt (the normalised images the networks "
-            "see, as MTT/AST/DATM evaluators read them); png: OUT/<class>/<i>.png in pixel space; "
+            "see, as MTT/AST/DATM evaluators read them; labels_best.pt holds a soft-labelled set's "
+            "logits [N, classes], as DATM saves them); png: OUT/<class>/<i>.png in pixel space; "
             "imagefolder: OUT/train/<class>/<i>.png, for torchvision's ImageFolder and Hugging Face's "
             "imagefolder.",
         ),
@@ -51,8 +52,9 @@ def export_cmd(
 ) -> None:
     """Export a run's synthetic set for other tools: MTT's .pt files, PNG class folders, an image dataset."""
     with cli_errors(debug):
-        from distillkit.artifacts import synthetic_pixels
+        from distillkit.artifacts import synthetic_pixels, training_labels
         from distillkit.interop import class_folders, export_mtt, export_png_folder, hf_split_words
+        from distillkit.labels import is_soft
 
         if fmt not in EXPORT_FORMATS:
             from distillkit.errors import ConfigError
@@ -62,8 +64,10 @@ def export_cmd(
         _check_out_dir(out_dir, run_dir, overwrite)
         whitened = bool(meta.get("zca"))
         if fmt == "mtt":
-            export_mtt(out_dir, images, labels.long(), lr)
-            out.print(f"{len(images)} images, labels and lr (MTT format) → {out_dir}", highlight=False)
+            mtt_labels = training_labels(labels.long(), extra, len(meta["class_names"]))
+            export_mtt(out_dir, images, mtt_labels, lr)
+            kind = "soft-label logits" if is_soft(mtt_labels) else "labels"
+            out.print(f"{len(images)} images, {kind} and lr (MTT format) → {out_dir}", highlight=False)
             zca = " --set data.zca=true" if whitened else ""
             if whitened:
                 out.print("the images are ZCA-whitened, as the networks saw them", highlight=False)

@@ -31,6 +31,20 @@ class SyntheticSet:
     status: str | None  # e.g. "stopped by the divergence guard"; None for a finished set
     meta: dict[str, Any] = field(default_factory=dict)  # synthetic.json (environment, plugins...)
 
+    @property
+    def soft_labels(self) -> str | None:
+        """The report's phrase "soft labels (learned from <source>)" (or fixed), None for hard labels.
+
+        Read from ``synthetic.json``'s ``labels`` entry (``{"kind": "soft", "source": ..., "learned": ...}``);
+        a set without one has hard labels.
+        """
+        entry = self.meta.get("labels")
+        if not isinstance(entry, dict) or entry.get("kind") != "soft":
+            return None
+        source = entry.get("source")
+        origin = f" from {source}" if isinstance(source, str) and source else ""
+        return f"soft labels ({'learned' if entry.get('learned') is True else 'fixed'}{origin})"
+
 
 @dataclass
 class RunReport:

@@ -48,6 +48,9 @@ def overview(report: RunReport) -> str:
         ("learned lr α", number(results.get("learned_lr", _synthetic_lr(report)))),
         ("start set", esc(results.get("init") or report.recorded("init") or NOT_RECORDED)),
     ]
+    soft = report.synthetic.soft_labels if report.synthetic is not None else None
+    if soft is not None:
+        items.append(("labels", esc(soft)))
     body = pairs(items) + "".join(note(text) for text in report.notes)
     return section("overview", "Overview", body)
 

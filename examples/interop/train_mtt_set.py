@@ -6,9 +6,11 @@ The protocol is ``distillkit evaluate``'s (docs/config.md): K networks, MTT's Co
 instance norm → ReLU → 2×2 average pool per block, a Linear head; 1×28×28 inputs padded to 32×32
 by the first conv), SGD with momentum 0.9 and weight decay 5e-4 at lr = the set's learned α,
 lr × 0.1 at epoch epochs // 2, batches of 256, DSA on every batch (one op group per batch, as
-MTT), accuracy on the real test set after the last epoch. Network k is seeded ``--seed`` + k
-(its initialisation, shuffling and augmentation); ``--distillkit-seed RUN_SEED`` uses the seeds
-``distillkit evaluate`` uses instead, and then gives its networks (docs/interop.md).
+MTT), accuracy on the real test set after the last epoch. Soft labels (``labels_best.pt`` holding
+float [N, classes] logits, as DATM saves them) train with cross-entropy against their softmax.
+Network k is seeded ``--seed`` + k (its initialisation, shuffling and augmentation);
+``--distillkit-seed RUN_SEED`` uses the seeds ``distillkit evaluate`` uses instead, and then gives
+its networks (docs/interop.md).
 
 Usage:
     python examples/interop/train_mtt_set.py DIR --test fashion-mnist --model convnet-w32
@@ -173,7 +175,10 @@ def augment(x: Tensor, groups: list[str], g: torch.Generator) -> Tensor:
 
 
 def load_set(folder: Path) -> tuple[Tensor, Tensor, float]:
-    """``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``: tensors only (nothing is unpickled)."""
+    """``images_best.pt``, ``labels_best.pt``, ``lr_best.pt``: tensors only (nothing is unpickled).
+
+    ``labels_best.pt`` holds class indices [N], or soft-label logits [N, classes] (DATM's layout).
+    """
     tensors = []
     for name in ("images", "labels", "lr"):
         path = folder / f"{name}_best.pt"
@@ -187,7 +192,15 @@ def load_set(folder: Path) -> tuple[Tensor, Tensor, float]:
             raise SystemExit(f"error: {path} holds a {type(value).__name__}, not a tensor")
         tensors.append(value)
     images, labels, lr = tensors
-    return images.float(), labels.long(), float(lr)
+    soft = labels.is_floating_point() and labels.dim() == 2  # DATM's learned soft-label logits
+    return images.float(), labels.float() if soft else labels.long(), float(lr)
+
+
+def label_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy against class indices, or against softmax(labels) for soft-label logits [b, classes]."""
+    if labels.is_floating_point():
+        return F.cross_entropy(logits, labels.softmax(dim=1))
+    return F.cross_entropy(logits, labels)
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -232,7 +245,7 @@ def train_and_test(args: argparse.Namespace, k: int, data: tuple[Tensor, ...], l
     device = images.device
     torch.manual_seed(args.seed + k)
     width, depth = parse_model(args.model)
-    classes = int(max(labels.max(), test_y.max())) + 1
+    classes = labels.shape[1] if labels.dim() == 2 else int(max(labels.max(), test_y.max())) + 1
     net = ConvNet(images.shape[1], classes, tuple(images.shape[2:]), width, depth).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=args.weight_decay)
     g = torch.Generator(device=device).manual_seed(args.seed + k)
@@ -244,7 +257,7 @@ def train_and_test(args: argparse.Namespace, k: int, data: tuple[Tensor, ...], l
                 group["lr"] = lr * 0.1
         order = torch.randperm(len(images), generator=g, device=device)
         for idx in order.split(args.batch_size):
-            loss = F.cross_entropy(net(augment(images[idx], groups, g)), labels[idx])
+            loss = label_loss(net(augment(images[idx], groups, g)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
