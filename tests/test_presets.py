@@ -24,10 +24,9 @@ FIVE = ("bil", "itm", "kmeans-init", "smooth", "wp")
 
 
 def test_the_paper_presets_are_the_published_tables():
-    families = {
-        family: sorted(n for n in PAPER if n.startswith(f"{family}-")) for family in ("ast", "mtt", "ftd")
-    }
-    assert [len(families[f]) for f in ("ast", "mtt", "ftd")] == [17, 10, 8]
+    names = ("ast", "mtt", "ftd", "datm", "tesla")
+    families = {family: sorted(n for n in PAPER if n.startswith(f"{family}-")) for family in names}
+    assert [len(families[f]) for f in names] == [17, 10, 8, 7, 2]
     assert sum(map(len, families.values())) == len(PAPER)
     ast = {n: read_preset(n) for n in families["ast"]}
     assert {p.values["data.dataset"] for p in ast.values()} == {
@@ -74,7 +73,77 @@ def test_the_paper_presets_are_the_published_tables():
     assert "α₀ 0.01" in read_preset("mtt-cifar10-ipc50").purpose  # FTD's copy of the row differs
     ftd = read_preset("ftd-cifar100-ipc50")
     assert (ftd.values["distill.batch_syn"], ftd.values["distill.syn_steps"]) == (1000, 80)
-    assert any("GSAM experts and EMA evaluation not available" in d for d in ftd.deviations)
+    assert not any("not available" in d for d in ftd.deviations)
+
+
+#: FTD Table 7: (GSAM α, EMA decay) per row.
+FTD_ROWS = {
+    "cifar10-ipc1": (0.3, 0.9999),
+    "cifar10-ipc10": (0.3, 0.9995),
+    "cifar10-ipc50": (1.0, 0.999),
+    "cifar100-ipc1": (1.0, 0.9995),
+    "cifar100-ipc10": (1.0, 0.9995),
+    "cifar100-ipc50": (1.0, 0.999),
+    "tiny-ipc1": (1.0, 0.999),
+    "tiny-ipc10": (1.0, 0.999),
+}
+#: DATM configs/<dataset>/ConvIN/IPC*.yaml: N, M, window (min, current max, T⁺, expansion end),
+#: lr_img, lr_lr, batch_syn (0: all; a config's batch_syn ≥ the set's size is all of it), lr_y, pix_init.
+DATM_ROWS = {
+    "cifar10-ipc1": (80, 2, (0, 4, 4, 0), 100, 1e-7, 0, 5.0, "correct"),
+    "cifar10-ipc10": (80, 2, (0, 10, 20, 1000), 100, 1e-5, 0, 2.0, "correct"),
+    "cifar10-ipc50": (80, 2, (0, 20, 40, 2000), 1000, 1e-5, 0, 2.0, "correct"),
+    "cifar100-ipc1": (40, 3, (0, 10, 20, 1000), 1000, 1e-5, 0, 10.0, "correct"),
+    "cifar100-ipc10": (80, 2, (0, 30, 50, 2000), 1000, 1e-5, 0, 10.0, "correct"),
+    "cifar100-ipc50": (80, 2, (20, 70, 70, 0), 1000, 1e-5, 1000, 10.0, "real"),
+    "tiny-ipc1": (40, 2, (0, 15, 20, 2000), 10000, 1e-4, 0, 10.0, "correct"),
+}
+WINDOW = ("min_start_epoch", "current_max_start_epoch", "max_start_epoch", "expansion_end")
+
+
+def test_the_ftd_datm_and_tesla_presets_are_their_published_rows():
+    for row, (alpha, ema) in FTD_ROWS.items():
+        preset = read_preset(f"ftd-{row}")
+        v = preset.values
+        assert preset.includes == ("ftd-code",) and v["plugins"] == ["ftd"], row
+        assert (v["ftd.alpha"], v["distill.image_ema"], v["ftd.rho_max"], v["ftd.rho_min"]) == (
+            alpha,
+            ema,
+            0.01,
+            0.01,
+        ), row
+        assert v["ftd.adaptive"] is True and (v["experts.count"], v["experts.epochs"]) == (100, 50)
+    for row, (n, m, window, lr_img, lr_lr, batch_syn, label_lr, init) in DATM_ROWS.items():
+        preset = read_preset(f"datm-{row}")
+        v = preset.values
+        assert preset.includes == ("datm-code",) and v["plugins"] == ["ftd", "datm"], row
+        assert (v["distill.syn_steps"], v["distill.expert_epochs"]) == (n, m), row
+        assert tuple(v[f"datm.{k}"] for k in WINDOW) == window, row
+        assert v["distill.max_start_epoch"] == window[2], row  # the trajectories hold the whole window
+        assert (v["distill.lr_img"], v["distill.lr_lr"], v["distill.lr_init"]) == (lr_img, lr_lr, 0.01), row
+        assert (v["distill.batch_syn"], v["datm.label_lr"], v["datm.init"]) == (batch_syn, label_lr, init), (
+            row
+        )
+        assert (v["datm.label_momentum"], v["datm.soft_labels"], v["distill.image_ema"]) == (0.9, True, 0.0)
+        assert (v["ftd.alpha"], v["ftd.rho_max"], v["experts.count"], v["experts.epochs"]) == (
+            0.3,
+            0.01,
+            100,
+            100,
+        )
+        assert (v["distill.iterations"], v["evaluate.epochs"], v["evaluate.batch_size"]) == (10000, 1000, 128)
+        assert v["data.zca"] is True and any("threshold" in d for d in preset.deviations), row
+    assert read_preset("datm-tiny-ipc1").values["model.name"] == "convnet-d4"
+    c10, c100 = (read_preset(f"tesla-{row}").values for row in ("cifar10-ipc1", "cifar100-ipc50"))
+    assert (c10["data.zca"], c10["distill.max_start_epoch"], c10["distill.lr_lr"]) == (False, 5, 1e-7)
+    assert (c100["data.zca"], c100["distill.batch_syn"], c100["distill.syn_steps"]) == (True, 125, 80)
+    for v in (c10, c100):
+        assert (v["plugins"], v["tesla.labels"], v["distill.iterations"], v["experts.epochs"]) == (
+            ["tesla"],
+            "hard",
+            10000,
+            50,
+        )
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -100,6 +169,73 @@ def test_every_shipped_preset_is_valid(name):
         RunConfig(), {k: v for k, v in preset.values.items() if k.partition(".")[0] not in tables}
     )
     assert last_needed_epoch(config.distill) <= config.experts.epochs or preset.kind == "method"
+
+
+NEW_PAPER = [name for name in PAPER if name.split("-")[0] in ("ftd", "datm", "tesla")]
+
+
+@pytest.mark.parametrize("name", NEW_PAPER)
+def test_an_ftd_datm_or_tesla_preset_resolves_with_its_own_row_winning(name):
+    preset, resolved = read_preset(name), resolve_layers(name)
+    config, sources = resolved.config, resolved.sources
+    assert (
+        sorted(config.plugins) == sorted(preset.values["plugins"]) and sources["plugins"] == f"preset {name}"
+    )
+    for key, value in preset.values.items():
+        head, _, rest = key.partition(".")
+        if head in config.plugin_options:
+            assert config.plugin_options[head][rest] == value and sources[key] == f"preset {name}", key
+    # ftd contributes distill.image_ema = 0.999 (layer 3); the row's decay (FTD) or DATM's 0 wins (layer 4)
+    ema = preset.values.get("distill.image_ema", 0.0)
+    assert config.distill.image_ema == ema
+    if "ftd" in config.plugins:
+        assert sources["distill.image_ema"] == f"preset {name}"
+    if "tesla" in config.plugins:
+        assert config.distill.memory == "constant"
+
+
+def test_the_code_method_presets_compose_with_any_dataset_preset():
+    datm = resolve_layers("fmnist-ref,datm-code", plugins=["ftd", "datm"])
+    options, sources = datm.config.plugin_options, datm.sources
+    assert (options["datm"]["init"], options["datm"]["soft_labels"]) == ("correct", True)
+    assert (options["datm"]["label_lr"], options["datm"]["label_momentum"]) == (2.0, 0.9)
+    assert (options["ftd"]["alpha"], options["ftd"]["rho_max"], options["ftd"]["adaptive"]) == (
+        0.3,
+        0.01,
+        True,
+    )
+    assert datm.config.distill.image_ema == 0.0  # DATM.py keeps no EMA: beats ftd's default 0.999
+    for key in ("datm.init", "datm.soft_labels", "datm.label_lr", "datm.label_momentum", "ftd.alpha"):
+        assert sources[key] == "preset datm-code", key
+    assert sources["distill.image_ema"] == sources["experts.lr"] == "preset datm-code"
+    # the window is a budget choice: the plugin's default fits fmnist-ref's 6-epoch experts
+    assert sources["datm.max_start_epoch"] == "plugin datm (its default)"
+    assert (datm.config.data.dataset, datm.config.experts.epochs) == ("fashion-mnist", 6)
+    assert resolve_layers("datm-code,fmnist-ref", plugins=["ftd", "datm"]).config == datm.config
+    ftd = resolve_layers("fmnist-ref,ftd-code", plugins=["ftd"])
+    assert ftd.config.distill.image_ema == 0.999 and ftd.sources["distill.image_ema"] == "preset ftd-code"
+    assert {k: ftd.config.plugin_options["ftd"][k] for k in ("rho_max", "rho_min", "alpha", "adaptive")} == {
+        "rho_max": 0.01,
+        "rho_min": 0.01,
+        "alpha": 0.4,
+        "adaptive": True,
+    }
+    tesla = resolve_layers("fmnist-ref,tesla-code", plugins=["tesla"])
+    assert tesla.config.plugin_options["tesla"]["labels"] == "expert"
+    assert tesla.sources["tesla.labels"] == "preset tesla-code" and tesla.config.distill.memory == "constant"
+    alone = resolve_layers("fmnist-ref,datm-code")  # the plugin tables wait for --plugins
+    assert alone.config.plugins == () and alone.config.plugin_options == {}
+    assert alone.config.distill.image_ema == 0.0 and alone.sources["distill.image_ema"] == "preset datm-code"
+
+
+def test_config_resolves_every_ftd_datm_and_tesla_preset():
+    for name in [*NEW_PAPER, "ftd-code", "datm-code", "tesla-code"]:
+        result = invoke("config", "--preset", name, "--json")
+        assert result.exit_code == 0, (name, result.output)
+        assert json.loads(result.output)["sources"]["distill.student_momentum"] == f"preset {name}"
+    result = invoke("config", "--preset", "fmnist-ref,datm-code", "--plugins", "ftd,datm", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["sources"]["datm.label_lr"] == "preset datm-code"
 
 
 @pytest.mark.parametrize(
@@ -202,9 +338,30 @@ def test_presets_lists_every_preset_with_its_source():
     assert (row["kind"], row["dataset"], row["ipc"]) == ("paper", "tiny-imagenet", 1)
     assert "arXiv 2310.10541" in row["source"] and "N 10 M 2 T⁺ 10" in row["sets"]
     assert records["digits"]["source"] and records["ast-code"]["kind"] == "method"
+    assert {records[n]["kind"] for n in ("ftd-code", "datm-code", "tesla-code")} == {"method"}
+    datm = records["datm-cifar100-ipc50"]
+    assert (datm["kind"], datm["dataset"], datm["ipc"], datm["includes"]) == (
+        "paper",
+        "cifar100",
+        50,
+        ["datm-code"],
+    )
+    assert "N 80 M 2 T⁺ 70" in datm["sets"] and "plugins ftd,datm" in datm["sets"]
 
 
-@pytest.mark.parametrize("name", ["ast-cifar100-ipc10", "mtt-imagenette-ipc1", "ast-code", "digits"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ast-cifar100-ipc10",
+        "mtt-imagenette-ipc1",
+        "ast-code",
+        "digits",
+        "ftd-cifar10-ipc1",
+        "datm-cifar100-ipc50",
+        "tesla-cifar100-ipc50",
+        "datm-code",
+    ],
+)
 def test_presets_show_prints_toml_that_reads_back_as_the_same_preset(name):
     result = invoke("presets", "show", name)
     assert result.exit_code == 0, result.output
@@ -219,6 +376,9 @@ def test_presets_show_prints_toml_that_reads_back_as_the_same_preset(name):
         "distill",
         "evaluate",
         *FIVE,
+        "ftd",
+        "datm",
+        "tesla",
     }
 
 
