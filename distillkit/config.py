@@ -122,7 +122,7 @@ class DistillConfig:
     #: Momentum of the synthetic images' SGD, in [0, 1).
     img_momentum: float = 0.5
     #: Decay d of a moving average E ← d·E + (1 − d)·images kept after every update; the average
-    #: is the set saved and evaluated (FTD's EMA; 0: off, the images themselves).
+    #: is the set saved and evaluated (0: off, the images themselves).
     image_ema: float = 0.0
     #: Progress lines every this many iterations when stderr is not a terminal.
     log_every: int = 10

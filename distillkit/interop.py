@@ -20,8 +20,9 @@ from distillkit.errors import StoreError
 def export_mtt(out_dir: Path, images: Tensor, labels: Tensor, lr: Tensor | float) -> None:
     """Write ``images_best.pt``, ``labels_best.pt`` and ``lr_best.pt`` as MTT's evaluators expect.
 
-    ``labels`` are class indices [n], or soft-label logits [n, classes] as DATM saves its learned
-    labels. Plain tensors only, so the files load with ``torch.load(weights_only=True)``.
+    ``labels`` are class indices [n], or soft-label logits [n, classes] (the layout in which
+    label-learning codes save their labels). Plain tensors only, so the files load with
+    ``torch.load(weights_only=True)``.
     """
     out_dir = Path(out_dir)
     lr_tensor = torch.as_tensor(lr, dtype=torch.float32)
@@ -93,12 +94,12 @@ def export_png_folder(out_dir: Path, pixels: Tensor, labels: Tensor, folders: Se
 
 
 def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, float, str]:
-    """Read another tool's ``images_<tag>.pt``, ``labels_<tag>.pt`` and ``lr_<tag>.pt`` (MTT, AST, DATM).
+    """Read another tool's ``images_<tag>.pt``, ``labels_<tag>.pt`` and ``lr_<tag>.pt`` (MTT-layout files).
 
     Loaded with ``torch.load(weights_only=True)``, so only tensors are accepted and
     nothing is unpickled. ``tag`` defaults to ``best`` when present, otherwise the
     only (or highest numbered) tag in the folder. Returns ``(images, labels, lr, tag)``; ``labels``
-    are class indices, or soft-label logits [N, classes] where the file holds them (DATM).
+    are class indices, or soft-label logits [N, classes] where the file holds them.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -128,7 +129,7 @@ def load_mtt_set(folder: Path, tag: str | None = None) -> tuple[Tensor, Tensor, 
 
 
 def _mtt_labels(labels: Tensor, count: int, path: Path) -> Tensor:
-    """Integer class labels [count] as long, or float soft-label logits [count, classes] (DATM) as float32."""
+    """Integer class labels [count] as long, or float soft-label logits [count, classes] as float32."""
     if labels.is_floating_point() and labels.dim() == 2:
         check_soft_labels(labels, count, None, str(path))
         return labels.detach().float()

@@ -1,10 +1,9 @@
 """Hard and soft labels of a synthetic set, and the one loss both are trained with.
 
 A set's labels are either class indices (a long tensor [n]) or soft-label logits (a
-float tensor [n, classes], the label of image i being softmax(logits[i]); DATM,
-Guo et al. ICLR 2024, learns these; TESLA, Cui et al. ICML 2023, takes them from an
-expert). Distillation's inner loop and evaluation both call :func:`label_loss`, so the
-two cannot disagree on what a soft label means.
+float tensor [n, classes], the label of image i being softmax(logits[i]), given by an
+``init_labels`` plugin, fixed or learned). Distillation's inner loop and evaluation both
+call :func:`label_loss`, so the two cannot disagree on what a soft label means.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class Distiller:
     ``soft`` (the ``init_labels`` answer) replaces the hard labels in every inner step
     by soft-label logits, learned with their own momentum SGD when ``soft.lr > 0``.
     With ``distill.image_ema`` = d > 0 the engine also keeps E ← d·E + (1 − d)·images after
-    every update; :meth:`final_images` is then E (FTD's evaluated set).
+    every update; :meth:`final_images` is then E, the set saved and evaluated.
     """
 
     def __init__(
