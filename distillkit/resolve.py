@@ -99,6 +99,8 @@ def resolve_layers(
     names, plugins_source = _plugin_names(plugins, upper)
     given = tuple(getattr(obj, "name", None) or type(obj).__name__ for obj in extra_plugins)
     host = host or PluginHost()
+    if smoke:  # plugin options that budget epochs shrink with it, below the command line
+        upper.insert(len(upper) - 1, (SMOKE_LABEL, _plugin_smoke_options(host, names)))
     host.select(names, _plugin_options(names + given, upper), extra_plugins)
 
     config = RunConfig()
@@ -168,6 +170,19 @@ def _plugin_names(
     if plugins is not None:
         names, source = tuple(plugins), "command line"
     return tuple(n.strip() for n in names if n.strip()), source
+
+
+def _plugin_smoke_options(host: PluginHost, names: tuple[str, ...]) -> dict[str, Any]:
+    """``<plugin>.<key>`` values the selected plugins declare for ``--smoke`` (``smoke_options``).
+
+    A plugin whose options count expert epochs (a start-epoch window) declares values that
+    fit the smoke run's one-segment trajectories, as ``config_defaults`` declares core keys.
+    """
+    return {
+        f"{name}.{key}": value
+        for name in names
+        for key, value in getattr(host.plugin_class(name), "smoke_options", {}).items()
+    }
 
 
 def _plugin_options(

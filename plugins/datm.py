@@ -159,6 +159,12 @@ class DATMWindow:
                 raise ConfigError(f"datm.label_epoch must be >= -1 (-1: the last), got {self.label_epoch}")
 
     config_defaults: ClassVar[dict[str, object]] = {}
+    #: ``--smoke`` trains trajectories for start epoch 0 only (T⁺ = 1): the window shrinks to [0, 1).
+    smoke_options: ClassVar[dict[str, object]] = {
+        "min_start_epoch": 0,
+        "current_max_start_epoch": 1,
+        "max_start_epoch": 1,
+    }
 
     def __init__(self, config: Config) -> None:
         self.config = config

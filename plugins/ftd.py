@@ -12,8 +12,8 @@ trajectory grow less. One step, with g = ∇f(w):
 then w is restored, d is written into ``.grad`` and the core optimizer steps (its momentum
 and weight decay apply). ρ_t follows the lr: ρ_min + (ρ_max − ρ_min)(lr_t − lr_min)/(lr_max − lr_min),
 ρ_max when the lr never changes. Paper vs code: the FTD paper states the flatness
-regulariser as a sharpness term; its code uses GSAM with ρ_max = ρ_min = 0.01 and α = 0.4
-(the defaults here), so ρ is constant.
+regulariser as a sharpness term; its code uses GSAM with ρ_max = ρ_min = 0.01, α = 0.4 and
+the adaptive (ASAM-style) ascent (the defaults here), so ρ is constant.
 
 FTD's second part is an exponential moving average of the synthetic images, E ← d·E + (1 − d)·S
 after every image update, and E is the set FTD evaluates (timm's ``ModelEmaV2`` over the image
@@ -62,8 +62,9 @@ class FlatTrajectory:
         rho_min: float = 0.01
         #: α, the weight of the surrogate-gap direction (FTD code: 0.4).
         alpha: float = 0.4
-        #: ASAM-style element-wise ascent scaled by |w| (FTD code: False).
-        adaptive: bool = False
+        #: ASAM-style element-wise ascent scaled by |w|. FTD code: always on (``buffer_FTD.py``
+        #: declares ``--adaptive`` with ``type=bool, default=True``, so no command line turns it off).
+        adaptive: bool = True
 
         def __post_init__(self) -> None:
             if not 0 <= self.rho_min <= self.rho_max:

@@ -83,9 +83,11 @@ def _fail(
     """Print the error line (``plain``: without the ``Error:`` prefix) and its hint, then exit ``code``."""
     from rich.markup import escape
 
-    from distillkit.cli.launch import worker_error
+    from distillkit.cli.launch import leave_job, worker_error
 
     message, show = worker_error(message, hint, int(code), exc)
+    if not show:
+        leave_job(int(code))
     if show:
         if debug:
             err.print_exception()

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import click
 import typer
@@ -205,3 +205,17 @@ def worker_error(message: str, hint: str | None, exit_code: int, exc: BaseExcept
         with contextlib.suppress(OSError):  # unwritable: the launcher reports the exit code instead
             Path(path).write_text(json.dumps(record), encoding="utf-8")
     return message, os.environ.get(LAUNCHED_ENV) != "1"
+
+
+def leave_job(code: int) -> NoReturn:
+    """End a failed worker of :func:`relaunch` now, with ``code``, once its streams are flushed.
+
+    The launcher reports the failure from the error file :func:`worker_error` wrote. A normal
+    interpreter exit would first run C++ destructors, and a collective's thread still running
+    then makes the runtime print "terminate called without an active exception" on the
+    console ahead of the launcher's one line; ``os._exit`` skips that teardown.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
