@@ -15,6 +15,7 @@ from distillkit.errors import (
     PluginError,
     UnknownPluginError,
 )
+from distillkit.hookspecs import EXCLUSIVE_HOOKS, hookimpl
 from distillkit.host import CORE_NAME, PluginHost, discover
 from distillkit.resolve import resolve_config
 
@@ -170,3 +171,19 @@ def test_plugin_option_for_unselected_plugin_is_rejected():
 def test_list_records_shows_a_misspelt_hook_as_an_error_row():
     (record,) = PluginHost(eps=[ep("typo", "TypoHook")]).list_records()
     assert record.status == "error" and "inner_los_weight" in record.error
+
+
+@pytest.mark.parametrize("hook_name", sorted(EXCLUSIVE_HOOKS))
+def test_every_replace_style_hook_is_exclusive(hook_name):
+    """Two selected plugins implementing one replace-style hook: one line naming both and the hook."""
+
+    def plugin(name: str) -> object:
+        impl = hookimpl(lambda self, run, ctx: None)
+        impl.__name__ = hook_name
+        return type(name.title(), (), {"name": name, hook_name: impl})()
+
+    with pytest.raises(PluginConflictError) as info:
+        PluginHost(eps=[]).select([], {}, [plugin("first"), plugin("second")])
+    message = str(info.value)
+    assert "\n" not in message and f"both replace {hook_name}" in message
+    assert "'first'" in message and "'second'" in message
