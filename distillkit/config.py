@@ -124,6 +124,9 @@ class DistillConfig:
     #: Decay d of a moving average E ← d·E + (1 − d)·images kept after every update; the average
     #: is the set saved and evaluated (0: off, the images themselves).
     image_ema: float = 0.0
+    #: Skip the update of an iteration whose loss exceeds this (a cheap spike guard; the
+    #: iteration still counts; 0: off).
+    skip_loss_above: float = 0.0
     #: Progress lines every this many iterations when stderr is not a terminal.
     log_every: int = 10
     #: Denominator start of the final match: "expert" θ*_t (MTT, AST paper) or "perturbed" θ*_t + δ
@@ -439,7 +442,13 @@ DATASET_KEYS = frozenset(
         "evaluate.models",
     }
     | {f"distill.{f.name}" for f in fields(DistillConfig)}
-    - {"distill.student_momentum", "distill.match_denominator", "distill.img_momentum", "distill.image_ema"}
+    - {
+        "distill.student_momentum",
+        "distill.match_denominator",
+        "distill.img_momentum",
+        "distill.image_ema",
+        "distill.skip_loss_above",
+    }
 )
 
 

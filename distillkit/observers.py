@@ -80,8 +80,11 @@ def observing(
         observers.close(status)
 
 
+_NOT_VALUES = ("iteration", "terms", "rollbacks")
+
+
 def distill_values(line: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers of one ``metrics.jsonl`` line as a record: terms as ``terms/<name>``, no step."""
-    values = {k: v for k, v in line.items() if k not in ("iteration", "terms", "rollbacks")}
+    values = {k: float(v) if isinstance(v, bool) else v for k, v in line.items() if k not in _NOT_VALUES}
     values.update({f"terms/{name}": value for name, value in line.get("terms", {}).items()})
     return values

@@ -64,6 +64,7 @@ def validate(config: RunConfig) -> None:
         "distill.lr_lr": config.distill.lr_lr,
         "distill.img_momentum": config.distill.img_momentum,
         "distill.student_momentum": config.distill.student_momentum,
+        "distill.skip_loss_above": config.distill.skip_loss_above,
         "experts.momentum": config.experts.momentum,
         "experts.weight_decay": config.experts.weight_decay,
         "evaluate.momentum": config.evaluate.momentum,

@@ -33,9 +33,10 @@ the soft cross-entropy, and ŷ is learned with the images: SGD with lr ``label_l
 alone; here both initialisations get the correct-experts mean. Selecting ``tesla`` too is
 refused (both replace ``init_labels``).
 
-Not built: the code's update gating, which skips the update of images, labels and α in an
-iteration whose matching loss exceeds ``threshold`` (1 in its configs); the core's divergence
-guard plays a related but different role.
+The code's update gating, which skips the update of images, labels and α in an iteration
+whose matching loss exceeds ``threshold`` (1.0 in its configs), is the core option
+``distill.skip_loss_above``: ``--preset datm-code`` and the DATM paper presets set it; the plugin
+alone leaves it off.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Soft labels (``init_labels``) and the image EMA (``distill.image_ema``) inside the engine.
+"""Soft labels (``init_labels``), the image EMA (``distill.image_ema``) and loss gating
+(``distill.skip_loss_above``) inside the engine.
 
 Checked by hand or against an independent computation: the label gradient of both backprop
 strategies equals finite differences of the matching loss, fixed soft labels never move,
@@ -28,6 +29,7 @@ def _distiller(
     momentum: float = 0.0,
     image_ema: float = 0.0,
     augment: str = "",
+    skip_loss_above: float = 0.0,
     graph_steps: int = 0,
 ) -> Distiller:
     torch.manual_seed(0)
@@ -46,6 +48,7 @@ def _distiller(
         memory=memory,
         graph_steps=graph_steps,
         image_ema=image_ema,
+        skip_loss_above=skip_loss_above,
     )
     host = PluginHost()
     host.select([], {})
@@ -154,3 +157,16 @@ def test_image_ema_follows_its_recurrence_and_is_the_final_set():
     torch.testing.assert_close(d.final_images(), expected)
     assert not torch.equal(d.final_images(), d.images.detach())
     assert torch.equal(_distiller().final_images(), _distiller().images.detach())
+
+
+def test_an_iteration_whose_loss_exceeds_the_gate_updates_nothing():
+    gated, free = _distiller(skip_loss_above=1e-9), _distiller(skip_loss_above=1e9)
+    images, alpha = gated.images.detach().clone(), gated.alpha.detach().clone()
+    results = [gated.step() for _ in range(2)]
+    assert all(r.skipped for r in results) and gated.iteration == 2
+    assert torch.equal(gated.images, images) and torch.equal(gated.alpha, alpha)
+    plain = _distiller()
+    for _ in range(2):
+        a, b = free.step(), plain.step()
+        assert not a.skipped and a.loss == b.loss
+    assert torch.equal(free.images, plain.images)

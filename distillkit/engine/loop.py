@@ -66,6 +66,8 @@ class IterationResult:
     start_epoch: int
     expert: int
     inner_weight: float
+    #: The loss exceeded ``distill.skip_loss_above``: nothing was updated.
+    skipped: bool = False
     terms: dict[str, float] = field(default_factory=dict)
     rollbacks: list[str] = field(default_factory=list)
 
@@ -277,6 +279,27 @@ class Distiller:
         mean_loss = loss.detach().clone()
         self.reducer.all_reduce_mean_([mean_loss])
         loss_value = self.guard.check_loss(mean_loss)
+        skipped = 0 < cfg.skip_loss_above < loss_value
+        if not skipped:
+            self._update(loss, params, loss_value)
+        self.iteration += 1
+        return IterationResult(
+            iteration=it,
+            loss=loss_value,
+            match_loss=float(match.detach()),
+            alpha=float(self.alpha.detach()),
+            start_epoch=t,
+            expert=expert,
+            inner_weight=weight,
+            skipped=skipped,
+            terms={
+                **{name: _scalar(value) for name, value in self._logged.items()},
+                **{term.name: float(term.value.detach()) for term in terms},
+            },
+        )
+
+    def _update(self, loss: torch.Tensor, params: list[torch.Tensor], loss_value: float) -> None:
+        """Back-propagate ``loss`` and step images, α (and learned labels), checked by the guard."""
         for _, opt in self._optimisers:
             opt.zero_grad()
         self.backprop.backward(loss, params)
@@ -291,20 +314,6 @@ class Distiller:
             if self.images_ema is not None:
                 self.images_ema.lerp_(self.images, 1.0 - self.config.image_ema)
         self.guard.accept(loss_value)
-        self.iteration += 1
-        return IterationResult(
-            iteration=it,
-            loss=loss_value,
-            match_loss=float(match.detach()),
-            alpha=float(self.alpha.detach()),
-            start_epoch=t,
-            expert=expert,
-            inner_weight=weight,
-            terms={
-                **{name: _scalar(value) for name, value in self._logged.items()},
-                **{term.name: float(term.value.detach()) for term in terms},
-            },
-        )
 
     def _recover(self, reason: str) -> str:
         """Roll back to the last good state with lower learning rates; give up after ``max_failures``."""
