@@ -23,9 +23,7 @@ from distillkit.distilling import (
     DistillJob,
     DistillResult,
     build_distiller,
-    check_ipc,
     distill,
-    initial_set,
     save_distilled_set,
     stop_requests,
 )
@@ -59,6 +57,7 @@ from distillkit.runtime import (
     stage_seed,
 )
 from distillkit.setcheck import check_set_fits, check_synthetic_set
+from distillkit.startset import check_ipc, initial_set
 
 #: The library API: each stage's public functions, importable from one place. The functions
 #: defined here take a whole ``RunConfig`` and unpack it for the stages, which take their own

@@ -23,7 +23,7 @@ import torch
 from distillkit.artifacts import SOFT_LABELS, save_synthetic
 from distillkit.checkpoint import Checkpoint, checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from distillkit.config import DistillConfig, last_needed_epoch
-from distillkit.context import LabelInitContext, RunContext, SoftLabels
+from distillkit.context import SoftLabels
 from distillkit.engine.loop import Distiller, DivergenceError, EngineState, IterationResult
 from distillkit.engine.rankstate import (
     as_object,
@@ -35,15 +35,14 @@ from distillkit.engine.rankstate import (
     with_ranks,
 )
 from distillkit.engine.student import FlatStudent
-from distillkit.errors import ConfigError, DataError, Interrupted, StoreError
+from distillkit.errors import ConfigError, Interrupted, StoreError
 from distillkit.experts.pipeline import load_expert_slices
 from distillkit.experts.store import TrajectoryStore
-from distillkit.hookcalls import call_each, first_init, first_labels
-from distillkit.models.flat import load_flat
 from distillkit.observers import Observers, distill_values, observing
 from distillkit.rundir import being_trained
 from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
 from distillkit.snapshots import Snapshots
+from distillkit.startset import initial_labels, initial_set, label_parts
 
 
 @dataclass
@@ -87,90 +86,6 @@ class DistillJob:
     store: TrajectoryStore
     #: The key the store must have (what the run's config would train); checked before any use.
     expert_key: dict[str, Any]
-
-
-def check_ipc(ipc: int, data: PreparedData) -> None:
-    """ipc must not exceed the smallest class (checked before any expert is trained)."""
-    counts = torch.bincount(data.dataset.train_labels, minlength=data.dataset.num_classes)
-    smallest = int(counts.min())
-    if ipc > smallest:
-        raise DataError(
-            f"ipc={ipc} is larger than the smallest class ({smallest} images)",
-            hint=f"use --ipc {smallest} or less",
-        )
-
-
-def initial_set(
-    ipc: int, scope: RunScope, data: PreparedData, store: TrajectoryStore, run: RunContext
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Ask ``init_synthetic`` (first non-None answer; the core default is last) for the start set."""
-    first = store.finished()[0]
-    make = model_factory(data)
-    check_ipc(ipc, data)
-    ctx = data.init_context(
-        ipc,
-        expert_params=lambda e: store.load(first, [e if e >= 0 else store.num_epochs(first)])[0],
-        expert_epochs_available=store.num_epochs(first),
-        make_model=lambda: make(scope.model, scope.seed_for("init-model")),
-        load_flat=load_flat,
-    )
-    count = ipc * data.dataset.num_classes
-    init = first_init(
-        call_each(scope.host.hook, "init_synthetic", run=run, ctx=ctx),
-        count,
-        data.dataset.image_shape,
-        data.dataset.num_classes,
-    )
-    return init.images, init.labels, init.source
-
-
-def label_context(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    data: PreparedData,
-    store: TrajectoryStore,
-    student: FlatStudent,
-) -> LabelInitContext:
-    """The ``init_labels`` context: the start set on the student's device, every finished expert."""
-    device = images.device
-    finished = store.finished()
-    held = tuple(store.num_epochs(i) for i in finished)
-
-    def expert_params(expert: int, epoch: int) -> torch.Tensor:
-        index = finished[expert]
-        return store.load(index, [held[expert] if epoch < 0 else epoch], device=device)[0]
-
-    @torch.no_grad()
-    def predict(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([student(theta, chunk) for chunk in x.split(256)])
-
-    return LabelInitContext(
-        images=images.detach(),
-        labels=labels,
-        num_classes=data.dataset.num_classes,
-        experts=len(finished),
-        epochs_held=held,
-        expert_params=expert_params,
-        predict=predict,
-    )
-
-
-def initial_labels(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    scope: RunScope,
-    data: PreparedData,
-    store: TrajectoryStore,
-    student: FlatStudent,
-    run: RunContext,
-) -> SoftLabels | None:
-    """Ask ``init_labels`` (exclusive, no core default) for soft labels; None keeps the hard ones."""
-    device = scope.device
-    ctx = label_context(images.to(device), labels.to(device), data, store, student)
-    answer = first_labels(
-        call_each(scope.host.hook, "init_labels", run=run, ctx=ctx), len(labels), data.dataset.num_classes
-    )
-    return None if answer is None else answer[1]
 
 
 def build_distiller(
@@ -363,7 +278,7 @@ def distill(
                 )
 
     if snapshots is not None:
-        labels_meta = _label_parts(distiller)[1]
+        labels_meta = label_parts(distiller)[1]
         if labels_meta is not None:
             snapshots.meta["labels"] = labels_meta
         snapshots.discard_after(distiller.iteration if checkpoint is not None else -1)
@@ -429,17 +344,8 @@ def distill(
         source,
         history,
         times,
-        *_label_parts(distiller),
+        *label_parts(distiller),
     )
-
-
-def _label_parts(distiller: Distiller) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
-    """The soft-label logits and their description for ``synthetic.json`` (both None for hard labels)."""
-    soft = distiller.soft
-    if soft is None or distiller.soft_labels is None:
-        return None, None
-    meta = {"kind": "soft", "source": soft.source, "learned": soft.lr > 0}
-    return distiller.soft_labels.detach().cpu(), meta
 
 
 def _resume_point(out_dir: Path, reporter: Reporter) -> dict[str, Any]:
@@ -467,7 +373,7 @@ def _rank_view(job: DistillJob, state: EngineState, iteration: int) -> EngineSta
 def save_distilled_set(out_dir: Path, distiller: Distiller, source: str) -> None:
     """Write the engine's current (last good) set so a stopped run still leaves usable images."""
     meta = {"init": source, "iteration": distiller.iteration, "status": "stopped by the divergence guard"}
-    soft, labels_meta = _label_parts(distiller)
+    soft, labels_meta = label_parts(distiller)
     save_synthetic(
         out_dir,
         distiller.final_images().cpu(),

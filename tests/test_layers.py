@@ -25,9 +25,12 @@ def test_every_shipped_preset_declares_its_kind_and_keeps_to_it():
     kinds = {name: read_preset(name).kind for name in preset_names() if read_preset(name).kind != "paper"}
     assert kinds == {
         "ast-code": "method",
+        "datm-code": "method",
         "digits": "dataset",
         "fmnist-cpu": "dataset",
         "fmnist-ref": "dataset",
+        "ftd-code": "method",
+        "tesla-code": "method",
     }
     for name in kinds:
         preset = read_preset(name)

@@ -10,8 +10,7 @@ unroll N student steps on the synthetic set, match θ̂_N to θ*_{t+M} (plus hoo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -27,6 +26,13 @@ from distillkit.context import (
 from distillkit.engine.backprop import BACKPROP, UnrollSetup
 from distillkit.engine.guard import Diverged, DivergenceGuard
 from distillkit.engine.optim import MomentumSGD
+from distillkit.engine.records import (
+    DivergenceError,
+    EngineState,
+    IterationResult,
+    PluginHostLike,
+    RankMismatch,
+)
 from distillkit.engine.reduce import SOLO, Reducer, fingerprint
 from distillkit.engine.student import FlatStudent
 from distillkit.engine.unroll import BatchSampler, normalised_distance
@@ -35,49 +41,6 @@ from distillkit.hookcalls import call_each, combine_deltas, combine_terms, combi
 
 #: α is clamped to at least this fraction of its initial value, so it stays positive.
 ALPHA_FLOOR = 1e-3
-
-
-class PluginHostLike(Protocol):
-    """What the engine needs from the plugin host: the hook relay and plugin state."""
-
-    hook: Any
-
-    def plugin_state(self) -> dict[str, Any]: ...
-
-    def load_plugin_state(self, state: dict[str, Any]) -> None: ...
-
-
-class DivergenceError(RunFailed):
-    """The guard gave up after ``distill.max_failures`` rollbacks; the engine holds the last good state."""
-
-
-class RankMismatch(RunFailed):
-    """The ranks of a job no longer hold the same synthetic set (``distill.sync_check_every``)."""
-
-
-@dataclass
-class IterationResult:
-    """Metrics of one outer iteration (plain floats, for ``metrics.jsonl``)."""
-
-    iteration: int
-    loss: float
-    match_loss: float
-    alpha: float
-    start_epoch: int
-    expert: int
-    inner_weight: float
-    #: The loss exceeded ``distill.skip_loss_above``: nothing was updated.
-    skipped: bool = False
-    terms: dict[str, float] = field(default_factory=dict)
-    rollbacks: list[str] = field(default_factory=list)
-
-
-@dataclass
-class EngineState:
-    """Everything needed to continue bit for bit: tensors (safetensors-ready) and JSON metadata."""
-
-    tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any]
 
 
 class Distiller:
