@@ -5,8 +5,8 @@
 ``ConstantMemoryBackprop`` (``distill.memory = "constant"``) keeps only θ̂_i, the
 velocities, the batch indices and the RNG state of each step, and recomputes one
 step at a time in a reverse sweep. It is *exact* reverse-mode differentiation
-(all Hessian chain terms kept, unlike TESLA's published trick which is exact only
-for N = 1; Cui et al., arXiv 2211.10586). With θ_{i+1} = θ_i − α·v_{i+1},
+(all Hessian chain terms kept, unlike the published constant-memory trick, which is
+exact only for N = 1; Cui et al., arXiv 2211.10586). With θ_{i+1} = θ_i − α·v_{i+1},
 v_{i+1} = μ·v_i + g(θ_i, X_i) and adjoints θ̄, v̄ the sweep is, for i = N−1 … 0::
 
     ᾱ   += −⟨θ̄_{i+1}, v_{i+1}⟩

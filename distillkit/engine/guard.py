@@ -1,7 +1,7 @@
 """Divergence checks for one outer iteration, run before anything is updated.
 
 Trajectory matching diverges in known ways (NaN losses and runaway step sizes are
-recurring reports on the public MTT, FTD and AST issue trackers): the matching loss
+recurring reports on the issue trackers of the public trajectory-matching code): the matching loss
 becomes NaN/inf or explodes, a gradient becomes non-finite, the pixels blow up
 (too large ``lr_img``), or the learned step size α leaves (0, ∞).
 ``DivergenceGuard`` names the symptom; the engine rolls back to its last good
