@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+from distillkit.artifacts import check_soft_labels
 from distillkit.errors import StoreError
+from distillkit.labels import is_soft
 from distillkit.runtime import PreparedData
 
 
@@ -37,7 +39,10 @@ def check_set_fits(
     num_classes: int,
     hint: str | None = None,
 ) -> None:
-    """:func:`check_synthetic_set` against a shape and class count (e.g. a set's own metadata)."""
+    """:func:`check_synthetic_set` against a shape and class count (e.g. a set's own metadata).
+
+    ``labels`` are integer classes [N] or soft-label logits [N, classes].
+    """
     shape, classes = tuple(image_shape), num_classes
     if images.dim() != 4 or tuple(images.shape[1:]) != shape or len(images) == 0:
         raise StoreError(
@@ -45,11 +50,13 @@ def check_set_fits(
             f"[N, {shape[0]}, {shape[1]}, {shape[2]}] with N > 0",
             hint=hint,
         )
-    if labels.shape != (len(images),) or labels.is_floating_point():
+    if is_soft(labels):
+        check_soft_labels(labels, len(images), classes, "the set's soft labels")
+    elif labels.shape != (len(images),):
         raise StoreError(
             f"the set needs {len(images)} integer labels, got {labels.dtype} {tuple(labels.shape)}"
         )
-    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+    elif int(labels.min()) < 0 or int(labels.max()) >= classes:
         raise StoreError(
             f"the set's labels span {int(labels.min())}..{int(labels.max())}, outside 0..{classes - 1}"
         )

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from distillkit.config import RunConfig
     from distillkit.distributed import World
     from distillkit.evaluate import EvalResult
-    from distillkit.runtime import PreparedData
 
 from distillkit.cli.app import app, cli_errors, out
 
@@ -182,7 +181,7 @@ def _evaluate_here(
             f"config names {data.dataset.name}",
             hint="the run directory was altered; evaluate the set with the dataset it came from",
         )
-    _check_set(*distilled, data)
+    api.check_synthetic_set(*distilled, data)
     sets = {"distilled": distilled}
     if run_dir is not None:
         on = api.device_for(cfg.device, cfg.deterministic)
@@ -192,17 +191,6 @@ def _evaluate_here(
         return api.evaluate_many(cfg, data, sets, reporter=reporter, world=world)
     finally:
         reporter.close()
-
-
-def _check_set(images: torch.Tensor, labels: torch.Tensor, lr: float, data: PreparedData) -> None:
-    """Refuse a set that cannot be evaluated on ``data``; soft-label logits need one per class."""
-    from distillkit import api
-    from distillkit.artifacts import check_soft_labels
-    from distillkit.labels import hard_labels, is_soft
-
-    if is_soft(labels):
-        check_soft_labels(labels, len(images), data.dataset.num_classes, "the set's soft labels")
-    api.check_synthetic_set(images, hard_labels(labels), lr, data)
 
 
 def _print_results(
