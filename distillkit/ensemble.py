@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from distillkit.config import EvaluateConfig
 from distillkit.labels import is_soft, label_loss
+from distillkit.models.pooling import AvgPool2x2
 from distillkit.packed_sgd import PackedSGD
 
 __all__ = [
@@ -61,6 +62,7 @@ CHANNELWISE: tuple[type[nn.Module], ...] = (
     nn.Sigmoid,
     nn.MaxPool2d,
     nn.AvgPool2d,
+    AvgPool2x2,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
 )

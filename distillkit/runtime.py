@@ -29,6 +29,7 @@ from distillkit.data.pixels import Images, NormalisedPixels
 from distillkit.distributed import World
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
+from distillkit.hostmemory import allocator_mode, keep_freed_memory
 from distillkit.models import build_model
 
 if TYPE_CHECKING:
@@ -221,8 +222,9 @@ def run_scope(config: RunConfig, host: PluginHost, world: World = World()) -> Ru
     """The scope of a run: seed, architecture, device (made deterministic if asked), DSA, plugins, world.
 
     In a job of several ranks an unnumbered ``cuda`` device becomes this rank's GPU
-    (:meth:`World.device`).
+    (:meth:`World.device`). Sets up the host allocator first (:mod:`distillkit.hostmemory`).
     """
+    keep_freed_memory()
     return RunScope(
         seed=config.seed,
         model=config.model.name,
@@ -250,4 +252,5 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
+        "host_allocator": allocator_mode(),
     }

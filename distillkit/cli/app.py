@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from distillkit.errors import DistillkitError, ExitCode, os_error_exit_code
+from distillkit.hostmemory import keep_freed_memory
 
 if TYPE_CHECKING:
     pass
@@ -137,6 +138,7 @@ def terminate_like_interrupt() -> None:
 def main() -> None:
     """Console-script entry point."""
     terminate_like_interrupt()
+    keep_freed_memory()
     try:
         app()
     except KeyboardInterrupt:

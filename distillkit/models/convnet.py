@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from distillkit.errors import ConfigError
 from distillkit.models.base import EmbedClassifier
+from distillkit.models.pooling import AvgPool2x2
 
 Size = tuple[int, int]
 
@@ -29,7 +30,7 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 POOLS: dict[str, Callable[[], nn.Module]] = {
-    "ap": lambda: nn.AvgPool2d(2, 2),
+    "ap": AvgPool2x2,
     "mp": lambda: nn.MaxPool2d(2, 2),
     "np": nn.Identity,
 }

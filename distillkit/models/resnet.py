@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from distillkit.models.base import EmbedClassifier
 from distillkit.models.convnet import Size, halving_pool, make_norm
+from distillkit.models.pooling import AvgPool2x2
 
 _STAGES = ((64, False), (128, True), (256, True), (512, True))  # (planes, downsamples)
 
@@ -92,7 +93,7 @@ class ResNet18(EmbedClassifier):
 def _downsampling(size: Size, avgpool: bool) -> tuple[int, nn.Module | None, Size]:
     """(conv stride, pool, map size after) for a block that halves ``size``, if it may."""
     if avgpool:
-        pool, after = halving_pool(size, lambda: nn.AvgPool2d(2, 2), floor=2)
+        pool, after = halving_pool(size, AvgPool2x2, floor=2)
         return 1, pool, after
     after = ((size[0] + 1) // 2, (size[1] + 1) // 2)  # 3×3 conv, stride 2, padding 1
     if min(after) < 2:

@@ -1,0 +1,67 @@
+"""Keep freed tensor memory in the C heap, so the CPU path does not page-fault on every step.
+
+glibc's ``malloc`` hands allocations above its mmap threshold (128 KiB, rising to at most
+32 MiB as blocks are freed) to the kernel with ``mmap`` and returns them with ``munmap`` on
+``free``. A training step of these small networks allocates and frees the same few-MiB
+activation tensors dozens of times, so every step pays for fresh zeroed pages: on a 2-core
+machine a ConvNetW32 expert step (batch 256) ran 1.9× faster, an evaluation step (100 images)
+1.6× faster, once freed blocks stayed in the heap (docs/performance.md, "The host allocator").
+PyTorch's CPU allocator is plain ``malloc``; jemalloc or tcmalloc under ``LD_PRELOAD`` do the
+same job, but need a library and a wrapper around every command. ``mallopt`` needs neither.
+
+What changes: blocks up to 32 MiB come from the heap, and the heap's free top is returned to
+the kernel only past 1 GiB. Numbers are unchanged (allocation never affects arithmetic); peak
+memory is the live peak plus heap fragmentation. ``DISTILLKIT_MALLOC=system`` leaves glibc as
+it is (e.g. when a faster allocator is preloaded).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+ENV = "DISTILLKIT_MALLOC"
+# mallopt parameters (<malloc.h>) and the values set; 32 MiB is the largest mmap threshold glibc takes.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
+SETTINGS = ((M_MMAP_MAX, 0), (M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20))
+
+_state = {"mode": "system"}
+
+
+def keep_freed_memory() -> str:
+    """Apply the heap settings above once per process; return the allocator mode now in effect.
+
+    ``"heap"`` when applied, ``"system"`` when switched off by ``DISTILLKIT_MALLOC=system``, off
+    Linux or when the C library is not glibc (musl has no ``mallopt``). Safe to call repeatedly.
+    """
+    if _state["mode"] == "heap":
+        return "heap"
+    wanted = os.environ.get(ENV, "heap").strip().lower()
+    if wanted not in ("heap", "system"):
+        # An environment variable cannot take a config error's one line at this point; the
+        # safe reading of a typo is "leave the allocator alone".
+        wanted = "system"
+    if wanted == "heap" and sys.platform.startswith("linux"):
+        mallopt = _glibc_mallopt()
+        if mallopt is not None and all(mallopt(param, value) == 1 for param, value in SETTINGS):
+            _state["mode"] = "heap"
+    return _state["mode"]
+
+
+def allocator_mode() -> str:
+    """What :func:`keep_freed_memory` set in this process (``"heap"``) or ``"system"``."""
+    return _state["mode"]
+
+
+def _glibc_mallopt() -> ctypes._CFuncPtr | None:
+    """glibc's ``mallopt``, or ``None`` where this process's C library has none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        function = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function

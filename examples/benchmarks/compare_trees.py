@@ -1,0 +1,162 @@
+"""Two distillkit source trees, the same stages, one job at a time: did a change make runs faster?
+
+Usage:
+    python examples/benchmarks/compare_trees.py --baseline PATH [--candidate PATH] [--out DIR]
+        [--data DIR] [--expert-epochs 2] [--ipc 10,1] [--iterations 15] [--warmup 3]
+        [--skip-evaluate]
+
+``--baseline`` and ``--candidate`` (default: this checkout) are distillkit work trees, e.g. a
+``git worktree add ../previous-main <commit>``. Every job is ``python -m distillkit ...`` in a
+fresh process with ``PYTHONPATH`` set to its tree, under ``/usr/bin/time -v``, strictly one after
+another, the baseline first in each pair, on the ``fmnist-cpu`` preset:
+
+1. ``experts``: one expert of ``--expert-epochs`` epochs per tree; seconds per 60 000-image epoch
+   from the store manifest (training and the test pass after each epoch, data loading excluded);
+2. ``distill`` per ipc, both trees from the baseline's expert: the median of ``metrics.jsonl``'s
+   per-iteration seconds after ``--warmup``, and the process's peak RSS;
+3. ``evaluate`` of the baseline's ipc-10 run (or the first ipc) by each tree: the ``runs``
+   networks on the distilled set and the ``runs`` on the random-real set, ``epochs`` each (the
+   preset's protocol: 5 + 5 × 300), timed as the whole process; both trees' accuracies are printed,
+   which must agree within the evaluation spread.
+
+Ratios are candidate ÷ baseline. Exit codes: 0 done, 1 a job failed (its log is named), 2 a
+set-up problem (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_bench import JobFailed, load_average, median_after, run_job
+
+HERE = Path(__file__).resolve().parents[2]
+PRESET = "fmnist-cpu"
+TREES = ("baseline", "candidate")
+
+
+def job(args: argparse.Namespace, tree: str, name: str, *cli: str) -> Any:
+    env = {**os.environ, "PYTHONPATH": str(getattr(args, tree)), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "distillkit", *cli]
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return run_job(f"{tree}-{name}", cmd, args.out, env, logs)
+
+
+def common(args: argparse.Namespace) -> list[str]:
+    last = args.expert_epochs - 1
+    return [
+        "--preset",
+        PRESET,
+        "--data-path",
+        str(args.data),
+        "--set",
+        f"distill.max_start_epoch={min(5, last)}",
+    ]
+
+
+def experts(args: argparse.Namespace, tree: str) -> dict[str, Any]:
+    store = args.out / f"{tree}-experts"
+    sets = ["--set", "experts.count=1", "--set", f"experts.epochs={args.expert_epochs}"]
+    ran = job(args, tree, "experts", "experts", *common(args), *sets, "--out", str(store), "--quiet")
+    seconds = json.loads((store / "manifest.json").read_text())["experts"][0]["seconds"]
+    return {"s_per_epoch": seconds / args.expert_epochs, "peak_rss_mb": ran.peak_rss_mb, "load": ran.load}
+
+
+def distill(args: argparse.Namespace, tree: str, ipc: int) -> dict[str, Any]:
+    run_dir = args.out / f"{tree}-distill-ipc{ipc}"
+    sets = ["--set", f"distill.iterations={args.iterations}", "--set", f"experts.epochs={args.expert_epochs}"]
+    store = args.out / "baseline-experts"
+    cli = ["distill", "--experts", str(store), *common(args), "--ipc", str(ipc), *sets, "--out", str(run_dir)]
+    ran = job(args, tree, f"distill-ipc{ipc}", *cli, "--overwrite", "--quiet")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    seconds = [row["seconds"] for row in rows if "seconds" in row]
+    return {
+        "s_per_iter": median_after(seconds, args.warmup),
+        "peak_rss_mb": ran.peak_rss_mb,
+        "load": ran.load,
+    }
+
+
+def evaluate(args: argparse.Namespace, tree: str, run_dir: Path) -> dict[str, Any]:
+    ran = job(args, tree, "evaluate", "evaluate", str(run_dir), "--data-path", str(args.data), "--quiet")
+    entries = json.loads((run_dir / "evaluation.json").read_text())
+    last = entries[-1] if isinstance(entries, list) else entries
+    return {"wall_s": ran.wall_s, "peak_rss_mb": ran.peak_rss_mb, "load": ran.load, "results": last}
+
+
+def ratio(candidate: float | None, baseline: float | None) -> str:
+    return "-" if not candidate or not baseline else f"{candidate / baseline:.2f}x"
+
+
+def report(result: dict[str, Any]) -> None:
+    rows = [("expert s/epoch", "experts", "s_per_epoch")]
+    rows += [(f"ipc {ipc} s/iteration", f"distill-ipc{ipc}", "s_per_iter") for ipc in result["ipcs"]]
+    rows += [(f"ipc {ipc} peak RSS MiB", f"distill-ipc{ipc}", "peak_rss_mb") for ipc in result["ipcs"]]
+    rows += [("evaluate wall s", "evaluate", "wall_s")]
+    print(f"{'quantity':24s} {'baseline':>10s} {'candidate':>10s} {'ratio':>7s}")
+    for label, stage, key in rows:
+        if stage not in result["stages"]:
+            continue
+        base, cand = (result["stages"][stage][tree].get(key) for tree in ("baseline", "candidate"))
+        print(f"{label:24s} {base:10.3f} {cand:10.3f} {ratio(cand, base):>7s}")
+    print(f"load average {result['load'][0]} before, {result['load'][1]} after; JSON: {result['json']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", type=Path, required=True)
+    parser.add_argument("--candidate", type=Path, default=HERE)
+    parser.add_argument("--out", type=Path, default=Path("runs/compare-trees"))
+    parser.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    parser.add_argument("--expert-epochs", type=int, default=2)
+    parser.add_argument("--ipc", default="10,1")
+    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--skip-evaluate", action="store_true")
+    args = parser.parse_args(argv)
+    for tree in (args.baseline, args.candidate):
+        if not (tree / "distillkit" / "__init__.py").is_file():
+            print(f"error: {tree} is not a distillkit work tree (no distillkit/__init__.py)", file=sys.stderr)
+            return 2
+    if args.expert_epochs < 2:
+        print("error: --expert-epochs must be at least 2 (distillation matches 2 epochs)", file=sys.stderr)
+        return 2
+    ipcs = [int(x) for x in args.ipc.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    load_before, stages = load_average(), {}
+    try:
+        stages["experts"] = {tree: experts(args, tree) for tree in TREES}
+        for ipc in ipcs:
+            stages[f"distill-ipc{ipc}"] = {
+                tree: distill(args, tree, ipc) for tree in ("baseline", "candidate")
+            }
+        if not args.skip_evaluate:
+            run_dir = args.out / f"baseline-distill-ipc{ipcs[0]}"
+            stages["evaluate"] = {tree: evaluate(args, tree, run_dir) for tree in TREES}
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out_json = args.out / "compare_trees.json"
+    result = {
+        "ipcs": ipcs,
+        "stages": stages,
+        "load": [load_before, load_average()],
+        "trees": {"baseline": str(args.baseline), "candidate": str(args.candidate)},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "json": str(out_json),
+    }
+    out_json.write_text(json.dumps(result, indent=1))
+    report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
