@@ -29,7 +29,7 @@ from distillkit.data.pixels import Images, NormalisedPixels
 from distillkit.distributed import World
 from distillkit.errors import ConfigError
 from distillkit.host import PluginHost
-from distillkit.hostmemory import allocator_mode, keep_freed_memory
+from distillkit.hostmemory import allocator_mode, keep_freed_memory, return_free_memory
 from distillkit.models import build_model
 
 if TYPE_CHECKING:
@@ -107,6 +107,7 @@ class PreparedData:
         for images in (self.train_images, self.test_images, dataset.train_images, dataset.test_images):
             if isinstance(images, NormalisedPixels):
                 images.release()
+        return_free_memory()
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Synthetic images back to [0, 1] pixels for pictures (inverse ZCA, then de-normalise)."""

@@ -3,7 +3,7 @@
 Usage:
     python examples/benchmarks/compare_trees.py --baseline PATH [--candidate PATH] [--out DIR]
         [--data DIR] [--expert-epochs 2] [--ipc 10,1] [--iterations 15] [--warmup 3]
-        [--skip-evaluate]
+        [--stages experts,distill,evaluate]
 
 ``--baseline`` and ``--candidate`` (default: this checkout) are distillkit work trees, e.g. a
 ``git worktree add ../previous-main <commit>``. Every job is ``python -m distillkit ...`` in a
@@ -19,8 +19,9 @@ another, the baseline first in each pair, on the ``fmnist-cpu`` preset:
    preset's protocol: 5 + 5 × 300), timed as the whole process; both trees' accuracies are printed,
    which must agree within the evaluation spread.
 
-Ratios are candidate ÷ baseline. Exit codes: 0 done, 1 a job failed (its log is named), 2 a
-set-up problem (one line).
+``--stages`` runs a subset (``distill`` alone reuses OUT's baseline expert). Ratios are candidate ÷
+baseline. Exit codes: 0 done, 1 a job failed (its log is named), 2 a
+set-up problem (one line); after a failure, the stages done so far are in OUT/compare_trees.json.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def distill(args: argparse.Namespace, tree: str, ipc: int) -> dict[str, Any]:
 
 
 def evaluate(args: argparse.Namespace, tree: str, run_dir: Path) -> dict[str, Any]:
-    ran = job(args, tree, "evaluate", "evaluate", str(run_dir), "--data-path", str(args.data), "--quiet")
+    ran = job(args, tree, "evaluate", "evaluate", str(run_dir), "--quiet")  # the run's own config
     entries = json.loads((run_dir / "evaluation.json").read_text())
     last = entries[-1] if isinstance(entries, list) else entries
     return {"wall_s": ran.wall_s, "peak_rss_mb": ran.peak_rss_mb, "load": ran.load, "results": last}
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ipc", default="10,1")
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--skip-evaluate", action="store_true")
+    parser.add_argument(
+        "--stages", default="experts,distill,evaluate", help="a subset; distill needs OUT's baseline expert"
+    )
     args = parser.parse_args(argv)
     for tree in (args.baseline, args.candidate):
         if not (tree / "distillkit" / "__init__.py").is_file():
@@ -131,19 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     ipcs = [int(x) for x in args.ipc.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     load_before, stages = load_average(), {}
+    wanted = set(args.stages.split(","))
+    out_json = args.out / "compare_trees.json"
     try:
-        stages["experts"] = {tree: experts(args, tree) for tree in TREES}
-        for ipc in ipcs:
-            stages[f"distill-ipc{ipc}"] = {
-                tree: distill(args, tree, ipc) for tree in ("baseline", "candidate")
-            }
-        if not args.skip_evaluate:
+        if "experts" in wanted:
+            stages["experts"] = {tree: experts(args, tree) for tree in TREES}
+        for ipc in ipcs if "distill" in wanted else []:
+            stages[f"distill-ipc{ipc}"] = {tree: distill(args, tree, ipc) for tree in TREES}
+        if "evaluate" in wanted:
             run_dir = args.out / f"baseline-distill-ipc{ipcs[0]}"
             stages["evaluate"] = {tree: evaluate(args, tree, run_dir) for tree in TREES}
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
+        out_json.write_text(json.dumps({"stages": stages, "failed": str(exc)}, indent=1))
         return 1
-    out_json = args.out / "compare_trees.json"
     result = {
         "ipcs": ipcs,
         "stages": stages,
