@@ -107,6 +107,10 @@ def report(result: dict[str, Any]) -> None:
             continue
         base, cand = (result["stages"][stage][tree].get(key) for tree in ("baseline", "candidate"))
         print(f"{label:24s} {base:10.3f} {cand:10.3f} {ratio(cand, base):>7s}")
+    for tree, done in result["stages"].get("evaluate", {}).items():
+        for part in ("models", "random_real"):
+            for model, res in done["results"].get(part, {}).items():
+                print(f"{tree} {part} {model}: {100 * res['mean']:.2f} ± {100 * res['std']:.2f} %")
     print(f"load average {result['load'][0]} before, {result['load'][1]} after; JSON: {result['json']}")
 
 
