@@ -5,7 +5,8 @@ glibc's ``malloc`` hands allocations above its mmap threshold (128 KiB, rising t
 ``free``. A training step of these small networks allocates and frees the same few-MiB
 activation tensors dozens of times, so every step pays for fresh zeroed pages: on a 2-core
 machine a ConvNetW32 expert step (batch 256) ran 1.9× faster, an evaluation step (100 images)
-1.6× faster, once freed blocks stayed in the heap (docs/performance.md, "The host allocator").
+1.6× faster, once freed blocks stayed in the heap (docs/performance.md, "Where the CPU time
+went").
 PyTorch's CPU allocator is plain ``malloc``; jemalloc or tcmalloc under ``LD_PRELOAD`` do the
 same job, but need a library and a wrapper around every command. ``mallopt`` needs neither.
 

@@ -4,8 +4,8 @@
 ConvNetW32 it took a quarter of an evaluation step (forward and backward), more than the
 convolutions' forward (docs/performance.md, "Where the CPU time went"). Four strided views
 summed, and the gradient spread back by two ``repeat_interleave`` copies, compute the same
-average 2–3× faster. Each direction is its own autograd function whose backward is the other one, so the
-double backward of trajectory matching stays two cheap ops as well.
+average 2–3× faster. Each direction is its own autograd function whose backward is the other
+one, so the double backward of trajectory matching stays two cheap ops as well.
 
 Results equal ``F.avg_pool2d(x, 2)`` up to float rounding: the four values are summed in
 another order (pairs of rows first), which changes at most the last bit.
