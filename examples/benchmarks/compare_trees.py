@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_bench import JobFailed, load_average, median_after, run_job
+from reference_bench import JobFailed, iteration_seconds, load_average, median_after, run_job
 
 HERE = Path(__file__).resolve().parents[2]
 PRESET = "fmnist-cpu"
@@ -76,8 +76,7 @@ def distill(args: argparse.Namespace, tree: str, ipc: int) -> dict[str, Any]:
     store = args.out / "baseline-experts"
     cli = ["distill", "--experts", str(store), *common(args), "--ipc", str(ipc), *sets, "--out", str(run_dir)]
     ran = job(args, tree, f"distill-ipc{ipc}", *cli, "--overwrite", "--quiet")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    seconds = [row["seconds"] for row in rows if "seconds" in row]
+    seconds = iteration_seconds(run_dir, args.iterations)
     return {
         "s_per_iter": median_after(seconds, args.warmup),
         "peak_rss_mb": ran.peak_rss_mb,

@@ -380,6 +380,15 @@ def stamps(job: Job, pattern: str) -> list[float]:
     return [t for t, line in job.lines if rx.search(line)]
 
 
+def iteration_seconds(run_dir: Path, iterations: int) -> list[float]:
+    """Each iteration's ``seconds`` from a ``distillkit distill`` run's ``metrics.jsonl``, all of them."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    seconds = [float(r["seconds"]) for r in rows]
+    if len(seconds) != iterations:
+        raise JobFailed(f"{run_dir}/metrics.jsonl has {len(seconds)} of {iterations} iterations")
+    return seconds
+
+
 def median_after(values: list[float], warmup: int) -> float | None:
     timed = values[warmup:] if len(values) > warmup else values[-1:]
     return statistics.median(timed) if timed else None
@@ -584,10 +593,7 @@ def distillkit_distill(plan: Plan, ipc: int, store: Path, label: str, sets: list
         "--quiet",
     )
     job = run_job(f"distillkit-distill-ipc{ipc}-{slug}", cmd, plan.out, plan.env, plan.logs)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    seconds = [float(r["seconds"]) for r in rows]
-    if len(seconds) != plan.iterations:
-        raise JobFailed(f"{run_dir}/metrics.jsonl has {len(seconds)} of {plan.iterations} iterations")
+    seconds = iteration_seconds(run_dir, plan.iterations)
     return {
         "mode": label,
         "sets": sets,
