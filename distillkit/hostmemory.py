@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -72,6 +73,7 @@ def allocator_mode() -> str:
     return _state["mode"]
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """This process's C library if it has glibc's ``mallopt`` and ``malloc_trim``, else ``None``."""
     try:
