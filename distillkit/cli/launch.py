@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -167,8 +168,12 @@ def _first_failure(failures: dict[int, Any], logs: Path) -> DistillkitError:
         return data.get("distillkit", {}) if isinstance(data.get("distillkit"), dict) else {}
 
     def order(rank: int) -> tuple[bool, float, int]:
-        info = recorded(failures[rank])
-        return bool(info.get("secondary")), float(info.get("time", failures[rank].timestamp)), rank
+        # Followers sort last: a rank whose collective failed because a peer died, and a rank the
+        # launcher itself stopped with SIGTERM once another failed (whole-second timestamps
+        # cannot order those against the rank that crashed first).
+        failure, info = failures[rank], recorded(failures[rank])
+        stopped = not info and failure.exitcode == -signal.SIGTERM
+        return bool(info.get("secondary")) or stopped, float(info.get("time", failure.timestamp)), rank
 
     rank = min(failures, key=order)
     failure, info = failures[rank], recorded(failures[rank])
