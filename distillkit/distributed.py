@@ -84,6 +84,24 @@ class World:
 
         self._guard("barrier", lambda: dist.monitored_barrier(self.group, self._timeout(), True))
 
+    def settle(self) -> None:
+        """Wait for every rank once a command's work is done, before the process group is left.
+
+        Gloo's worker threads release a finished collective (and the tensors it holds) just after
+        its caller has been woken. A rank that finished first could start shutting its interpreter
+        down before that; the thread then frees a Python-owned tensor without the interpreter and
+        aborts the process ("terminate called without an active exception"), failing a job whose
+        results were complete. ``destroy_process_group`` cannot join those threads first once
+        ``torch._dynamo`` was imported after the group was made (every ``torch.optim`` optimiser
+        imports it; the import keeps references to the default group). A barrier's own work holds
+        no tensors, and it returns only after the peer arrived, long after that release.
+        """
+        if self.size == 1:
+            return
+        import torch.distributed as dist
+
+        self._guard("barrier", lambda: dist.barrier(group=self.group))
+
     def all_reduce_mean_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace each tensor by its mean over the ranks, in place (CPU or CUDA tensors).
 

@@ -156,6 +156,7 @@ def joined_world(device: str) -> Iterator[World]:
     world = join_world(device=device)
     try:
         yield world
+        world.settle()
     finally:
         leave_world(world)
 
