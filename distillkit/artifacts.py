@@ -148,7 +148,7 @@ def save_synthetic(
     """Write ``synthetic.safetensors`` and ``synthetic.json`` (meta + checksum) atomically.
 
     ``extra_tensors`` carries state needed to use the images, e.g. the ZCA
-    transform as ``zca.mean`` / ``zca.matrix`` / ``zca.inverse``. ``stem`` names
+    transform as ``zca.mean`` / ``zca.basis`` / ``zca.eigenvalues`` / ``zca.eps``. ``stem`` names
     other sets in the same format (``snapshots/iter-000200``).
     """
     out_dir = Path(out_dir)

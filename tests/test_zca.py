@@ -54,18 +54,40 @@ def test_state_dict_round_trip_is_exact() -> None:
     images = _correlated_images()
     zca = ZCA.fit(images)
     state = zca.state_dict()
-    assert set(state) == {"mean", "matrix", "inverse"}
-    assert all(t.dtype == torch.float32 for t in state.values())
+    assert set(state) == {"mean", "basis", "eigenvalues", "eps"}
     restored = ZCA.from_state_dict({k: v.clone() for k, v in state.items()})
-    assert torch.equal(restored.transform(images), zca.transform(images))
     assert torch.equal(restored.inverse(images), zca.inverse(images))
+    # The restored dense matrix is rebuilt from the basis (float32 there): the same transform to rounding.
+    torch.testing.assert_close(restored.transform(images), zca.transform(images), atol=1e-4, rtol=0)
 
 
-def test_state_dict_missing_key() -> None:
+def test_a_saved_low_rank_fit_holds_the_images_span_not_two_dense_matrices() -> None:
+    """40 images of 108 values: a 108×40 basis instead of two 108×108 matrices."""
+    images = torch.randn(40, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    state = ZCA.fit(images).state_dict()
+    assert tuple(state["basis"].shape) == (108, 40) and tuple(state["eigenvalues"].shape) == (40,)
+    assert tuple(ZCA.fit(_correlated_images()).state_dict()["basis"].shape) == (48, 48)  # 400 images
+
+
+def test_sets_saved_with_the_dense_matrices_still_load() -> None:
+    """Before the eigenbasis, ``zca.matrix`` and ``zca.inverse`` were saved; such sets still draw."""
+    images = _correlated_images()
+    zca = ZCA.fit(images)
+    inverse = torch.linalg.inv(zca.matrix.double()).float()
+    legacy = ZCA.from_state_dict({"mean": zca.mean, "matrix": zca.matrix, "inverse": inverse})
+    assert torch.equal(legacy.transform(images), zca.transform(images))
+    torch.testing.assert_close(legacy.inverse(images), zca.inverse(images), atol=1e-4, rtol=1e-5)
+    assert set(legacy.state_dict()) == {"mean", "matrix", "inverse"}
+
+
+def test_state_dict_missing_or_misshapen_parts() -> None:
     state = ZCA.fit(_correlated_images()).state_dict()
-    del state["inverse"]
-    with pytest.raises(DataError, match="inverse"):
-        ZCA.from_state_dict(state)
+    with pytest.raises(DataError, match="eigenvalues"):
+        ZCA.from_state_dict({k: v for k, v in state.items() if k != "eigenvalues"})
+    with pytest.raises(DataError, match="basis"):
+        ZCA.from_state_dict({**state, "basis": state["basis"][:, :5]})
+    with pytest.raises(DataError, match="eps"):
+        ZCA.from_state_dict({**state, "eps": torch.tensor(0.0)})
 
 
 def test_chunked_transform_matches_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,6 +127,7 @@ def test_the_low_rank_fit_equals_the_covariance_fit_when_there_are_fewer_images_
     flat = images.reshape(40, -1)
     mean = flat.double().mean(dim=0)
     fitted = zca.ZCA.fit(images)
-    matrix, inverse = zca._covariance_fit(flat, mean, 0.1)
+    matrix, basis, eigenvalues = zca._covariance_fit(flat, mean, 0.1)
     torch.testing.assert_close(fitted.matrix.double(), matrix, atol=1e-6, rtol=0)
-    torch.testing.assert_close(fitted.inverse_matrix.double(), inverse, atol=1e-6, rtol=0)
+    dense = ZCA(mean.reshape(3, 6, 6), basis, eigenvalues, 0.1)
+    torch.testing.assert_close(fitted.inverse(images), dense.inverse(images), atol=1e-5, rtol=1e-5)

@@ -124,10 +124,10 @@ def run_cmd(
                     )
             finally:
                 reporter.close()
-            if world.is_main:
-                print_summary(summary, target)
-                if not no_report:
-                    refresh_report(target)
+        if world.is_main:
+            print_summary(summary, target)
+            if not no_report:
+                refresh_report(target)
 
 
 def _continued(

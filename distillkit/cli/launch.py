@@ -150,7 +150,11 @@ def relaunch(ctx: click.Context, nproc: int, max_restarts: int = 0, log_dir: Pat
 
 @contextlib.contextmanager
 def joined_world(device: str) -> Iterator[World]:
-    """This process's :class:`~distillkit.distributed.World` for a command's body, left at the end."""
+    """This process's :class:`~distillkit.distributed.World` for a command's body, left at the end.
+
+    After a body that ended normally the ranks settle (:meth:`~distillkit.distributed.World.settle`)
+    first, so rank-0-only work (printing, reports) belongs after the block, not in it.
+    """
     from distillkit.distributed import join_world, leave_world
 
     world = join_world(device=device)
