@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillkit.config import EvaluateConfig
+from distillkit.experts.train import TEST_BATCH
 from distillkit.labels import is_soft, label_loss
 from distillkit.models.pooling import AvgPool2x2
 from distillkit.packed_sgd import PackedSGD
@@ -362,7 +363,9 @@ def _packed_loss(logits: Tensor, targets: Sequence[Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def packed_accuracy(packed: PackedNetworks, images: Tensor, labels: Tensor, batch: int = 1024) -> list[float]:
+def packed_accuracy(
+    packed: PackedNetworks, images: Tensor, labels: Tensor, batch: int = TEST_BATCH
+) -> list[float]:
     """Top-1 accuracy of every network in eval mode (as ``experts.train.accuracy`` per network).
 
     ``images`` (a tensor or :class:`~distillkit.data.pixels.NormalisedPixels`) on the networks'
