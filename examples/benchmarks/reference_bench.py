@@ -26,6 +26,11 @@ Jobs, strictly one after another, each under ``/usr/bin/time -v`` (peak RSS of t
    then ``distillkit distill`` once per mode (median of metrics.jsonl's ``seconds`` after
    warm-up).
 
+``--reference-allocator heap`` runs every job with ``GLIBC_TUNABLES`` set to the glibc malloc
+settings distillkit applies to itself (``distillkit.hostmemory``): the reference then gets the same
+allocator, which tells how much of a ratio is distillkit's arithmetic and how much its allocator.
+The default, ``system``, runs the reference as its users do.
+
 Then a table with the ratios (distillkit / reference), the fp32 matmul rate measured the way
 ``distillkit bench`` measures it, the load average, torch version and threads; the same as JSON.
 Exit codes: 0 done, 1 a job failed (its log is named), 2 a set-up problem (one line).
@@ -751,6 +756,8 @@ def print_report(result: dict[str, Any]) -> None:
         f"{ref_env['python']}: torch {ref_env['torch']} ({ref_env['threads']} threads); "
         f"OMP_NUM_THREADS={env['omp_num_threads']}; {env['cpu']} ({env['cpu_count']} CPUs)"
     )
+    if env.get("glibc_tunables"):
+        console.print(f"every job under GLIBC_TUNABLES={env['glibc_tunables']} (--reference-allocator heap)")
     console.print(
         f"reference {REFERENCE_REPO} at {result['reference_commit'] or 'unknown commit'}; expert epochs "
         f"{result['settings']['expert_epochs']}, {result['settings']['iterations']} iterations, warm-up "
@@ -764,6 +771,18 @@ def print_report(result: dict[str, Any]) -> None:
         )
 
 
+def glibc_tunables() -> str:
+    """distillkit's ``mallopt`` settings (``distillkit.hostmemory.SETTINGS``) as glibc tunables."""
+    from distillkit import hostmemory
+
+    names = {
+        hostmemory.M_MMAP_MAX: "mmap_max",
+        hostmemory.M_TRIM_THRESHOLD: "trim_threshold",
+        hostmemory.M_TOP_PAD: "top_pad",
+    }
+    return ":".join(f"glibc.malloc.{names[param]}={value}" for param, value in hostmemory.SETTINGS)
+
+
 def environment(plan: Plan) -> dict[str, Any]:
     import torch
 
@@ -773,6 +792,7 @@ def environment(plan: Plan) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "omp_num_threads": plan.env.get("OMP_NUM_THREADS"),
+        "glibc_tunables": plan.env.get("GLIBC_TUNABLES"),
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -887,6 +907,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=None, help="set OMP_NUM_THREADS for every job")
     parser.add_argument(
+        "--reference-allocator",
+        choices=("system", "heap"),
+        default="system",
+        help="heap: every job under GLIBC_TUNABLES equal to distillkit's own malloc settings",
+    )
+    parser.add_argument(
         "--reuse-experts",
         action="store_true",
         help="trials: reuse OUT's reference expert, train and time no expert",
@@ -908,6 +934,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported here
         env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+        if args.reference_allocator == "heap":
+            env["GLIBC_TUNABLES"] = glibc_tunables()
         out = args.out.resolve()
         (out / "logs").mkdir(parents=True, exist_ok=True)
         plan = Plan(
