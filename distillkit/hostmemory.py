@@ -8,7 +8,10 @@ machine a ConvNetW32 expert step (batch 256) ran 1.9× faster, an evaluation ste
 1.6× faster, once freed blocks stayed in the heap (docs/performance.md, "Where the CPU time
 went").
 PyTorch's CPU allocator is plain ``malloc``; jemalloc or tcmalloc under ``LD_PRELOAD`` do the
-same job, but need a library and a wrapper around every command. ``mallopt`` needs neither.
+same job, but need a library and a wrapper around every command. ``mallopt`` needs neither. (Any
+other program gets the same settings from the environment: ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:
+glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864``, which is how
+``examples/benchmarks/reference_bench.py --reference-allocator heap`` runs the reference.)
 
 What changes: every block comes from the heap (mmap'd blocks off: glibc caps its mmap threshold at
 32 MiB, exactly one batch-256 activation of a ConvNetW32), and the heap's free top is returned to
