@@ -124,6 +124,7 @@ class ZCA:
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> ZCA:
         """A ZCA from :meth:`state_dict`, or from the ``mean``/``matrix``/``inverse`` of older sets."""
         if "basis" not in state and {"matrix", "inverse"} <= set(state) and "mean" in state:
+            # eps was not saved then and is not needed: both directions are the dense matrices.
             return cls(state["mean"], None, None, 0.1, matrix=state["matrix"], dense_inverse=state["inverse"])
         missing = [key for key in ("mean", "basis", "eigenvalues", "eps") if key not in state]
         if missing:
