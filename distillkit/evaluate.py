@@ -25,6 +25,7 @@ from distillkit.data.pixels import Images
 from distillkit.ensemble import Member, NotPackable, PackedNetworks, pack, packed_accuracy, train_packed
 from distillkit.experts.train import accuracy
 from distillkit.labels import label_loss
+from distillkit.packed_sgd import PackedSGD
 
 
 @dataclass(frozen=True)
@@ -70,22 +71,21 @@ def train_on_set(
     ``labels`` are class indices [n] or soft-label logits [n, classes] (:func:`distillkit.labels.label_loss`).
     """
     model.train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    params = list(model.parameters())
+    # The network as a packed ensemble of one (a leading axis of 1): torch.optim.SGD's arithmetic
+    # without constructing a torch optimiser, which imports torch._dynamo (≈ 130 MiB, 2 s a process).
+    optimizer = PackedSGD([p.detach().unsqueeze(0) for p in params], [lr], cfg.momentum, cfg.weight_decay)
     images, labels = images.detach(), labels.detach()
     for epoch in range(cfg.epochs):
         if epoch == cfg.epochs // 2:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * cfg.lr_decay_factor
-                if cfg.momentum_after_decay >= 0:
-                    group["momentum"] = cfg.momentum_after_decay
+            optimizer.lrs = [lr * cfg.lr_decay_factor]
+            if cfg.momentum_after_decay >= 0:
+                optimizer.momentum = cfg.momentum_after_decay
         order = torch.randperm(len(images), generator=generator, device=generator.device)
         for idx in order.to(images.device).split(cfg.batch_size):
             loss = label_loss(model(augment(images[idx], generator)), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            grads = torch.autograd.grad(loss, params)
+            optimizer.step([grad.unsqueeze(0) for grad in grads])
     return model
 
 

@@ -55,3 +55,37 @@ print(sorted(m for m in sys.modules if m.startswith("torch._dynamo"))[:1])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_evaluation_trains_as_torch_sgd_without_importing_torch_dynamo() -> None:
+    """``train_on_set`` equals the torch.optim.SGD schedule bit for bit (momentum change included)
+    and, unlike constructing a torch optimiser, leaves torch._dynamo unimported."""
+    code = """
+import copy, sys, torch
+from distillkit.config import EvaluateConfig
+from distillkit.data.augment import DSA
+from distillkit.evaluate import train_on_set
+from distillkit.models import build_model
+torch.manual_seed(0)
+cfg = EvaluateConfig(epochs=6, batch_size=16, momentum_after_decay=0.5)
+model = build_model("convnet-w8-d1", 1, 10, (8, 8))
+reference = copy.deepcopy(model)
+images, labels = torch.randn(40, 1, 8, 8), torch.randint(10, (40,))
+train_on_set(model, images, labels, 0.05, cfg, DSA(), torch.Generator().manual_seed(1))
+print(sorted(m for m in sys.modules if m.startswith("torch._dynamo"))[:1])
+generator, augment = torch.Generator().manual_seed(1), DSA()
+optimizer = torch.optim.SGD(
+    reference.parameters(), lr=0.05, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+)
+for epoch in range(cfg.epochs):
+    if epoch == cfg.epochs // 2:
+        optimizer.param_groups[0].update(lr=0.05 * cfg.lr_decay_factor, momentum=0.5)
+    for idx in torch.randperm(40, generator=generator).split(cfg.batch_size):
+        loss = torch.nn.functional.cross_entropy(reference(augment(images[idx], generator)), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+print(all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters())))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "True"]
