@@ -1,7 +1,8 @@
 """SGD on stacked parameters: each network of a packed ensemble follows its own ``torch.optim.SGD``.
 
 Kept apart from :mod:`distillkit.ensemble` because it is plain optimiser arithmetic, tested on its
-own against ``torch.optim.SGD`` per network.
+own against ``torch.optim.SGD`` per network. A single evaluation network trains with it too (a pack of
+one, :func:`distillkit.evaluate.train_on_set`): constructing a torch optimiser imports ``torch._dynamo``.
 """
 
 from __future__ import annotations
