@@ -9,9 +9,9 @@ machine a ConvNetW32 expert step (batch 256) ran 1.9× faster, an evaluation ste
 went").
 PyTorch's CPU allocator is plain ``malloc``; jemalloc or tcmalloc under ``LD_PRELOAD`` do the
 same job, but need a library and a wrapper around every command. ``mallopt`` needs neither. (Any
-other program gets the same settings from the environment: ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:
-glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864``, which is how
-``examples/benchmarks/reference_bench.py --reference-allocator heap`` runs the reference.)
+other program gets the same settings from the environment: ``GLIBC_TUNABLES`` set to
+:func:`glibc_tunables`, which is how ``examples/benchmarks/reference_bench.py --reference-allocator
+heap`` runs the reference.)
 
 What changes: every block comes from the heap (mmap'd blocks off: glibc caps its mmap threshold at
 32 MiB, exactly one batch-256 activation of a ConvNetW32), and the heap's free top is returned to
@@ -33,6 +33,8 @@ ENV = "DISTILLKIT_MALLOC"
 # mallopt parameters (<malloc.h>) and the values set: no mmap'd blocks, trim past 1 GiB, grow by 64 MiB.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 64 << 20))
+# The same parameters as glibc tunables (glibc.malloc.<name>), for programs that never call mallopt.
+_TUNABLE_NAMES = {M_MMAP_MAX: "mmap_max", M_TRIM_THRESHOLD: "trim_threshold", M_TOP_PAD: "top_pad"}
 
 _state = {"mode": "system"}
 
@@ -69,6 +71,11 @@ def return_free_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def glibc_tunables() -> str:
+    """:data:`SETTINGS` as a ``GLIBC_TUNABLES`` value: this heap for a process that never calls mallopt."""
+    return ":".join(f"glibc.malloc.{_TUNABLE_NAMES[param]}={value}" for param, value in SETTINGS)
 
 
 def allocator_mode() -> str:

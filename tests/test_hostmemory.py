@@ -30,10 +30,12 @@ print(json.dumps({"mode": mode, "faults": resource.getrusage(resource.RUSAGE_SEL
 """
 
 
-def _probe(setting: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "DISTILLKIT_MALLOC"}
+def _probe(setting: str | None, tunables: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISTILLKIT_MALLOC", "GLIBC_TUNABLES")}
     if setting is not None:
         env["DISTILLKIT_MALLOC"] = setting
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
     env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -59,3 +61,13 @@ def test_runs_record_the_allocator_mode() -> None:
     from distillkit.runtime import environment
 
     assert environment()["host_allocator"] in ("heap", "system")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are Linux's")
+def test_the_tunables_give_a_process_that_never_calls_mallopt_the_same_heap() -> None:
+    """As ``reference_bench.py --reference-allocator heap`` runs the reference."""
+    from distillkit.hostmemory import glibc_tunables
+
+    plain = _probe("system")
+    tuned = _probe("system", tunables=glibc_tunables())
+    assert plain["faults"] > 50_000 and tuned["faults"] * 10 < plain["faults"]

@@ -67,23 +67,3 @@ def test_a_tree_without_the_anchor_text_is_refused(bench, tree):
     (tree / "buffer.py").write_text("a([p.detach().cpu() for p in teacher_net.parameters()])\n")
     with pytest.raises(bench.SetupError, match="cannot apply patch 3"):
         bench.check_reference(tree, patch=True)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are Linux's")
-def test_the_heap_allocator_option_gives_a_process_distillkits_malloc_settings(bench):
-    """A process that never calls mallopt (as the reference) stops page-faulting under the tunables."""
-    import json
-    import os
-    import subprocess
-
-    from test_hostmemory import PROBE
-
-    env = {**os.environ, "DISTILLKIT_MALLOC": "system", "OMP_NUM_THREADS": "1"}
-    faults = []
-    for tunables in (None, bench.glibc_tunables()):
-        run_env = {**env, "GLIBC_TUNABLES": tunables} if tunables else env
-        done = subprocess.run(
-            [sys.executable, "-c", PROBE], env=run_env, capture_output=True, text=True, check=True
-        )
-        faults.append(json.loads(done.stdout.strip().splitlines()[-1])["faults"])
-    assert faults[0] > 50_000 and faults[1] * 10 < faults[0]

@@ -771,18 +771,6 @@ def print_report(result: dict[str, Any]) -> None:
         )
 
 
-def glibc_tunables() -> str:
-    """distillkit's ``mallopt`` settings (``distillkit.hostmemory.SETTINGS``) as glibc tunables."""
-    from distillkit import hostmemory
-
-    names = {
-        hostmemory.M_MMAP_MAX: "mmap_max",
-        hostmemory.M_TRIM_THRESHOLD: "trim_threshold",
-        hostmemory.M_TOP_PAD: "top_pad",
-    }
-    return ":".join(f"glibc.malloc.{names[param]}={value}" for param, value in hostmemory.SETTINGS)
-
-
 def environment(plan: Plan) -> dict[str, Any]:
     import torch
 
@@ -935,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported here
         env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
         if args.reference_allocator == "heap":
+            from distillkit.hostmemory import glibc_tunables
+
             env["GLIBC_TUNABLES"] = glibc_tunables()
         out = args.out.resolve()
         (out / "logs").mkdir(parents=True, exist_ok=True)
