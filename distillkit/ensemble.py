@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from distillkit.config import EvaluateConfig
 from distillkit.experts.train import TEST_BATCH
 from distillkit.labels import is_soft, label_loss
+from distillkit.models.instancenorm import InstanceNorm
 from distillkit.models.pooling import AvgPool2x2
 from distillkit.packed_sgd import PackedSGD
 
@@ -142,6 +143,7 @@ class PackedLinear(nn.Module):
 PACKERS: dict[type[nn.Module], Callable[[Sequence[nn.Module]], nn.Module]] = {
     nn.Conv2d: PackedConv2d,
     nn.GroupNorm: PackedGroupNorm,
+    InstanceNorm: PackedGroupNorm,
     nn.Linear: PackedLinear,
 }
 

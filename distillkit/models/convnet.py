@@ -15,13 +15,15 @@ from torch import Tensor, nn
 
 from distillkit.errors import ConfigError
 from distillkit.models.base import EmbedClassifier
+from distillkit.models.instancenorm import InstanceNorm
 from distillkit.models.pooling import AvgPool2x2
 
 Size = tuple[int, int]
 
 NORMS: dict[str, Callable[[int], nn.Module]] = {
-    # MTT's "instancenorm": per-sample, per-channel statistics with no running buffers.
-    "in": lambda c: nn.GroupNorm(c, c, affine=True),
+    # MTT's "instancenorm" (GroupNorm with a group per channel: per-sample, per-channel statistics,
+    # no running buffers), with a double backward written out for trajectory matching.
+    "in": InstanceNorm,
     "bn": nn.BatchNorm2d,
     # Layer norm over (C, H, W) as GroupNorm(1, C): independent of the map size.
     "ln": lambda c: nn.GroupNorm(1, c, affine=True),
