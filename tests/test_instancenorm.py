@@ -57,10 +57,11 @@ def _matching_gradients(norm: nn.Module, x: torch.Tensor, seed: int = 1) -> list
     x = x.clone().requires_grad_()
     out = norm(x)
     upstream = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-    grads = torch.autograd.grad((out * upstream).square().sum(), [x, norm.weight, norm.bias], create_graph=True)
+    params = [x, norm.weight, norm.bias]
+    grads = torch.autograd.grad((out * upstream).square().sum(), params, create_graph=True)
     probes = [torch.randn(g.shape, generator=gen, dtype=g.dtype) for g in grads]
     outer = sum((g * p).sum() for g, p in zip(grads, probes, strict=True)) + (out * upstream).sum()
-    return list(torch.autograd.grad(outer, [x, norm.weight, norm.bias]))
+    return list(torch.autograd.grad(outer, params))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -94,7 +95,8 @@ def test_models_use_it_and_keep_their_parameter_names() -> None:
     model = build_model("convnet-w32", 1, 10, (28, 28))
     assert type(model.norm1) is InstanceNorm
     assert isinstance(model.norm1, nn.GroupNorm)
-    assert [n for n, _ in model.named_parameters()][:4] == ["conv1.weight", "conv1.bias", "norm1.weight", "norm1.bias"]
+    names = [n for n, _ in model.named_parameters()][:4]
+    assert names == ["conv1.weight", "conv1.bias", "norm1.weight", "norm1.bias"]
     reference = nn.GroupNorm(32, 32)
     reference.load_state_dict(model.norm1.state_dict())
     x = torch.randn(2, 32, 4, 4)

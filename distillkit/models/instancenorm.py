@@ -72,7 +72,9 @@ class _InstanceNormBackward(torch.autograd.Function):
     """(g, x, w) ↦ (∂x, ∂w, ∂b) by the fused kernel; its own backward is the closed form above."""
 
     @staticmethod
-    def forward(ctx, grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         n, c, m = _shape(x)
         grad = grad.contiguous(memory_format=_format(x))
         dx, dw, db = torch.ops.aten.native_group_norm_backward(
