@@ -2,15 +2,15 @@
 
 Usage:
     python examples/benchmarks/norm_double_backward.py distill --experts STORE [--ipc 10]
-        [--memory standard|constant] [--rounds 6] [--set KEY=VALUE ...]
+        [--memory standard|constant] [--preset fmnist-cpu] [--rounds 6] [--set KEY=VALUE ...]
     python examples/benchmarks/norm_double_backward.py smooth [--rounds 8]
 
-``distill`` builds one ``fmnist-cpu`` distiller on STORE (what ``distillkit distill`` runs) and
-alternates its iterations between the two norms, swapped in place in the student (same
-parameters), so both see the same machine state; ``smooth`` does the same for one AST
-smooth-expert step (cross-entropy plus the gradient penalty, whose create-graph backward
-differentiates the norm twice) on a batch of 256 FashionMNIST-sized images. Prints the median
-seconds of each and their ratio. Run it alone on the machine.
+``distill`` builds one distiller (``--preset``, default ``fmnist-cpu``) on STORE (what ``distillkit
+distill`` runs) and alternates its iterations between the two norms, swapped in place in the student
+(same parameters), so both see the same machine state; ``smooth`` does the same for one AST smooth-
+expert step (cross-entropy plus the gradient penalty, whose create-graph backward differentiates the
+norm twice) on a batch of 256 FashionMNIST-sized images. Prints the median seconds of each and their
+ratio. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def distill_step(args: argparse.Namespace) -> tuple[Callable[[], object], nn.Mod
 
     overrides = {"distill.ipc": args.ipc, "distill.memory": args.memory, "distill.iterations": 10**6}
     overrides.update(dict(split_set_option(item) for item in args.set))
-    config, host = resolve_config("fmnist-cpu", None, overrides, None)
+    config, host = resolve_config(args.preset, None, overrides, None)
     data = api.prepare_data(config.data)
     store = TrajectoryStore.open(args.experts)
     distiller, _ = api.build_distiller(api.distill_job(config, host, data, store))
@@ -102,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["distill", "smooth"])
     parser.add_argument("--experts", type=Path, help="distill: an fmnist-cpu expert store")
+    parser.add_argument("--preset", default="fmnist-cpu", help="distill: the store's preset")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--memory", choices=["standard", "constant"], default="standard")
     parser.add_argument("--set", action="append", default=[], help="distill: KEY=VALUE overrides")
