@@ -74,6 +74,14 @@ def test_second_order_matches_pytorch_group_norm(channels_last: bool) -> None:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 10), (3, 6, 2, 3, 4)])
+def test_other_map_ranks_match_group_norm(shape: tuple[int, ...]) -> None:
+    mine, theirs = _pair(6, torch.float64)
+    x = torch.randn(shape, dtype=torch.float64)
+    for got, want in zip(_matching_gradients(mine, x), _matching_gradients(theirs, x), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 def test_float32_second_order_stays_within_rounding_of_group_norm() -> None:
     mine, theirs = _pair(32)
     x = torch.randn(20, 32, 16, 16)

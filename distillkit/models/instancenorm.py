@@ -47,9 +47,14 @@ def _format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _rows(x: Tensor) -> Tensor:
+    """``x`` as ``[N, C, M]``: one row per (sample, channel), whatever the map's rank."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
 def _sums(a: Tensor, b: Tensor) -> Tensor:
     """Σ a·b over each (sample, channel), shape ``[N, C]``."""
-    return torch.linalg.vecdot(a.flatten(2), b.flatten(2))
+    return torch.linalg.vecdot(_rows(a), _rows(b))
 
 
 class _InstanceNorm(torch.autograd.Function):
@@ -97,7 +102,7 @@ class _InstanceNormBackward(torch.autograd.Function):
         mu, r, w = mean.view(n, c), rstd.view(n, c), weight.view(1, c)
         a_w, a_b = a_w.view(1, c), a_b.view(1, c)
         # Means over each (sample, channel): of g, g·x̂, A, A·x̂, A·g (x̂ = r·(x − μ), never built).
-        mean_g, mean_a = g.flatten(2).mean(2), a.flatten(2).mean(2)
+        mean_g, mean_a = _rows(g).mean(2), _rows(a).mean(2)
         mean_gx = r * (_sums(g, x) / m - mu * mean_g)
         mean_ax = r * (_sums(a, x) / m - mu * mean_a)
         mean_ag = _sums(a, g) / m
