@@ -24,25 +24,21 @@ checks both against float64 finite differences). A third derivative raises an er
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 
 def _shape(x: Tensor) -> tuple[int, int, int]:
     """``(N, C, H·W)`` of an ``[N, C, ...]`` map."""
-    return x.shape[0], x.shape[1], x[0, 0].numel()
-
-
-def _dense(x: Tensor) -> Tensor:
-    """``x`` laid out densely as the kernels need: NCHW, or NHWC where it already is (as ``F.group_norm``)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
+    return x.shape[0], x.shape[1], math.prod(x.shape[2:])
 
 
 def _format(x: Tensor) -> torch.memory_format:
-    """The memory format ``x`` is dense in, so the cotangents can be given the same layout."""
-    if x.dim() == 4 and not x.is_contiguous():
+    """The layout the kernels get ``x`` and its cotangents in: NHWC where ``x`` already is (as
+    ``F.group_norm`` keeps it), NCHW otherwise."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -60,7 +56,7 @@ def _sums(a: Tensor, b: Tensor) -> Tensor:
 class _InstanceNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
-        x = _dense(x)
+        x = x.contiguous(memory_format=_format(x))
         n, c, m = _shape(x)
         y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, m, c, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
