@@ -25,3 +25,9 @@ def test_a_baseline_that_is_not_a_work_tree_is_one_line(tmp_path: Path) -> None:
 def test_fewer_than_two_expert_epochs_cannot_be_matched(tmp_path: Path) -> None:
     done = _run("--baseline", str(ROOT), "--expert-epochs", "1", out=tmp_path / "out")
     assert done.returncode == 2 and "at least 2" in done.stderr
+
+
+def test_an_unknown_stage_is_one_line(tmp_path: Path) -> None:
+    done = _run("--baseline", str(ROOT), "--stages", "experts,whole", out=tmp_path / "out")
+    assert done.returncode == 2 and "unknown stage whole" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,7 @@
 Usage:
     python examples/benchmarks/compare_trees.py --baseline PATH [--candidate PATH] [--out DIR]
         [--data DIR] [--expert-epochs 2] [--ipc 10,1] [--iterations 15] [--warmup 3]
-        [--stages experts,distill,evaluate]
+        [--stages experts,distill,evaluate|run] [--run-ipc 10]
 
 ``--baseline`` and ``--candidate`` (default: this checkout) are distillkit work trees, e.g. a
 ``git worktree add ../previous-main <commit>``. Every job is ``python -m distillkit ...`` in a
@@ -17,7 +17,12 @@ another, the baseline first in each pair, on the ``fmnist-cpu`` preset:
 3. ``evaluate`` of the baseline's ipc-10 run (or the first ipc) by each tree: the ``runs``
    networks on the distilled set and the ``runs`` on the random-real set, ``epochs`` each (the
    preset's protocol: 5 + 5 × 300), timed as the whole process; both trees' accuracies are printed,
-   which must agree within the evaluation spread.
+   which must agree within the evaluation spread;
+4. ``run`` (not in the default ``--stages``; ≈ 1 h for both trees on 2 cores): the whole
+   ``distillkit run --preset fmnist-cpu --ipc RUN_IPC`` a user runs, experts trained (each tree gets
+   an empty ``DISTILLKIT_CACHE``), the preset's full budget: the process's wall time and peak RSS,
+   split into experts (the store manifest's seconds), distillation (``metrics.jsonl``'s seconds) and
+   the rest (data loading, evaluation, report), with both trees' accuracies.
 
 ``--stages`` runs a subset (``distill`` alone reuses OUT's baseline expert). Ratios are candidate ÷
 baseline. Exit codes: 0 done, 1 a job failed (its log is named), 2 a
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -91,6 +97,31 @@ def evaluate(args: argparse.Namespace, tree: str, run_dir: Path) -> dict[str, An
     return {"wall_s": ran.wall_s, "peak_rss_mb": ran.peak_rss_mb, "load": ran.load, "results": last}
 
 
+def whole_run(args: argparse.Namespace, tree: str) -> dict[str, Any]:
+    run_dir, cache = args.out / f"{tree}-run", args.out / f"{tree}-run-cache"
+    if cache.exists():  # experts must be trained, not found in a cache from an earlier pass
+        shutil.rmtree(cache)
+    env = {**os.environ, "PYTHONPATH": str(getattr(args, tree)), "PYTHONUNBUFFERED": "1"}
+    env["DISTILLKIT_CACHE"] = str(cache)
+    cli = ["run", "--preset", PRESET, "--data-path", str(args.data), "--ipc", str(args.run_ipc)]
+    cmd = [sys.executable, "-m", "distillkit", *cli, "--out", str(run_dir), "--overwrite", "--quiet"]
+    ran = run_job(f"{tree}-run", cmd, args.out, env, args.out / "logs")
+    manifests = list(cache.glob("**/manifest.json"))
+    experts_s = sum(e["seconds"] for m in manifests for e in json.loads(m.read_text())["experts"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    distill_s = sum(float(r["seconds"]) for r in rows)
+    entries = json.loads((run_dir / "evaluation.json").read_text())
+    return {
+        "wall_s": ran.wall_s,
+        "experts_s": experts_s,
+        "distill_s": distill_s,
+        "rest_s": ran.wall_s - experts_s - distill_s,
+        "peak_rss_mb": ran.peak_rss_mb,
+        "load": ran.load,
+        "results": entries[-1] if isinstance(entries, list) else entries,
+    }
+
+
 def ratio(candidate: float | None, baseline: float | None) -> str:
     return "-" if not candidate or not baseline else f"{candidate / baseline:.2f}x"
 
@@ -100,13 +131,16 @@ def report(result: dict[str, Any]) -> None:
     rows += [(f"ipc {ipc} s/iteration", f"distill-ipc{ipc}", "s_per_iter") for ipc in result["ipcs"]]
     rows += [(f"ipc {ipc} peak RSS MiB", f"distill-ipc{ipc}", "peak_rss_mb") for ipc in result["ipcs"]]
     rows += [("evaluate wall s", "evaluate", "wall_s")]
+    run_keys = ("wall_s", "experts_s", "distill_s", "rest_s", "peak_rss_mb")
+    rows += [(f"run {key}", "run", key) for key in run_keys]
     print(f"{'quantity':24s} {'baseline':>10s} {'candidate':>10s} {'ratio':>7s}")
     for label, stage, key in rows:
         if stage not in result["stages"]:
             continue
         base, cand = (result["stages"][stage][tree].get(key) for tree in ("baseline", "candidate"))
         print(f"{label:24s} {base:10.3f} {cand:10.3f} {ratio(cand, base):>7s}")
-    for tree, done in result["stages"].get("evaluate", {}).items():
+    evaluated = [(f"{s} {t}", d) for s in ("evaluate", "run") for t, d in result["stages"].get(s, {}).items()]
+    for tree, done in evaluated:
         for part in ("models", "random_real"):
             for model, res in done["results"].get(part, {}).items():
                 print(f"{tree} {part} {model}: {100 * res['mean']:.2f} ± {100 * res['std']:.2f} %")
@@ -124,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
-        "--stages", default="experts,distill,evaluate", help="a subset; distill needs OUT's baseline expert"
+        "--stages",
+        default="experts,distill,evaluate",
+        help="a subset, or run (the whole pipeline); distill needs OUT's baseline expert",
     )
+    parser.add_argument("--run-ipc", type=int, default=10, help="ipc of the run stage")
     args = parser.parse_args(argv)
     for tree in (args.baseline, args.candidate):
         if not (tree / "distillkit" / "__init__.py").is_file():
@@ -134,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.expert_epochs < 2:
         print("error: --expert-epochs must be at least 2 (distillation matches 2 epochs)", file=sys.stderr)
         return 2
+    wanted = set(args.stages.split(","))
+    if unknown := wanted - {"experts", "distill", "evaluate", "run"}:
+        named = ", ".join(sorted(unknown))
+        print(f"error: unknown stage {named} (experts, distill, evaluate, run)", file=sys.stderr)
+        return 2
     ipcs = [int(x) for x in args.ipc.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     load_before, stages = load_average(), {}
-    wanted = set(args.stages.split(","))
     out_json = args.out / "compare_trees.json"
     try:
         if "experts" in wanted:
@@ -147,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         if "evaluate" in wanted:
             run_dir = args.out / f"baseline-distill-ipc{ipcs[0]}"
             stages["evaluate"] = {tree: evaluate(args, tree, run_dir) for tree in TREES}
+        if "run" in wanted:
+            stages["run"] = {tree: whole_run(args, tree) for tree in TREES}
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         out_json.write_text(json.dumps({"stages": stages, "failed": str(exc)}, indent=1))
