@@ -105,7 +105,9 @@ def whole_run(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     env["DISTILLKIT_CACHE"] = str(cache)
     cli = ["run", "--preset", PRESET, "--data-path", str(args.data), "--ipc", str(args.run_ipc)]
     cmd = [sys.executable, "-m", "distillkit", *cli, "--out", str(run_dir), "--overwrite", "--quiet"]
-    ran = run_job(f"{tree}-run", cmd, args.out, env, args.out / "logs")
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    ran = run_job(f"{tree}-run", cmd, args.out, env, logs)
     manifests = list(cache.glob("**/manifest.json"))
     experts_s = sum(e["seconds"] for m in manifests for e in json.loads(m.read_text())["experts"])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--run-ipc", type=int, default=10, help="ipc of the run stage")
     args = parser.parse_args(argv)
+    for name in ("baseline", "candidate", "out", "data"):  # jobs run with OUT as working directory
+        setattr(args, name, getattr(args, name).resolve())
     for tree in (args.baseline, args.candidate):
         if not (tree / "distillkit" / "__init__.py").is_file():
             print(f"error: {tree} is not a distillkit work tree (no distillkit/__init__.py)", file=sys.stderr)
