@@ -31,8 +31,10 @@ def test_matches_torch_sgd_bit_for_bit(momentum: float) -> None:
         assert torch.equal(ours, theirs)
 
 
-def test_distillation_does_not_import_torch_dynamo() -> None:
-    """Building and stepping the engine must not import torch._dynamo (≈130 MiB RSS) as torch.optim does."""
+@pytest.mark.parametrize("memory", ["standard", "constant"])
+def test_distillation_imports_neither_torch_dynamo_nor_sympy(memory: str) -> None:
+    """Building and stepping the engine must not import torch._dynamo (≈130 MiB RSS, as torch.optim
+    does) nor sympy (+34 MiB, as autograd does for explicit grad_outputs), in either memory mode."""
     code = """
 import sys, torch
 from distillkit.config import DistillConfig, RunConfig
@@ -46,13 +48,16 @@ from distillkit.models import build_model
 model = build_model("convnet-w32-d2", 1, 2, (8, 8))
 start = flatten_params(model)
 experts = [torch.stack([start + 0.01 * k for k in range(4)])]
-config = DistillConfig(ipc=1, syn_steps=3, expert_epochs=1, max_start_epoch=2, img_momentum=0.5)
+config = DistillConfig(
+    ipc=1, syn_steps=3, expert_epochs=1, max_start_epoch=2, img_momentum=0.5, memory=MEMORY, graph_steps=1
+)
 run = RunContext(RunConfig(distill=config), torch.device("cpu"), torch.Generator().manual_seed(0), None, {})
 images, labels = torch.randn(2, 1, 8, 8), torch.tensor([0, 1])
 distiller = Distiller(run, PluginHost(), FlatStudent(model), images, labels, experts, config, DSA("none"))
 distiller.step(); distiller.step()
-print(sorted(m for m in sys.modules if m.startswith("torch._dynamo"))[:1])
+print(sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "sympy")))[:1])
 """
+    code = code.replace("MEMORY", repr(memory))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -181,7 +181,10 @@ class ConstantMemoryBackprop:
         """(∂g/∂θ_i)ᵀu and [(∂g/∂X)ᵀu, (∂g/∂Y)ᵀu when labels are learned] for step i,
         replaying its batch and augmentation draws.
 
-        θ̄_0 is never used, so step 0 asks autograd for the data terms only.
+        θ̄_0 is never used, so step 0 asks autograd for the data terms only. The product is taken
+        as the gradient of the scalar ⟨g, u⟩, whose backward hands u to g exactly (1·u): passing u
+        as ``grad_outputs`` instead makes autograd import ``torch.fx``'s symbolic shapes and sympy
+        to check its shape (+34 MiB RSS, a tenth of an ipc-1 process's working memory).
         """
         s = self.s
         idx, rng_state = self._batches[i]
@@ -190,10 +193,11 @@ class ConstantMemoryBackprop:
         x = s.augment(s.images[idx])
         inner = self._loss_weight * label_loss(s.student(theta, x), s.labels[idx])
         (grad,) = torch.autograd.grad(inner, theta, create_graph=True)
+        projected = (grad * u).sum()
         data = [s.images, *([s.labels] if s.labels.requires_grad else [])]
         if i == 0:
-            return None, list(torch.autograd.grad(grad, data, u, allow_unused=True))
-        theta_vjp, *data_vjps = torch.autograd.grad(grad, [theta, *data], u, allow_unused=True)
+            return None, list(torch.autograd.grad(projected, data, allow_unused=True))
+        theta_vjp, *data_vjps = torch.autograd.grad(projected, [theta, *data], allow_unused=True)
         return theta_vjp, data_vjps
 
 
