@@ -3,12 +3,13 @@
 Usage:
     python examples/benchmarks/compare_trees.py --baseline PATH [--candidate PATH] [--out DIR]
         [--data DIR] [--expert-epochs 2] [--ipc 10,1] [--iterations 15] [--warmup 3]
-        [--stages experts,distill,evaluate|run] [--run-ipc 10]
+        [--stages experts,distill,evaluate|run] [--run-ipc 10] [--candidate-first]
 
 ``--baseline`` and ``--candidate`` (default: this checkout) are distillkit work trees, e.g. a
 ``git worktree add ../previous-main <commit>``. Every job is ``python -m distillkit ...`` in a
 fresh process with ``PYTHONPATH`` set to its tree, under ``/usr/bin/time -v``, strictly one after
-another, the baseline first in each pair, on the ``fmnist-cpu`` preset:
+another, the baseline first in each pair (``--candidate-first`` swaps every pair: run a comparison
+in both orders on a machine whose speed drifts, and read both), on the ``fmnist-cpu`` preset:
 
 1. ``experts``: one expert of ``--expert-epochs`` epochs per tree; seconds per 60 000-image epoch
    from the store manifest (training and the test pass after each epoch, data loading excluded);
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a subset, or run (the whole pipeline); distill needs OUT's baseline expert",
     )
     parser.add_argument("--run-ipc", type=int, default=10, help="ipc of the run stage")
+    parser.add_argument("--candidate-first", action="store_true", help="run each pair candidate first")
     args = parser.parse_args(argv)
     for name in ("baseline", "candidate", "out", "data"):  # jobs run with OUT as working directory
         setattr(args, name, getattr(args, name).resolve())
@@ -184,16 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     load_before, stages = load_average(), {}
     out_json = args.out / "compare_trees.json"
+    order = TREES[::-1] if args.candidate_first else TREES
     try:
         if "experts" in wanted:
-            stages["experts"] = {tree: experts(args, tree) for tree in TREES}
+            stages["experts"] = {tree: experts(args, tree) for tree in order}
         for ipc in ipcs if "distill" in wanted else []:
-            stages[f"distill-ipc{ipc}"] = {tree: distill(args, tree, ipc) for tree in TREES}
+            stages[f"distill-ipc{ipc}"] = {tree: distill(args, tree, ipc) for tree in order}
         if "evaluate" in wanted:
             run_dir = args.out / f"baseline-distill-ipc{ipcs[0]}"
-            stages["evaluate"] = {tree: evaluate(args, tree, run_dir) for tree in TREES}
+            stages["evaluate"] = {tree: evaluate(args, tree, run_dir) for tree in order}
         if "run" in wanted:
-            stages["run"] = {tree: whole_run(args, tree) for tree in TREES}
+            stages["run"] = {tree: whole_run(args, tree) for tree in order}
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         out_json.write_text(json.dumps({"stages": stages, "failed": str(exc)}, indent=1))
