@@ -31,3 +31,11 @@ def test_an_unknown_stage_is_one_line(tmp_path: Path) -> None:
     done = _run("--baseline", str(ROOT), "--stages", "experts,whole", out=tmp_path / "out")
     assert done.returncode == 2 and "unknown stage whole" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_candidate_first_runs_the_candidate_first(tmp_path: Path) -> None:
+    """With --candidate-first the first job is the candidate's: here it fails first, on missing data."""
+    args = ("--baseline", str(ROOT), "--stages", "experts", "--data", str(tmp_path / "no-data"))
+    for flag, first in (("--candidate-first", "candidate-experts"), (None, "baseline-experts")):
+        done = _run(*args, *([flag] if flag else []), out=tmp_path / f"out-{first}")
+        assert done.returncode == 1 and first in done.stderr
