@@ -85,9 +85,10 @@ class ExpertsConfig:
     lr_decay: Literal["none", "half", "ast-code"] = "none"
     #: What ``lr_decay`` multiplies the expert lr by, in (0, 1].
     lr_decay_factor: float = 0.5
-    #: Test the expert every this many epochs and always after the last (0: only after the last);
-    #: the accuracies go to the store manifest. Not part of the store key: tests change no trajectory.
-    eval_every: int = 1
+    #: Test the expert every this many epochs and always after the last (0, the default: only after
+    #: the last; 1 gives a per-epoch accuracy curve); the accuracies go to the store manifest. Not
+    #: part of the store key: tests change no trajectory.
+    eval_every: int = 0
     #: Number format of stored trajectories: float16/bfloat16 halve the bytes; int8 (closed-loop
     #: residual codes) is about a quarter of MTT's float32 format.
     store_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"

@@ -34,7 +34,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     config, _ = resolve()
     data = api.prepare_data(config.data)
     recipes = {
-        "plain": {"experts.count": 2},
+        "plain": {"experts.count": 2, "experts.eval_every": 1},
         "momentum": {"experts.momentum": 0.9, "experts.eval_every": 3},
         "needed": {"experts.store_epochs": "needed"},
         "sparse": {"experts.eval_every": 0},
@@ -214,3 +214,12 @@ def test_trajectories_read_a_few_rows_at_a_time_give_the_same_changes(stores, mo
     assert list(smoothness.squared_changes(store, 1).values()) == pytest.approx(
         direct_changes(store, 1), rel=1e-12
     )
+
+
+def test_experts_are_tested_once_unless_asked() -> None:
+    """Only after the last epoch by default; ``fmnist-ref`` tests every epoch, as MTT's buffer.py."""
+    tested = {
+        name: distillkit.resolve_config(preset=name)[0].experts.eval_every
+        for name in ("fmnist-cpu", "fmnist-ref")
+    }
+    assert tested == {"fmnist-cpu": 0, "fmnist-ref": 1}

@@ -71,7 +71,15 @@ def common(args: argparse.Namespace) -> list[str]:
 
 def experts(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     store = args.out / f"{tree}-experts"
-    sets = ["--set", "experts.count=1", "--set", f"experts.epochs={args.expert_epochs}"]
+    # Tested after every epoch in both trees, whatever their defaults: the same work per epoch.
+    sets = [
+        "--set",
+        "experts.count=1",
+        "--set",
+        f"experts.epochs={args.expert_epochs}",
+        "--set",
+        "experts.eval_every=1",
+    ]
     ran = job(args, tree, "experts", "experts", *common(args), *sets, "--out", str(store), "--quiet")
     seconds = json.loads((store / "manifest.json").read_text())["experts"][0]["seconds"]
     return {"s_per_epoch": seconds / args.expert_epochs, "peak_rss_mb": ran.peak_rss_mb, "load": ran.load}

@@ -34,7 +34,8 @@ options() { # the experts options of one recipe
 stores=()
 for recipe in "${recipes[@]}"; do
     read -r -a opts <<<"$(options "$recipe")"
-    distillkit experts --preset "$preset" --quiet --out "$out/fmnist-$recipe" "${opts[@]}" "${extra[@]}"
+    distillkit experts --preset "$preset" --quiet --out "$out/fmnist-$recipe" --set experts.eval_every=1 \
+        "${opts[@]}" "${extra[@]}"
     stores+=("$out/fmnist-$recipe")
 done
 
