@@ -246,6 +246,7 @@ def whole_run_stages(config: RunConfig, host: PluginHost, reporter: api.Reporter
         "evaluation_networks": networks,
         "images_per_set": images,
         "evaluation_network_images_per_s": seen / stages["evaluate"] if stages["evaluate"] > 0 else None,
+        "experts_parallel": config.experts.parallel,
         "evaluate_parallel": config.evaluate.parallel,
         "peak_rss_mb": summary.get("peak_rss_mb"),
     }

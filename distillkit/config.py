@@ -94,6 +94,14 @@ class ExpertsConfig:
     store_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"
     #: "needed": store only epochs 0..(max_start_epoch - 1 + expert_epochs) and the final one.
     store_epochs: Literal["all", "needed"] = "all"
+    #: Train experts as packed groups (one grouped computation per step): "on", "off" (one after
+    #: another) or "auto" = on with CUDA, off on CPU (where packed training measured slower). Each
+    #: expert keeps its seed, data order, DSA draws and SGD; only float rounding differs. Experts whose
+    #: loss or step a plugin shapes (expert_loss, expert_step), Adam experts, resumed experts and models
+    #: it cannot pack train one at a time. Not part of the store key.
+    parallel: Literal["auto", "on", "off"] = "auto"
+    #: Most experts one packed group trains at once (their activations add up on the device).
+    pack_size: int = 8
 
 
 @dataclass(frozen=True, kw_only=True)

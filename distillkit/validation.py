@@ -28,6 +28,7 @@ def validate(config: RunConfig) -> None:
         "experts.count": config.experts.count,
         "experts.epochs": config.experts.epochs,
         "experts.batch_size": config.experts.batch_size,
+        "experts.pack_size": config.experts.pack_size,
         "distill.ipc": config.distill.ipc,
         "distill.syn_steps": config.distill.syn_steps,
         "distill.expert_epochs": config.distill.expert_epochs,

@@ -148,3 +148,4 @@ def test_whole_run_times_every_stage_and_counts_the_evaluation_networks():
     assert figures["evaluation_networks"] == 4 and figures["images_per_set"] == 10  # ipc 1 × 10 digits
     expected = 4 * 10 * 3 / figures["stages_s"]["evaluate"]
     assert figures["evaluation_network_images_per_s"] == pytest.approx(expected)
+    assert figures["experts_parallel"] == "auto" and figures["evaluate_parallel"] == "auto"

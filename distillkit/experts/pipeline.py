@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ import torch
 
 from distillkit.config import ExpertsConfig, to_dict
 from distillkit.distributed import World
+from distillkit.ensemble import NotPackable
 from distillkit.errors import StoreError
 from distillkit.experts import sidecars
-from distillkit.experts.partial import PartialCheckpoint
+from distillkit.experts.packed import Member, packing_refusal, packs_experts, train_packed_experts
+from distillkit.experts.partial import PartialCheckpoint, TrainingState
 from distillkit.experts.store import TrajectoryStore, describe_epochs
-from distillkit.experts.train import epochs_to_store, train_expert
+from distillkit.experts.train import ExpertResult, epochs_to_store, train_expert
 from distillkit.hookspecs import EXPERT_HOOKS
 from distillkit.models.flat import param_layout
 from distillkit.observers import Observers, observing
@@ -43,6 +46,8 @@ def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: Prep
     experts.pop("count")
     experts.pop("store_epochs")  # what it selects is the key's "stored_epochs"
     experts.pop("eval_every")  # test passes change no trajectory, so a store serves any setting
+    experts.pop("parallel")  # packing changes float rounding only, as other hardware would
+    experts.pop("pack_size")
     kept = epochs_to_store(cfg, last_needed)
     # Listed only when some epochs are left out, so an all-epochs store keeps its key (and
     # cache folder); a store of fewer epochs is never reused for a longer distillation.
@@ -163,43 +168,137 @@ def _train_experts(
 ) -> None:
     """Train the experts ``todo``, resuming a partially trained one from its last epoch.
 
-    In a job, every trained epoch is also a heartbeat (:class:`_Pace`), so ranks with less
-    work wait for the others one epoch at a time, never longer than a collective's timeout.
+    Experts with a partial checkpoint resume one at a time; the others train in packed groups of
+    ``pack_size`` when ``experts.parallel`` asks for it and nothing refuses it
+    (:mod:`distillkit.experts.packed`), else one at a time. In a job, every trained epoch is also
+    a heartbeat (:class:`_Pace`), so ranks with less work wait for the others one epoch at a
+    time, never longer than a collective's timeout.
     """
-    make = model_factory(data)
     pace = _Pace(scope.world)
     reporter.start("experts", len(todo) * cfg.epochs)
+    fresh = []
     for index in todo:
-        checkpoint = PartialCheckpoint(store.root, index)
-        resume = checkpoint.resume(reporter.note)
-        if resume is not None:
-            reporter.advance(resume.epoch)
-
-        def on_epoch(epoch: int, row: dict[str, float], i: int = index) -> None:
-            _epoch_done(reporter, observers, i, epoch, row)
-            pace.beat()
-
-        result = train_expert(
-            scope.context("expert", index),
-            scope.host.hook,
-            make(scope.model, scope.seed_for("expert-init", index)),
-            data.train,
-            data.test,
-            cfg,
-            scope.augment,
-            on_epoch=on_epoch,
-            keep=store.key.get("stored_epochs"),
-            resume=resume,
-            on_checkpoint=checkpoint.save,
-        )
-        info = {"test_acc": result.test_acc, "seconds": result.seconds, "history": result.history}
-        if scope.world.size == 1:
-            store.write_expert(index, result.trajectory, info)
+        resume = PartialCheckpoint(store.root, index).resume(reporter.note)
+        if resume is None:
+            fresh.append(index)
         else:
-            sidecars.write_pending(store, index, result.trajectory, info)
-        checkpoint.discard()
+            reporter.advance(resume.epoch)
+            _train_alone(index, resume, cfg, scope, data, store, reporter, observers, pace)
+    alone = fresh
+    if groups := _packed_groups(fresh, cfg, scope, reporter):
+        alone = []
+        for position, group in enumerate(groups):
+            if len(group) == 1:  # an expert alone trains the plain way, without packing's overhead
+                alone.extend(group)
+                continue
+            try:
+                _train_group(group, cfg, scope, data, store, reporter, observers, pace)
+            except NotPackable as reason:  # raised before the group trains, so no epoch is lost
+                reporter.note(f"experts train one at a time: {scope.model} cannot be packed ({reason})")
+                alone.extend(index for rest in groups[position:] for index in rest)
+                break
+    for index in alone:
+        _train_alone(index, None, cfg, scope, data, store, reporter, observers, pace)
     pace.rest()
     reporter.finish()
+
+
+def _packed_groups(
+    fresh: list[int], cfg: ExpertsConfig, scope: RunScope, reporter: Reporter
+) -> list[list[int]]:
+    """``fresh`` in groups of ``pack_size`` when packing is asked for and allowed, else no groups."""
+    if len(fresh) < 2 or not packs_experts(cfg, scope.device):
+        return []
+    shaping = [name for name, record in scope.host.records.items() if EXPERT_HOOKS & set(record.hooks)]
+    reason = packing_refusal(cfg, shaping)
+    if reason is not None:
+        reporter.note(f"experts train one at a time: {reason}")
+        return []
+    return [fresh[i : i + cfg.pack_size] for i in range(0, len(fresh), cfg.pack_size)]
+
+
+def _train_alone(
+    index: int,
+    resume: TrainingState | None,
+    cfg: ExpertsConfig,
+    scope: RunScope,
+    data: PreparedData,
+    store: TrajectoryStore,
+    reporter: Reporter,
+    observers: Observers,
+    pace: _Pace,
+) -> None:
+    """Train (or finish) expert ``index`` on its own and store it."""
+    checkpoint = PartialCheckpoint(store.root, index)
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        _epoch_done(reporter, observers, index, epoch, row)
+        pace.beat()
+
+    result = train_expert(
+        scope.context("expert", index),
+        scope.host.hook,
+        model_factory(data)(scope.model, scope.seed_for("expert-init", index)),
+        data.train,
+        data.test,
+        cfg,
+        scope.augment,
+        on_epoch=on_epoch,
+        keep=store.key.get("stored_epochs"),
+        resume=resume,
+        on_checkpoint=checkpoint.save,
+    )
+    _store_expert(index, result, scope, store, {})
+    checkpoint.discard()
+
+
+def _train_group(
+    group: list[int],
+    cfg: ExpertsConfig,
+    scope: RunScope,
+    data: PreparedData,
+    store: TrajectoryStore,
+    reporter: Reporter,
+    observers: Observers,
+    pace: _Pace,
+) -> None:
+    """Train the fresh experts ``group`` as one packed computation and store each."""
+    make = model_factory(data)
+    checkpoints = [PartialCheckpoint(store.root, index) for index in group]
+
+    def on_epoch_of(index: int) -> Callable[[int, dict[str, float]], None]:
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            _epoch_done(reporter, observers, index, epoch, row)
+            pace.beat()
+
+        return on_epoch
+
+    members = [
+        Member(
+            scope.context("expert", index),
+            make(scope.model, scope.seed_for("expert-init", index)),
+            on_epoch_of(index),
+            checkpoint.save,
+        )
+        for index, checkpoint in zip(group, checkpoints, strict=True)
+    ]
+    results = train_packed_experts(
+        members, data.train, data.test, cfg, scope.augment, keep=store.key.get("stored_epochs")
+    )
+    for index, result, checkpoint in zip(group, results, checkpoints, strict=True):
+        _store_expert(index, result, scope, store, {"packed_with": len(group)})
+        checkpoint.discard()
+
+
+def _store_expert(
+    index: int, result: ExpertResult, scope: RunScope, store: TrajectoryStore, extra: dict[str, Any]
+) -> None:
+    """Write a trained expert (rank 0 into the store, other ranks as a pending sidecar)."""
+    info = {"test_acc": result.test_acc, "seconds": result.seconds, "history": result.history, **extra}
+    if scope.world.size == 1:
+        store.write_expert(index, result.trajectory, info)
+    else:
+        sidecars.write_pending(store, index, result.trajectory, info)
 
 
 class _Pace:
