@@ -226,8 +226,9 @@ def whole_run_stages(config: RunConfig, host: PluginHost, reporter: api.Reporter
     """Time one complete ``distillkit run`` (fresh experts, distillation, evaluation) in a temporary folder.
 
     The experts go to a fresh temporary store, so all three stages are measured as a first run
-    pays them. Evaluation throughput counts every trained network: models × sets × runs
-    networks, each seeing the set's images once per epoch.
+    pays them. Throughput is in network-images per second: for experts, every expert-epoch sees
+    the training split once (K packed experts count K times); for evaluation, every trained
+    network (models × sets × runs) sees its set once per epoch.
     """
     from distillkit.artifacts import load_synthetic
 
@@ -236,7 +237,10 @@ def whole_run_stages(config: RunConfig, host: PluginHost, reporter: api.Reporter
         summary = api.run(config, host, Path(tmp) / "run", Path(tmp) / "experts", reporter)
         wall = time.perf_counter() - began
         images = len(load_synthetic(Path(tmp) / "run")[0])
+        store = TrajectoryStore.open(Path(tmp) / "experts")
+        expert_epochs = len(store.finished()) * int(store.key["epochs"])
     stages = summary["timings_s"]
+    train_images = len(api.prepare_data(config.data).train[1])
     models = len(config.evaluate.models or (config.model.name,))
     networks = models * 2 * config.evaluate.runs  # the distilled and the random-real set
     seen = networks * images * config.evaluate.epochs
@@ -246,6 +250,7 @@ def whole_run_stages(config: RunConfig, host: PluginHost, reporter: api.Reporter
         "evaluation_networks": networks,
         "images_per_set": images,
         "evaluation_network_images_per_s": seen / stages["evaluate"] if stages["evaluate"] > 0 else None,
+        "expert_network_images_per_s": expert_epochs * train_images / stages["experts"],
         "experts_parallel": config.experts.parallel,
         "evaluate_parallel": config.evaluate.parallel,
         "peak_rss_mb": summary.get("peak_rss_mb"),

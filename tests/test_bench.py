@@ -149,3 +149,6 @@ def test_whole_run_times_every_stage_and_counts_the_evaluation_networks():
     expected = 4 * 10 * 3 / figures["stages_s"]["evaluate"]
     assert figures["evaluation_network_images_per_s"] == pytest.approx(expected)
     assert figures["experts_parallel"] == "auto" and figures["evaluate_parallel"] == "auto"
+    train_images = len(api.prepare_data(config.data).train[1])
+    expected = config.experts.count * config.experts.epochs * train_images / figures["stages_s"]["experts"]
+    assert figures["expert_network_images_per_s"] == pytest.approx(expected)

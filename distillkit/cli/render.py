@@ -206,7 +206,8 @@ def print_bench(result: dict[str, Any]) -> None:
         rate_text = f", {rate:.0f} network-images/s" if rate else ""
         out.print(
             f"whole run: {whole['wall_s']:.1f} s — experts {stages['experts']:.1f} s "
-            f"(experts.parallel={whole.get('experts_parallel', 'off')}), distill "
+            f"({whole['expert_network_images_per_s']:.0f} network-images/s, "
+            f"experts.parallel={whole['experts_parallel']}), distill "
             f"{stages['distill']:.1f} s, evaluate {stages['evaluate']:.1f} s "
             f"({whole['evaluation_networks']} networks × {whole['images_per_set']} images"
             f"{rate_text}, evaluate.parallel={whole['evaluate_parallel']})"
