@@ -24,12 +24,13 @@ SETTINGS = {**TINY_EXPERTS, "experts.batch_size": 256, "experts.eval_every": 2}
 TIMING = ("seconds",)
 
 
-def _train(store: str, count: int) -> list[int]:
+def _train(store: str, count: int, parallel: str = "auto") -> list[int]:
     """Train ``count`` experts into ``store`` as this process's rank; the store's finished experts."""
     from distillkit.distributed import join_world, leave_world
 
     world = join_world(timeout_s=60)
-    config, host = distillkit.resolve_config(preset="digits", overrides={**SETTINGS, "experts.count": count})
+    overrides = {**SETTINGS, "experts.count": count, "experts.parallel": parallel}
+    config, host = distillkit.resolve_config(preset="digits", overrides=overrides)
     finished = api.train_experts(
         config, host, api.prepare_data(config.data), Path(store), world=world
     ).finished()
@@ -89,6 +90,16 @@ def test_two_ranks_write_the_store_one_process_writes_and_reruns_train_only_what
     assert {k: v for k, v in _stamps(store).items() if k in before} == before
     _train_here(reference, 4, data)
     assert _tensor_files(reference) == _tensor_files(store) and _manifest(reference) == _manifest(store)
+
+
+def test_each_rank_packs_its_own_share(tmp_path: Path, data: api.PreparedData) -> None:
+    reference, store = tmp_path / "reference", tmp_path / "store"
+    _train_here(reference, 4, data)
+    assert run_ranks(_train, str(store), 4, "on") == [("ok", [0, 1, 2, 3])] * 2
+    packed = TrajectoryStore.open(store)
+    assert [entry["packed_with"] for entry in packed.manifest.experts] == [2] * 4  # 0 and 2, 1 and 3
+    one = TrajectoryStore.open(reference)
+    assert all(torch.allclose(packed.load(i), one.load(i), rtol=0, atol=1e-5) for i in range(4))
 
 
 def test_a_failing_rank_stops_the_job_in_one_line_without_half_written_experts(

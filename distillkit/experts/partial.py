@@ -157,9 +157,13 @@ class PartialCheckpoint:
         summary = {"index": self.index, "epoch": state.epoch, "test_acc": state.test_acc}
         atomic_write_json(self.json_path, {**summary, "sha256": hashlib.sha256(data).hexdigest()})
 
+    def exists(self) -> bool:
+        """Whether any file of this checkpoint is there (trusted or not: :meth:`resume` decides)."""
+        return self.json_path.exists() or self.tensors_path.exists()
+
     def load(self) -> TrainingState | None:
         """The saved state; None when there is none; a StoreError when it cannot be trusted."""
-        if not self.json_path.exists() and not self.tensors_path.exists():
+        if not self.exists():
             return None
         try:
             expected = json.loads(self.json_path.read_text(encoding="utf-8"))["sha256"]

@@ -22,7 +22,7 @@ from distillkit.ensemble import NotPackable
 from distillkit.errors import StoreError
 from distillkit.experts import sidecars
 from distillkit.experts.packed import Member, packing_refusal, packs_experts, train_packed_experts
-from distillkit.experts.partial import PartialCheckpoint, TrainingState
+from distillkit.experts.partial import PartialCheckpoint
 from distillkit.experts.store import TrajectoryStore, describe_epochs
 from distillkit.experts.train import ExpertResult, epochs_to_store, train_expert
 from distillkit.hookspecs import EXPERT_HOOKS
@@ -168,58 +168,67 @@ def _train_experts(
 ) -> None:
     """Train the experts ``todo``, resuming a partially trained one from its last epoch.
 
-    Experts with a partial checkpoint resume one at a time; the others train in packed groups of
-    ``pack_size`` when ``experts.parallel`` asks for it and nothing refuses it
-    (:mod:`distillkit.experts.packed`), else one at a time. In a job, every trained epoch is also
-    a heartbeat (:class:`_Pace`), so ranks with less work wait for the others one epoch at a
-    time, never longer than a collective's timeout.
+    When ``experts.parallel`` asks for it and nothing refuses it (:mod:`distillkit.experts.packed`),
+    experts without a partial checkpoint train first, in packed groups of ``pack_size``; the rest
+    (and all of them otherwise) train one at a time. In a job, every trained epoch is also a
+    heartbeat (:class:`_Pace`), so ranks with less work wait for the others one epoch at a time,
+    never longer than a collective's timeout.
     """
     pace = _Pace(scope.world)
     reporter.start("experts", len(todo) * cfg.epochs)
-    fresh = []
-    for index in todo:
-        resume = PartialCheckpoint(store.root, index).resume(reporter.note)
-        if resume is None:
-            fresh.append(index)
-        else:
-            reporter.advance(resume.epoch)
-            _train_alone(index, resume, cfg, scope, data, store, reporter, observers, pace)
-    alone = fresh
-    if groups := _packed_groups(fresh, cfg, scope, reporter):
-        alone = []
-        for position, group in enumerate(groups):
-            if len(group) == 1:  # an expert alone trains the plain way, without packing's overhead
-                alone.extend(group)
-                continue
-            try:
-                _train_group(group, cfg, scope, data, store, reporter, observers, pace)
-            except NotPackable as reason:  # raised before the group trains, so no epoch is lost
-                reporter.note(f"experts train one at a time: {scope.model} cannot be packed ({reason})")
-                alone.extend(index for rest in groups[position:] for index in rest)
-                break
+    alone = todo
+    if _packing_allowed(cfg, scope, reporter, len(todo)):
+        fresh = [index for index in todo if not PartialCheckpoint(store.root, index).exists()]
+        packed = _train_packed_groups(fresh, cfg, scope, data, store, reporter, observers, pace)
+        alone = [index for index in todo if index not in packed]
     for index in alone:
-        _train_alone(index, None, cfg, scope, data, store, reporter, observers, pace)
+        _train_alone(index, cfg, scope, data, store, reporter, observers, pace)
     pace.rest()
     reporter.finish()
 
 
-def _packed_groups(
-    fresh: list[int], cfg: ExpertsConfig, scope: RunScope, reporter: Reporter
-) -> list[list[int]]:
-    """``fresh`` in groups of ``pack_size`` when packing is asked for and allowed, else no groups."""
-    if len(fresh) < 2 or not packs_experts(cfg, scope.device):
-        return []
+def _packing_allowed(cfg: ExpertsConfig, scope: RunScope, reporter: Reporter, count: int) -> bool:
+    """Whether ``experts.parallel`` packs here and no plugin or setting refuses it (said in a note)."""
+    if count < 2 or not packs_experts(cfg, scope.device):
+        return False
     shaping = [name for name, record in scope.host.records.items() if EXPERT_HOOKS & set(record.hooks)]
     reason = packing_refusal(cfg, shaping)
     if reason is not None:
         reporter.note(f"experts train one at a time: {reason}")
-        return []
-    return [fresh[i : i + cfg.pack_size] for i in range(0, len(fresh), cfg.pack_size)]
+    return reason is None
+
+
+def _train_packed_groups(
+    fresh: list[int],
+    cfg: ExpertsConfig,
+    scope: RunScope,
+    data: PreparedData,
+    store: TrajectoryStore,
+    reporter: Reporter,
+    observers: Observers,
+    pace: _Pace,
+) -> set[int]:
+    """Train ``fresh`` in packed groups of ``pack_size``; the experts so trained.
+
+    A group of one is left to train the plain way, and a model that cannot be packed (refused
+    before any group trains, so no epoch is lost) leaves them all.
+    """
+    trained: set[int] = set()
+    for start in range(0, len(fresh), cfg.pack_size):
+        group = fresh[start : start + cfg.pack_size]
+        if len(group) < 2:
+            break
+        try:
+            _train_group(group, cfg, scope, data, store, reporter, observers, pace)
+        except NotPackable as reason:
+            reporter.note(f"experts train one at a time: {scope.model} cannot be packed ({reason})")
+            break
+        trained.update(group)
+    return trained
 
 
 def _train_alone(
     index: int,
-    resume: TrainingState | None,
     cfg: ExpertsConfig,
     scope: RunScope,
     data: PreparedData,
@@ -228,8 +237,11 @@ def _train_alone(
     observers: Observers,
     pace: _Pace,
 ) -> None:
-    """Train (or finish) expert ``index`` on its own and store it."""
+    """Train expert ``index`` on its own (resumed from its partial checkpoint if any) and store it."""
     checkpoint = PartialCheckpoint(store.root, index)
+    resume = checkpoint.resume(reporter.note)
+    if resume is not None:
+        reporter.advance(resume.epoch)
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         _epoch_done(reporter, observers, index, epoch, row)
