@@ -14,6 +14,7 @@ import distillkit
 from distillkit import api
 from distillkit.config import ExpertsConfig
 from distillkit.errors import ConfigError
+from distillkit.experts import pipeline
 from distillkit.experts.packed import packing_refusal, packs_experts
 from distillkit.experts.store import TrajectoryStore
 
@@ -150,3 +151,35 @@ def test_when_packing_is_asked_for_and_refused() -> None:
     assert "SGD only" in str(packing_refusal(dataclasses.replace(auto, optimizer="adam"), []))
     with pytest.raises(ConfigError, match=r"experts\.pack_size must be > 0"):
         resolve("on", **{"experts.pack_size": 0})
+
+
+def test_a_group_out_of_device_memory_resumes_one_at_a_time(
+    tmp_path: Path, data, alone: TrajectoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device running out of memory is simulated (this test runs on CPU): the packed trainer
+    raises ``torch.OutOfMemoryError`` once expert 0 has finished its second epoch."""
+    real = pipeline.train_packed_experts
+
+    def runs_out_of_memory(members, *args, **kwargs):
+        def on_epoch(epoch: int, row: dict, forward=members[0].on_epoch) -> None:
+            forward(epoch, row)
+            if epoch == 1:
+                raise torch.OutOfMemoryError("simulated")
+
+        members[0].on_epoch = on_epoch
+        return real(members, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_packed_experts", runs_out_of_memory)
+    config, host = resolve("on")
+    recorder = Recorder()
+    store = api.train_experts(config, host, data, tmp_path / "oom", recorder)
+    assert recorder.notes == [
+        "experts train one at a time: a packed group of 3 ran out of cpu memory "
+        "(a lower experts.pack_size packs fewer)",
+        "resuming expert 0 after epoch 2",
+        "resuming expert 1 after epoch 1",
+        "resuming expert 2 after epoch 1",
+    ]
+    assert [e.get("packed_with") for e in store.manifest.experts] == [None] * 3
+    assert_same_experts(store, alone, len(data.test[1]))
+    assert not list((tmp_path / "oom").glob("*.partial.*"))

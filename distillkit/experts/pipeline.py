@@ -210,8 +210,10 @@ def _train_packed_groups(
 ) -> set[int]:
     """Train ``fresh`` in packed groups of ``pack_size``; the experts so trained.
 
-    A group of one is left to train the plain way, and a model that cannot be packed (refused
-    before any group trains, so no epoch is lost) leaves them all.
+    A group of one is left to train the plain way. A model that cannot be packed (refused before
+    any group trains, so no epoch is lost) leaves them all, and so does a group that runs out of
+    device memory: its experts then resume one at a time from the partial checkpoints the group
+    wrote after each epoch.
     """
     trained: set[int] = set()
     for start in range(0, len(fresh), cfg.pack_size):
@@ -222,6 +224,14 @@ def _train_packed_groups(
             _train_group(group, cfg, scope, data, store, reporter, observers, pace)
         except NotPackable as reason:
             reporter.note(f"experts train one at a time: {scope.model} cannot be packed ({reason})")
+            break
+        except torch.OutOfMemoryError:
+            if scope.device.type == "cuda":
+                torch.cuda.empty_cache()
+            reporter.note(
+                f"experts train one at a time: a packed group of {len(group)} ran out of {scope.device} "
+                "memory (a lower experts.pack_size packs fewer)"
+            )
             break
         trained.update(group)
     return trained
