@@ -186,9 +186,8 @@ def evaluate_networks(
         packed = _packed_runs(build, sets, networks, (test_x, test_y), cfg, augment, device)
     accs = []
     for network in networks:
-        if packed is not None:
-            acc = packed(network)
-        else:
+        acc = packed(network) if packed is not None else None
+        if acc is None:
             item = sets[network[0]]
             seed = item.seed + network[1]
             model = make_model(model_name, seed).to(device)
@@ -207,12 +206,13 @@ def _packed_runs(
     cfg: EvaluateConfig,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     device: torch.device,
-) -> Callable[[tuple[int, int]], float] | None:
+) -> Callable[[tuple[int, int]], float | None] | None:
     """Pack ``networks`` (``build(seed)`` makes one) by set size; ``None`` when they cannot be.
 
     Every group is packed (and checked) before any trains, so a refusal falls back for all sets
     alike. The returned function trains a network's group the first time one of its networks is
-    asked for and gives that network's accuracy.
+    asked for and gives that network's accuracy, or ``None`` when the group ran out of device
+    memory: its networks then train one at a time (each from its own seed, so nothing is lost).
     """
     groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
     for network in networks:
@@ -224,17 +224,23 @@ def _packed_runs(
             packed[key] = pack(models, sets[members[0][0]].images[:CHECK_IMAGES].detach())
         except NotPackable:
             return None
-    done: dict[tuple[int, int], float] = {}
+    done: dict[tuple[int, int], float | None] = {}
 
-    def accuracy_of(network: tuple[int, int]) -> float:
+    def accuracy_of(network: tuple[int, int]) -> float | None:
         if network not in done:
             key = tuple(sets[network[0]].images.shape)
             members = [
                 Member(sets[i].images, sets[i].labels, sets[i].lr, _generator(device, sets[i].seed + k))
                 for i, k in groups[key]
             ]
-            trained = train_packed(packed.pop(key), members, cfg, augment)
-            done.update(zip(groups[key], packed_accuracy(trained, *test), strict=True))
+            try:
+                trained = train_packed(packed.pop(key), members, cfg, augment)
+                accs: list[float | None] = list(packed_accuracy(trained, *test))
+            except torch.OutOfMemoryError:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                accs = [None] * len(members)
+            done.update(zip(groups[key], accs, strict=True))
         return done[network]
 
     return accuracy_of

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from distillkit import evaluate as evaluate_module
 from distillkit.config import EvaluateConfig
 from distillkit.data.augment import DSA
 from distillkit.data.datasets import load_dataset
@@ -105,6 +106,21 @@ def test_packed_sgd_is_torch_sgd_per_network(momentum, after, weight_decay):
             optimizer.step()
         ours.step([grads])
         torch.testing.assert_close(stacked, torch.stack(alone), atol=1e-7, rtol=0)
+
+
+def test_a_packed_group_out_of_device_memory_trains_one_at_a_time(digits, monkeypatch):
+    """The device running out of memory is simulated (this test runs on CPU)."""
+    images, labels, test = digits
+    cfg = dataclasses.replace(SCHEDULE, epochs=4)
+
+    def runs_out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("simulated")
+
+    off = evaluate_set(make, MODEL, images, labels, 0.05, test, cfg, DSA(), CPU, 3)
+    monkeypatch.setattr(evaluate_module, "train_packed", runs_out_of_memory)
+    on = dataclasses.replace(cfg, parallel="on")
+    # Trained one at a time instead: the same accuracies, bit for bit.
+    assert evaluate_set(make, MODEL, images, labels, 0.05, test, on, DSA(), CPU, 3) == off
 
 
 def test_evaluate_set_gives_the_same_accuracies_packed(digits):
