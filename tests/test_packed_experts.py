@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_EXPERTS
+from test_experts_api import Interrupted, Recorder
 
 import distillkit
 from distillkit import api
@@ -50,22 +51,6 @@ def alone(tmp_path_factory: pytest.TempPathFactory, data: api.PreparedData) -> T
     return api.train_experts(config, host, data, tmp_path_factory.mktemp("alone"))
 
 
-class Recorder(api.Reporter):
-    """Keeps the notes and counts trained epochs; raises after ``stop_after`` of them (0: never)."""
-
-    def __init__(self, stop_after: int = 0) -> None:
-        self.stop_after, self.epochs, self.notes = stop_after, 0, []
-
-    def advance(self, n: int = 1, **info: object) -> None:
-        if "expert" in info:
-            self.epochs += 1
-            if self.epochs == self.stop_after:
-                raise KeyboardInterrupt
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-
 def assert_same_experts(store: TrajectoryStore, alone: TrajectoryStore, test_images: int) -> None:
     """Equal up to float rounding: trajectories, per-epoch means and tests (to one test image)."""
     assert store.key == alone.key  # packing is not part of what determines a trajectory
@@ -100,7 +85,7 @@ def test_groups_follow_pack_size_and_a_group_of_one_trains_alone(tmp_path: Path,
 
 def test_an_interrupted_group_resumes_expert_by_expert(tmp_path: Path, data, alone) -> None:
     config, host = resolve("on")
-    with pytest.raises(KeyboardInterrupt):  # after expert 0's second epoch: 0 at 2, 1 and 2 at 1
+    with pytest.raises(Interrupted):  # after expert 0's second epoch: 0 at 2, 1 and 2 at 1
         api.train_experts(config, host, data, tmp_path / "cut", Recorder(stop_after=4))
     epochs = [
         json.loads((tmp_path / "cut" / f"expert_{i:03d}.partial.json").read_text())["epoch"] for i in range(3)

@@ -11,10 +11,12 @@ import json
 import os
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from distillkit.config import ExpertsConfig, to_dict
 from distillkit.distributed import World
@@ -174,16 +176,15 @@ def _train_experts(
     heartbeat (:class:`_Pace`), so ranks with less work wait for the others one epoch at a time,
     never longer than a collective's timeout.
     """
-    pace = _Pace(scope.world)
+    trainer = _Trainer(cfg, scope, data, store, reporter, observers, _Pace(scope.world))
     reporter.start("experts", len(todo) * cfg.epochs)
     alone = todo
     if _packing_allowed(cfg, scope, reporter, len(todo)):
-        fresh = [index for index in todo if not PartialCheckpoint(store.root, index).exists()]
-        packed = _train_packed_groups(fresh, cfg, scope, data, store, reporter, observers, pace)
+        packed = trainer.packed_groups([i for i in todo if not PartialCheckpoint(store.root, i).exists()])
         alone = [index for index in todo if index not in packed]
     for index in alone:
-        _train_alone(index, cfg, scope, data, store, reporter, observers, pace)
-    pace.rest()
+        trainer.alone(index)
+    trainer.pace.rest()
     reporter.finish()
 
 
@@ -198,129 +199,105 @@ def _packing_allowed(cfg: ExpertsConfig, scope: RunScope, reporter: Reporter, co
     return reason is None
 
 
-def _train_packed_groups(
-    fresh: list[int],
-    cfg: ExpertsConfig,
-    scope: RunScope,
-    data: PreparedData,
-    store: TrajectoryStore,
-    reporter: Reporter,
-    observers: Observers,
-    pace: _Pace,
-) -> set[int]:
-    """Train ``fresh`` in packed groups of ``pack_size``; the experts so trained.
+@dataclass
+class _Trainer:
+    """What training any expert of this stage needs: trains one alone or groups packed, and stores them."""
 
-    A group of one is left to train the plain way. A model that cannot be packed (refused before
-    any group trains, so no epoch is lost) leaves them all, and so does a group that runs out of
-    device memory: its experts then resume one at a time from the partial checkpoints the group
-    wrote after each epoch.
-    """
-    trained: set[int] = set()
-    for start in range(0, len(fresh), cfg.pack_size):
-        group = fresh[start : start + cfg.pack_size]
-        if len(group) < 2:
-            break
-        try:
-            _train_group(group, cfg, scope, data, store, reporter, observers, pace)
-        except NotPackable as reason:
-            reporter.note(f"experts train one at a time: {scope.model} cannot be packed ({reason})")
-            break
-        except torch.OutOfMemoryError:
-            if scope.device.type == "cuda":
-                torch.cuda.empty_cache()
-            reporter.note(
-                f"experts train one at a time: a packed group of {len(group)} ran out of {scope.device} "
-                "memory (a lower experts.pack_size packs fewer)"
-            )
-            break
-        trained.update(group)
-    return trained
+    cfg: ExpertsConfig
+    scope: RunScope
+    data: PreparedData
+    store: TrajectoryStore
+    reporter: Reporter
+    observers: Observers
+    pace: _Pace
 
+    def alone(self, index: int) -> None:
+        """Train expert ``index`` on its own (resumed from its partial checkpoint if any) and store it."""
+        checkpoint = PartialCheckpoint(self.store.root, index)
+        resume = checkpoint.resume(self.reporter.note)
+        if resume is not None:
+            self.reporter.advance(resume.epoch)
+        result = train_expert(
+            self.scope.context("expert", index),
+            self.scope.host.hook,
+            self._fresh_model(index),
+            self.data.train,
+            self.data.test,
+            self.cfg,
+            self.scope.augment,
+            on_epoch=self._on_epoch(index),
+            keep=self.store.key.get("stored_epochs"),
+            resume=resume,
+            on_checkpoint=checkpoint.save,
+        )
+        self._keep(index, result, {})
+        checkpoint.discard()
 
-def _train_alone(
-    index: int,
-    cfg: ExpertsConfig,
-    scope: RunScope,
-    data: PreparedData,
-    store: TrajectoryStore,
-    reporter: Reporter,
-    observers: Observers,
-    pace: _Pace,
-) -> None:
-    """Train expert ``index`` on its own (resumed from its partial checkpoint if any) and store it."""
-    checkpoint = PartialCheckpoint(store.root, index)
-    resume = checkpoint.resume(reporter.note)
-    if resume is not None:
-        reporter.advance(resume.epoch)
+    def packed_groups(self, fresh: list[int]) -> set[int]:
+        """Train ``fresh`` in packed groups of ``pack_size``; the experts so trained.
 
-    def on_epoch(epoch: int, row: dict[str, float]) -> None:
-        _epoch_done(reporter, observers, index, epoch, row)
-        pace.beat()
+        A group of one is left to train the plain way. A model that cannot be packed (refused
+        before any group trains, so no epoch is lost) leaves them all, and so does a group that
+        runs out of device memory: its experts then resume one at a time from the partial
+        checkpoints the group wrote after each epoch.
+        """
+        trained: set[int] = set()
+        device, size = self.scope.device, self.cfg.pack_size
+        for group in (fresh[start : start + size] for start in range(0, len(fresh), size)):
+            if len(group) < 2:
+                break
+            try:
+                self._group(group)
+            except NotPackable as reason:
+                self.reporter.note(
+                    f"experts train one at a time: {self.scope.model} cannot be packed ({reason})"
+                )
+                break
+            except torch.OutOfMemoryError:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.reporter.note(
+                    f"experts train one at a time: a packed group of {len(group)} ran out of {device} "
+                    "memory (a lower experts.pack_size packs fewer)"
+                )
+                break
+            trained.update(group)
+        return trained
 
-    result = train_expert(
-        scope.context("expert", index),
-        scope.host.hook,
-        model_factory(data)(scope.model, scope.seed_for("expert-init", index)),
-        data.train,
-        data.test,
-        cfg,
-        scope.augment,
-        on_epoch=on_epoch,
-        keep=store.key.get("stored_epochs"),
-        resume=resume,
-        on_checkpoint=checkpoint.save,
-    )
-    _store_expert(index, result, scope, store, {})
-    checkpoint.discard()
+    def _group(self, group: list[int]) -> None:
+        """Train the fresh experts ``group`` as one packed computation and store each."""
+        checkpoints = [PartialCheckpoint(self.store.root, index) for index in group]
+        members = [
+            Member(self.scope.context("expert", i), self._fresh_model(i), self._on_epoch(i), checkpoint.save)
+            for i, checkpoint in zip(group, checkpoints, strict=True)
+        ]
+        results = train_packed_experts(
+            members, self.data.train, self.data.test, self.cfg, self.scope.augment,
+            keep=self.store.key.get("stored_epochs"),
+        )  # fmt: skip
+        for index, result, checkpoint in zip(group, results, checkpoints, strict=True):
+            self._keep(index, result, {"packed_with": len(group)})
+            checkpoint.discard()
 
+    def _fresh_model(self, index: int) -> nn.Module:
+        return model_factory(self.data)(self.scope.model, self.scope.seed_for("expert-init", index))
 
-def _train_group(
-    group: list[int],
-    cfg: ExpertsConfig,
-    scope: RunScope,
-    data: PreparedData,
-    store: TrajectoryStore,
-    reporter: Reporter,
-    observers: Observers,
-    pace: _Pace,
-) -> None:
-    """Train the fresh experts ``group`` as one packed computation and store each."""
-    make = model_factory(data)
-    checkpoints = [PartialCheckpoint(store.root, index) for index in group]
+    def _on_epoch(self, index: int) -> Callable[[int, dict[str, float]], None]:
+        """Expert ``index``'s per-epoch callback: progress and observers, then the ranks' heartbeat."""
 
-    def on_epoch_of(index: int) -> Callable[[int, dict[str, float]], None]:
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            _epoch_done(reporter, observers, index, epoch, row)
-            pace.beat()
+            _epoch_done(self.reporter, self.observers, index, epoch, row)
+            self.pace.beat()
 
         return on_epoch
 
-    members = [
-        Member(
-            scope.context("expert", index),
-            make(scope.model, scope.seed_for("expert-init", index)),
-            on_epoch_of(index),
-            checkpoint.save,
-        )
-        for index, checkpoint in zip(group, checkpoints, strict=True)
-    ]
-    results = train_packed_experts(
-        members, data.train, data.test, cfg, scope.augment, keep=store.key.get("stored_epochs")
-    )
-    for index, result, checkpoint in zip(group, results, checkpoints, strict=True):
-        _store_expert(index, result, scope, store, {"packed_with": len(group)})
-        checkpoint.discard()
-
-
-def _store_expert(
-    index: int, result: ExpertResult, scope: RunScope, store: TrajectoryStore, extra: dict[str, Any]
-) -> None:
-    """Write a trained expert (rank 0 into the store, other ranks as a pending sidecar)."""
-    info = {"test_acc": result.test_acc, "seconds": result.seconds, "history": result.history, **extra}
-    if scope.world.size == 1:
-        store.write_expert(index, result.trajectory, info)
-    else:
-        sidecars.write_pending(store, index, result.trajectory, info)
+    def _keep(self, index: int, result: ExpertResult, extra: dict[str, Any]) -> None:
+        """Write a trained expert (rank 0 into the store, other ranks as a pending sidecar)."""
+        info = {"test_acc": result.test_acc, "seconds": result.seconds, "history": result.history, **extra}
+        if self.scope.world.size == 1:
+            self.store.write_expert(index, result.trajectory, info)
+        else:
+            sidecars.write_pending(self.store, index, result.trajectory, info)
 
 
 class _Pace:
