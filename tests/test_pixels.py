@@ -165,6 +165,7 @@ TINY = {
     "distill.ipc": 2,
     "distill.max_start_epoch": 1,
     "distill.expert_epochs": 1,
+    "distill.iterations": 20,
     "evaluate.runs": 1,
     "evaluate.epochs": 2,
 }
