@@ -95,7 +95,7 @@ class ExpertsConfig:
     #: "needed": store only epochs 0..(max_start_epoch - 1 + expert_epochs) and the final one.
     store_epochs: Literal["all", "needed"] = "all"
     #: Train experts as packed groups (one grouped computation per step): "on", "off" (one after
-    #: another) or "auto" = on with CUDA, off on CPU (where packed training measured slower). Each
+    #: another) or "auto" = on with CUDA, off on CPU (where packed training measured no faster). Each
     #: expert keeps its seed, data order, DSA draws and SGD; only float rounding differs. Experts whose
     #: loss or step a plugin shapes (expert_loss, expert_step), Adam experts, resumed experts and models
     #: it cannot pack train one at a time. Not part of the store key.

@@ -40,8 +40,8 @@ CHECK_IMAGES = 8
 def packs_experts(cfg: ExpertsConfig, device: torch.device) -> bool:
     """Whether ``experts.parallel`` asks for packed groups on ``device`` ("auto": CUDA only).
 
-    On CPU one network already keeps the cores busy and packed training measured slower
-    (docs/performance.md, "Batched evaluation" and "Batched experts").
+    On CPU one network already keeps the cores busy: packed experts measured even with one at a
+    time, packed evaluation slower (docs/performance.md, "Batched experts", "Batched evaluation").
     """
     if cfg.parallel == "auto":
         return device.type == "cuda"
