@@ -39,11 +39,7 @@ def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: Prep
     model = model_factory(data)(scope.model, 0)
     layout = param_layout(model)
     host = scope.host
-    expert_plugins = {
-        name: to_dict(host.configs.get(name))
-        for name, record in host.records.items()
-        if EXPERT_HOOKS & set(record.hooks)
-    }
+    expert_plugins = {name: to_dict(host.configs.get(name)) for name in _shaping_plugins(scope)}
     experts = to_dict(cfg)
     experts.pop("count")
     experts.pop("store_epochs")  # what it selects is the key's "stored_epochs"
@@ -188,12 +184,16 @@ def _train_experts(
     reporter.finish()
 
 
+def _shaping_plugins(scope: RunScope) -> list[str]:
+    """The active plugins that shape expert training (``expert_loss``, ``expert_step``)."""
+    return [name for name, record in scope.host.records.items() if EXPERT_HOOKS & set(record.hooks)]
+
+
 def _packing_allowed(cfg: ExpertsConfig, scope: RunScope, reporter: Reporter, count: int) -> bool:
     """Whether ``experts.parallel`` packs here and no plugin or setting refuses it (said in a note)."""
     if count < 2 or not packs_experts(cfg, scope.device):
         return False
-    shaping = [name for name, record in scope.host.records.items() if EXPERT_HOOKS & set(record.hooks)]
-    reason = packing_refusal(cfg, shaping)
+    reason = packing_refusal(cfg, _shaping_plugins(scope))
     if reason is not None:
         reporter.note(f"experts train one at a time: {reason}")
     return reason is None
