@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Parallel workers share the cores: one thread each (and in the processes they start), as two
+    # 2-thread PyTorch jobs on 2 cores slow each other several-fold.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    # xdist hands each worker the terminal's size; rich would fix the CLI's width to it at import.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
