@@ -18,6 +18,13 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     torch.set_num_threads(1)
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core this process may run on, at most 8 (each imports torch,
+    ≈ 0.5 GiB, and trains real networks). xdist's own count is the machine's physical cores where
+    psutil is installed, which in a container can be far more than it is given."""
+    return min(len(os.sched_getaffinity(0)), 8)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DISTILLKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
