@@ -79,6 +79,10 @@ class ExpertsConfig:
     weight_decay: float = 0.0
     #: Real images per expert training step.
     batch_size: int = 256
+    #: Steps per epoch at most (0, the default: the whole training split, ⌈N / batch_size⌉ steps);
+    #: fewer trains each epoch on the first batches of its shuffled order. ``--smoke`` sets it so a
+    #: smoke run takes seconds on a full dataset.
+    max_steps_per_epoch: int = 0
     #: When the lr is multiplied by ``lr_decay_factor``, relative to ``epochs`` (see
     #: :func:`first_decayed_epoch`): "none"; "half" = from epoch E//2 on (AST paper: the 25th of 50);
     #: "ast-code" = from epoch E//2 + 2 on (official AST code: 27 of 50, 5 of 6).

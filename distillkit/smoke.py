@@ -23,14 +23,18 @@ MAX_BATCH_SYN = 20
 #: a paper's batch of 256 makes an epoch one step, and an expert that barely moves makes the
 #: normalised matching loss (divided by its movement) explode.
 MAX_EXPERT_BATCH = 4
+#: At most this many expert steps per epoch: on a full dataset (CIFAR's 50 000 images) batches of 4
+#: would make every epoch thousands of steps.
+MAX_EXPERT_STEPS = 10
 
 
 def smoke_values(config: RunConfig) -> dict[str, Any]:
     """The keys ``--smoke`` sets, given the config of the layers below it.
 
     One expert trained just long enough for start epoch 0 and the setting's M
-    (T⁺ = 1) in batches of at most 4, tested only after its last epoch; 2 iterations of 2 student steps;
-    ipc and batch_syn capped; one network × 1 epoch, no cross-architecture models.
+    (T⁺ = 1) in at most 10 batches of at most 4 per epoch, tested only after its last epoch;
+    2 iterations of 2 student steps; ipc and batch_syn capped; one network × 1 epoch, no
+    cross-architecture models.
     """
     distill = config.distill
     return {
@@ -38,6 +42,9 @@ def smoke_values(config: RunConfig) -> dict[str, Any]:
         "experts.epochs": last_needed_epoch(replace(distill, max_start_epoch=1)),
         "experts.eval_every": 0,
         "experts.batch_size": min(config.experts.batch_size, MAX_EXPERT_BATCH),
+        "experts.max_steps_per_epoch": min(
+            config.experts.max_steps_per_epoch or MAX_EXPERT_STEPS, MAX_EXPERT_STEPS
+        ),
         "distill.max_start_epoch": 1,
         "distill.iterations": 2,
         "distill.syn_steps": 2,
@@ -49,4 +56,4 @@ def smoke_values(config: RunConfig) -> dict[str, Any]:
     }
 
 
-__all__ = ["MAX_BATCH_SYN", "MAX_EXPERT_BATCH", "MAX_IPC", "SMOKE_LABEL", "smoke_values"]
+__all__ = ["MAX_BATCH_SYN", "MAX_EXPERT_BATCH", "MAX_EXPERT_STEPS", "MAX_IPC", "SMOKE_LABEL", "smoke_values"]

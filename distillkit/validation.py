@@ -47,6 +47,7 @@ def validate(config: RunConfig) -> None:
         "distill.sync_check_every": config.distill.sync_check_every,
         "evaluate.runs": config.evaluate.runs,
         "experts.eval_every": config.experts.eval_every,
+        "experts.max_steps_per_epoch": config.experts.max_steps_per_epoch,
         "distill.snapshot_every": config.distill.snapshot_every,
         "distill.snapshot_eval": config.distill.snapshot_eval,
     }

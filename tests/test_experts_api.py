@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,9 +13,10 @@ from conftest import TINY_EXPERTS
 
 import distillkit
 from distillkit import api
-from distillkit.config import last_needed_epoch
+from distillkit.config import ExpertsConfig, last_needed_epoch
 from distillkit.errors import StoreError
 from distillkit.experts.store import TrajectoryStore
+from distillkit.experts.train import epoch_batches, steps_per_epoch
 from distillkit.hookspecs import hookimpl
 
 #: The shared tiny experts with one test pass, after the last epoch.
@@ -59,6 +61,25 @@ def test_key_follows_the_stored_epochs(data: api.PreparedData) -> None:
     # When "needed" is every epoch, the store is the same as an all-epochs one.
     assert key(**{"experts.store_epochs": "needed", "distill.max_start_epoch": 3}) == key()
     assert api.default_store_dir(needed) != api.default_store_dir(key())
+
+
+def test_max_steps_per_epoch_trains_the_first_batches_and_is_keyed_only_when_set(
+    tmp_path: Path, data: api.PreparedData
+) -> None:
+    cfg = ExpertsConfig(batch_size=4, max_steps_per_epoch=2)
+    assert [b.tolist() for b in epoch_batches(torch.arange(10), cfg)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert steps_per_epoch(10, cfg) == 2
+    assert steps_per_epoch(10, replace(cfg, max_steps_per_epoch=0)) == 3
+    assert steps_per_epoch(10, replace(cfg, max_steps_per_epoch=9)) == 3
+    whole = api.train_experts(*resolve(), data, tmp_path / "whole")
+    assert "max_steps_per_epoch" not in whole.key["experts"]  # stores of whole epochs keep their keys
+    more = api.train_experts(*resolve(**{"experts.max_steps_per_epoch": 100}), data, tmp_path / "more")
+    assert torch.equal(more.load(0), whole.load(0))  # a cap above an epoch's 6 steps changes nothing
+    short = api.train_experts(*resolve(**{"experts.max_steps_per_epoch": 2}), data, tmp_path / "short")
+    assert short.key["experts"]["max_steps_per_epoch"] == 2
+    assert torch.equal(short.load(0)[0], whole.load(0)[0]) and not torch.allclose(
+        short.load(0), whole.load(0)
+    )
 
 
 def test_store_lacking_needed_epochs_is_a_clear_error(tmp_path: Path, data: api.PreparedData) -> None:

@@ -75,6 +75,17 @@ def test_packed_experts_train_as_they_would_alone(tmp_path: Path, data, alone: T
     assert_same_experts(store, alone, len(data.test[1]))
 
 
+def test_packed_experts_take_the_same_first_batches_when_epochs_are_capped(
+    tmp_path: Path, data, alone: TrajectoryStore
+) -> None:
+    capped = {"experts.max_steps_per_epoch": 2}  # of 11 batches of 128
+    capped_alone = api.train_experts(*resolve("off", **capped), data, tmp_path / "alone")
+    assert not torch.allclose(capped_alone.load(0), alone.load(0))
+    packed = api.train_experts(*resolve("on", **capped), data, tmp_path / "packed")
+    assert [e.get("packed_with") for e in packed.manifest.experts] == [3, 3, 3]
+    assert_same_experts(packed, capped_alone, len(data.test[1]))
+
+
 def test_groups_follow_pack_size_and_a_group_of_one_trains_alone(tmp_path: Path, data, alone) -> None:
     config, host = resolve("on", **{"experts.pack_size": 2})
     store = api.train_experts(config, host, data, tmp_path / "pairs")

@@ -16,7 +16,7 @@ from distillkit.errors import ConfigError
 from distillkit.host import PluginHost, build_plugin_config
 from distillkit.presets import KNOWN_SHAPES, METADATA, parse_preset, preset_names, read_preset
 from distillkit.resolve import resolve_layers
-from distillkit.smoke import MAX_BATCH_SYN, MAX_EXPERT_BATCH, MAX_IPC
+from distillkit.smoke import MAX_BATCH_SYN, MAX_EXPERT_BATCH, MAX_EXPERT_STEPS, MAX_IPC
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = [name for name in preset_names() if read_preset(name).kind == "paper"]
@@ -299,6 +299,7 @@ def test_smoke_shrinks_only_the_budget_and_the_command_line_still_wins(name):
     assert 0 < s.batch_syn <= MAX_BATCH_SYN and s.expert_epochs == d.expert_epochs
     assert (smoke.config.experts.count, smoke.config.experts.epochs) == (1, d.expert_epochs)
     assert smoke.config.experts.batch_size == MAX_EXPERT_BATCH
+    assert smoke.config.experts.max_steps_per_epoch == MAX_EXPERT_STEPS
     assert (smoke.config.evaluate.runs, smoke.config.evaluate.epochs, smoke.config.evaluate.models) == (
         1,
         1,

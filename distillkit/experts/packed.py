@@ -30,7 +30,7 @@ from distillkit.context import RunContext
 from distillkit.data.pixels import Images
 from distillkit.ensemble import PackedNetworks, pack, packed_accuracy
 from distillkit.experts.partial import TrainingState, capture
-from distillkit.experts.train import ExpertResult, is_test_epoch, make_optimizer
+from distillkit.experts.train import ExpertResult, epoch_batches, is_test_epoch, make_optimizer
 from distillkit.packed_sgd import PackedSGD
 
 #: Training images the packing check (:func:`distillkit.ensemble.pack`) runs on.
@@ -149,7 +149,7 @@ def _train_epoch(
     """
     generators = [m.run.generator for m in members]
     orders = [
-        torch.randperm(len(images), generator=g, device=g.device).to(labels.device).split(cfg.batch_size)
+        epoch_batches(torch.randperm(len(images), generator=g, device=g.device).to(labels.device), cfg)
         for g in generators
     ]
     sums = torch.zeros(2, len(members), device=labels.device)

@@ -46,6 +46,8 @@ def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: Prep
     experts.pop("eval_every")  # test passes change no trajectory, so a store serves any setting
     experts.pop("parallel")  # packing changes float rounding only, as other hardware would
     experts.pop("pack_size")
+    if not cfg.max_steps_per_epoch:  # listed only when set, so stores of whole epochs keep their keys
+        experts.pop("max_steps_per_epoch")
     kept = epochs_to_store(cfg, last_needed)
     # Listed only when some epochs are left out, so an all-epochs store keeps its key (and
     # cache folder); a store of fewer epochs is never reused for a longer distillation.

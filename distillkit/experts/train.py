@@ -81,6 +81,17 @@ def epochs_to_store(cfg: ExpertsConfig, last_needed: int) -> list[int]:
     return sorted({*range(min(last_needed, cfg.epochs) + 1), cfg.epochs})
 
 
+def steps_per_epoch(images: int, cfg: ExpertsConfig) -> int:
+    """Training steps of one epoch over ``images``: ⌈images / batch_size⌉, at most ``max_steps_per_epoch``."""
+    steps = -(-images // cfg.batch_size)
+    return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch > 0 else steps
+
+
+def epoch_batches(order: torch.Tensor, cfg: ExpertsConfig) -> tuple[torch.Tensor, ...]:
+    """An epoch's batches of indices, the first :func:`steps_per_epoch` of its shuffled ``order``."""
+    return order.split(cfg.batch_size)[: steps_per_epoch(len(order), cfg)]
+
+
 def is_test_epoch(cfg: ExpertsConfig, epoch: int) -> bool:
     """Whether the expert is tested after 0-based ``epoch``: every ``eval_every``-th and the last."""
     last = epoch == cfg.epochs - 1
@@ -154,7 +165,7 @@ def train_expert(
         test_acc, start, earlier_seconds = list(resume.test_acc), resume.epoch, resume.seconds
         history = list(resume.history)
     decay_epoch = first_decayed_epoch(cfg)
-    steps_per_epoch = (len(images) + cfg.batch_size - 1) // cfg.batch_size
+    steps = steps_per_epoch(len(images), cfg)
     for epoch in range(start, cfg.epochs):
         if epoch == decay_epoch:
             for group in optimizer.param_groups:
@@ -162,7 +173,7 @@ def train_expert(
         means = EpochMeans()
         run.log = means.log
         order = torch.randperm(len(images), generator=generator, device=generator.device).to(device)
-        for step, idx in enumerate(order.split(cfg.batch_size)):
+        for step, idx in enumerate(epoch_batches(order, cfg)):
             raw = images[idx]
             x = augment(raw, generator)
             y = labels[idx]
@@ -180,7 +191,7 @@ def train_expert(
                 # hook: expert_loss — scales multiply the base loss, terms are added.
                 ctx = ExpertStepContext(
                     model=model, images=x, raw_images=raw, labels=y, logits=logits, base_loss=base,
-                    epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, total_epochs=cfg.epochs,
+                    epoch=epoch, step=step, steps_per_epoch=steps, total_epochs=cfg.epochs,
                 )  # fmt: skip
                 loss, parts = combine_expert_loss(base, call_each(hook, "expert_loss", run=run, ctx=ctx))
                 return loss, base, parts, logits
@@ -191,7 +202,7 @@ def train_expert(
             # hook: expert_step — one plugin may take the update itself; otherwise the plain step.
             optim_ctx = ExpertOptimContext(
                 model=model, optimizer=optimizer, compute_loss=lambda f=step_loss: f()[0], loss=loss,
-                epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, total_epochs=cfg.epochs,
+                epoch=epoch, step=step, steps_per_epoch=steps, total_epochs=cfg.epochs,
             )  # fmt: skip
             answers = call_each(hook, "expert_step", run=run, ctx=optim_ctx)
             if answers:
