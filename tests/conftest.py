@@ -17,6 +17,23 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
     torch.set_num_threads(1)
 
+import torch  # after the thread settings above
+
+#: A test of the CUDA path: skipped with the reason on a machine without CUDA, so a CPU-only run
+#: reports what it left out.
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+#: The devices of a test whose subject depends on the device (packed kernels, generators that live
+#: on the device): the CPU always, CUDA where this machine has it.
+DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
+
+
+@pytest.fixture
+def exact_kernels():
+    """cuDNN without TF32 (its default on Ampere and later rounds convolution inputs to 10 bits),
+    so a comparison of two CUDA code paths measures their difference, not TF32's; a no-op on CPU."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        yield
+
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per core this process may run on, at most 8 (each imports torch,

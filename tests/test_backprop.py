@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import DEVICES
 
 from distillkit.config import DistillConfig, RunConfig
 from distillkit.context import RunContext
@@ -15,8 +16,6 @@ from distillkit.engine.student import FlatStudent
 from distillkit.host import PluginHost
 from distillkit.models import build_model
 from distillkit.models.flat import flatten_params
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _distiller(
@@ -75,7 +74,7 @@ def _distiller(
     ],
 )
 def test_constant_memory_gradients_equal_the_standard_unroll(
-    plugins, momentum, batch_syn, graph_steps, device
+    plugins, momentum, batch_syn, graph_steps, device, exact_kernels
 ):
     standard = _distiller("standard", plugins, momentum, batch_syn, device)
     constant = _distiller("constant", plugins, momentum, batch_syn, device, graph_steps)

@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from conftest import NEEDS_CUDA, TINY
 from typer.testing import CliRunner
 
 from distillkit.cli import app
@@ -147,6 +147,21 @@ def test_memory_option_selects_the_backprop_mode(tmp_path):
     result = invoke("run", "--memory", "sideways", "--out", str(tmp_path / "bad"), *TINY)
     assert result.exit_code == 2
     assert "distill.memory must be one of standard, constant" in " ".join(result.output.split())
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("memory", ["standard", "constant"])
+def test_a_run_with_the_five_ast_plugins_on_cuda(tmp_path, memory):
+    """The GPU path end to end: smooth experts, k-means init, every hook of distillation, evaluation."""
+    out = tmp_path / "run"
+    plugins = "smooth,kmeans-init,bil,itm,wp"
+    args = ("--device", "cuda", "--plugins", plugins, "--memory", memory, "--out", str(out), "--quiet")
+    result = invoke("run", *args, *TINY)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["device"] == "cuda"
+    summary = json.loads((out / "results.json").read_text())
+    assert "peak_cuda_mb" in summary and len(summary["distilled"]["runs"]) == 2
+    assert all(0.0 <= acc <= 1.0 for acc in summary["distilled"]["runs"])
 
 
 def test_progress_is_plain_log_lines_when_stderr_is_not_a_terminal(tmp_path):

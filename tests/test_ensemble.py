@@ -1,6 +1,7 @@
 """Packed evaluation networks (distillkit.ensemble) train exactly as they would one at a time.
 
-Everything runs on the embedded sklearn digits (8×8) or tiny tensors, on CPU, in seconds.
+Everything runs on the embedded sklearn digits (8×8) or tiny tensors, in seconds; the comparisons of
+packed and one-at-a-time training run on CUDA too where the machine has it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import DEVICES
 from torch import nn
 
 from distillkit import evaluate as evaluate_module
@@ -49,18 +51,22 @@ def make(name: str, seed: int) -> nn.Module:
         return build_model(name, 1, 10, (8, 8))
 
 
-def test_packed_networks_get_the_parameters_and_draws_of_one_at_a_time(digits):
-    images, labels, _ = digits
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_networks_get_the_parameters_and_draws_of_one_at_a_time(digits, device, exact_kernels):
+    images, labels = (t.to(device) for t in digits[:2])
     augment, seed, lr = DSA(), 7, 0.05
-    alone, generators = [], []
+
+    def network(k: int) -> nn.Module:
+        return make(MODEL, seed + k).to(device)
+
+    def generator(k: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(seed + k)
+
+    alone, generators = [], [generator(k) for k in range(SCHEDULE.runs)]
     for k in range(SCHEDULE.runs):
-        generator = torch.Generator().manual_seed(seed + k)
-        alone.append(train_on_set(make(MODEL, seed + k), images, labels, lr, SCHEDULE, augment, generator))
-        generators.append(generator)
-    models = [make(MODEL, seed + k) for k in range(SCHEDULE.runs)]
-    members = [
-        Member(images, labels, lr, torch.Generator().manual_seed(seed + k)) for k in range(SCHEDULE.runs)
-    ]
+        alone.append(train_on_set(network(k), images, labels, lr, SCHEDULE, augment, generators[k]))
+    models = [network(k) for k in range(SCHEDULE.runs)]
+    members = [Member(images, labels, lr, generator(k)) for k in range(SCHEDULE.runs)]
     packed = train_packed(pack(models, images[:8]), members, SCHEDULE, augment)
     packed.load_into(models)
     for k in range(SCHEDULE.runs):
@@ -70,7 +76,7 @@ def test_packed_networks_get_the_parameters_and_draws_of_one_at_a_time(digits):
         for (name, ours), theirs, start in zip(
             models[k].named_parameters(),
             alone[k].parameters(),
-            make(MODEL, seed + k).parameters(),
+            network(k).parameters(),
             strict=True,
         ):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0, msg=name)
@@ -123,7 +129,8 @@ def test_a_packed_group_out_of_device_memory_trains_one_at_a_time(digits, monkey
     assert evaluate_set(make, MODEL, images, labels, 0.05, test, on, DSA(), CPU, 3) == off
 
 
-def test_evaluate_set_gives_the_same_accuracies_packed(digits):
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_set_gives_the_same_accuracies_packed(digits, device, exact_kernels):
     images, labels, test = digits
     cfg = dataclasses.replace(SCHEDULE, epochs=20)
     results = {}
@@ -131,8 +138,9 @@ def test_evaluate_set_gives_the_same_accuracies_packed(digits):
         seen: list[float] = []
         config = dataclasses.replace(cfg, parallel=parallel)
         results[parallel] = evaluate_set(
-            make, MODEL, images, labels, 0.05, test, config, DSA(), CPU, 3, on_run=seen.append
-        )
+            make, MODEL, images, labels, 0.05, test, config, DSA(), torch.device(device), 3,
+            on_run=seen.append,
+        )  # fmt: skip
         assert seen == list(results[parallel].runs)
     one_image = 1 / len(test[1])
     assert results["on"].mean > 0.3  # trained, not chance

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICES
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
@@ -23,9 +24,10 @@ def _pair(channels: int, dtype: torch.dtype = torch.float32) -> tuple[InstanceNo
     return mine.to(dtype), theirs.to(dtype)
 
 
-def test_finite_differences_first_and_second_order() -> None:
-    norm, _ = _pair(4, torch.float64)
-    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_finite_differences_first_and_second_order(device: str) -> None:
+    norm = _pair(4, torch.float64)[0].to(device)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64).to(device).requires_grad_()
     assert gradcheck(norm, (x,))
     assert gradgradcheck(norm, (x,))
 
@@ -56,18 +58,19 @@ def _matching_gradients(norm: nn.Module, x: torch.Tensor, seed: int = 1) -> list
     gen = torch.Generator().manual_seed(seed)
     x = x.clone().requires_grad_()
     out = norm(x)
-    upstream = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    upstream = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
     params = [x, norm.weight, norm.bias]
     grads = torch.autograd.grad((out * upstream).square().sum(), params, create_graph=True)
-    probes = [torch.randn(g.shape, generator=gen, dtype=g.dtype) for g in grads]
+    probes = [torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device) for g in grads]
     outer = sum((g * p).sum() for g, p in zip(grads, probes, strict=True)) + (out * upstream).sum()
     return list(torch.autograd.grad(outer, params))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_second_order_matches_pytorch_group_norm(channels_last: bool) -> None:
-    mine, theirs = _pair(16, torch.float64)
-    x = torch.randn(5, 16, 12, 12, dtype=torch.float64) * 3 + 1
+def test_second_order_matches_pytorch_group_norm(channels_last: bool, device: str) -> None:
+    mine, theirs = (norm.to(device) for norm in _pair(16, torch.float64))
+    x = (torch.randn(5, 16, 12, 12, dtype=torch.float64) * 3 + 1).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for got, want in zip(_matching_gradients(mine, x), _matching_gradients(theirs, x), strict=True):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_EXPERTS
+from conftest import DEVICES, TINY_EXPERTS
 from test_experts_api import Interrupted, Recorder
 
 import distillkit
@@ -65,8 +65,13 @@ def assert_same_experts(store: TrajectoryStore, alone: TrajectoryStore, test_ima
                 assert row[key] == pytest.approx(other[key], abs=1e-5)
 
 
-def test_packed_experts_train_as_they_would_alone(tmp_path: Path, data, alone: TrajectoryStore) -> None:
-    config, host = resolve("on")
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_experts_train_as_they_would_alone(
+    tmp_path: Path, data, alone: TrajectoryStore, device: str, exact_kernels
+) -> None:
+    if device != "cpu":  # the module's store was trained on the CPU
+        alone = api.train_experts(*resolve("off", device=device), data, tmp_path / "alone")
+    config, host = resolve("on", device=device)
     recorder = Recorder()
     store = api.train_experts(config, host, data, tmp_path / "packed", recorder)
     assert recorder.notes == [] and recorder.epochs == 9

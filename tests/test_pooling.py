@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICES
 from torch import nn
 
 from distillkit.models import build_model
 from distillkit.models.pooling import AvgPool2x2
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(2, 3, 6, 8), (2, 3, 7, 5), (3, 5, 5), (1, 2, 2, 2)])
-def test_values_and_gradients_match_avg_pool2d(shape: tuple[int, ...]) -> None:
+def test_values_and_gradients_match_avg_pool2d(shape: tuple[int, ...], device: str) -> None:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    x = torch.randn(*shape, dtype=torch.float64, generator=generator).to(device).requires_grad_()
     pool = AvgPool2x2()
     assert torch.allclose(pool(x), F.avg_pool2d(x, 2), rtol=0, atol=1e-15)
     assert torch.autograd.gradcheck(pool, (x,))
