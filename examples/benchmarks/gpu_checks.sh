@@ -16,8 +16,12 @@
 #   bench.log         `distillkit bench --preset fmnist-cpu` at ipc 10 and ipc 1 on one 3-epoch expert,
 #   bench_ipc10.json  and their figures: s/it, peak memory, fraction of the matmul rate, and (ipc 10)
 #   bench_ipc1.json   the throughput of one fresh expert epoch
+#   bench_baseline_ipc10.json  with BASELINE=DIR (a work tree of an earlier distillkit, e.g. made by
+#                     `git worktree add`, or `git archive` into a folder): the same ipc 10 benchmark
+#                     by that tree (PYTHONPATH), on its own expert, for a before/after on one machine
 # A step that fails is noted in its file and the next one runs; the exit status counts the failures.
-# QUICK=1 caps expert epochs at 5 steps and times 2 iterations after 1, to check the script on a CPU.
+# QUICK=1 caps expert epochs at 5 steps and times 2 iterations after 1, to check the script on a CPU
+# (not the baseline's, which may not know the cap).
 set -uo pipefail
 
 data=${1:?usage: gpu_checks.sh FASHION_MNIST_DIR OUT_DIR [DEVICE]}
@@ -66,6 +70,14 @@ step bench-ipc10 180 bench.log python3 -m distillkit bench "${short[@]}" --ipc 1
     --json-out "$out/bench_ipc10.json"
 step bench-ipc1 120 bench.log python3 -m distillkit bench "${short[@]}" --ipc 1 \
     --skip-experts-throughput --json-out "$out/bench_ipc1.json"
+if [ -n "${BASELINE:-}" ]; then  # the same ipc 10 benchmark by an earlier tree, for before/after
+    timing=()
+    [ "${QUICK:-0}" = 1 ] && timing=(--warmup 1 --window 2)
+    step baseline-ipc10 240 bench.log env PYTHONPATH="$BASELINE" python3 -m distillkit bench \
+        --preset fmnist-cpu --device "$device" --data-path "$data" --experts "$store-baseline" \
+        --set experts.count=1 --set experts.epochs=3 --set distill.max_start_epoch=1 --ipc 10 \
+        --skip-experts-throughput "${timing[@]}" --json-out "$out/bench_baseline_ipc10.json"
+fi
 
 echo "$failed step(s) failed; files in $out"
 exit "$failed"
