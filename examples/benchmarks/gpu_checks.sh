@@ -30,8 +30,11 @@ device=${3:-cuda}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 COLUMNS=160  # whole tables in the logs
 failed=0
-quick=()
-[ "${QUICK:-0}" = 1 ] && quick=(--set experts.max_steps_per_epoch=5)
+quick=() timing=()
+if [ "${QUICK:-0}" = 1 ]; then
+    quick=(--set experts.max_steps_per_epoch=5)
+    timing=(--warmup 1 --window 2)
+fi
 
 step() {  # step NAME SECONDS FILE COMMAND...: run COMMAND with a time limit, its output to FILE
     local name=$1 limit=$2 file=$3
@@ -64,15 +67,13 @@ step eval-steps 120 eval_steps.log python3 examples/benchmarks/batched_eval.py s
     --networks 10 --repeats 5
 # One 3-epoch expert, trained into $store by the first benchmark and read by the second.
 short=(--preset fmnist-cpu --device "$device" --data-path "$data" --experts "$store"
-    --set experts.count=1 --set experts.epochs=3 --set distill.max_start_epoch=1 "${quick[@]}")
-[ "${QUICK:-0}" = 1 ] && short+=(--warmup 1 --window 2)
+    --set experts.count=1 --set experts.epochs=3 --set distill.max_start_epoch=1
+    "${quick[@]}" "${timing[@]}")
 step bench-ipc10 180 bench.log python3 -m distillkit bench "${short[@]}" --ipc 10 \
     --json-out "$out/bench_ipc10.json"
 step bench-ipc1 120 bench.log python3 -m distillkit bench "${short[@]}" --ipc 1 \
     --skip-experts-throughput --json-out "$out/bench_ipc1.json"
 if [ -n "${BASELINE:-}" ]; then  # the same ipc 10 benchmark by an earlier tree, for before/after
-    timing=()
-    [ "${QUICK:-0}" = 1 ] && timing=(--warmup 1 --window 2)
     step baseline-ipc10 240 bench.log env PYTHONPATH="$BASELINE" python3 -m distillkit bench \
         --preset fmnist-cpu --device "$device" --data-path "$data" --experts "$store-baseline" \
         --set experts.count=1 --set experts.epochs=3 --set distill.max_start_epoch=1 --ipc 10 \
