@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import invoke
@@ -22,11 +23,30 @@ def test_the_script_parses_and_wants_its_arguments() -> None:
     assert refused.returncode != 0 and "usage: gpu_checks.sh" in refused.stderr
 
 
-def test_every_script_and_bench_option_it_names_exists() -> None:
+def _help(command: str) -> str:
+    """The ``--help`` text of the program a step of the script runs."""
+    script = re.search(r"(examples/benchmarks/\w+\.py)( steps| evaluate)?", command)
+    if script is None:
+        assert "-m distillkit bench" in command, command
+        return invoke("bench", "--help").output
+    assert (ROOT / script[1]).is_file(), script[1]
+    argv = [sys.executable, str(ROOT / script[1]), *(script[2] or "").split(), "--help"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_every_script_and_option_its_steps_name_exists() -> None:
     text = SCRIPT.read_text()
-    for script in re.findall(r"examples/benchmarks/\w+\.py", text):
-        assert (ROOT / script).is_file(), script
-    bench_help = invoke("bench", "--help").output
-    bench_lines = text[text.index("short=(") :]
-    for option in set(re.findall(r"(--[a-z][a-z-]+)", bench_lines)):
-        assert option in bench_help, option
+    # Each step's command with the option lists it splices in (defined before the first step).
+    lists = dict(re.findall(r"^\s*(\w+)=\((.*?)\)", text, flags=re.M | re.S))
+    steps = text.split("\nstep ")[1:] + text.split("step baseline")[1:]
+    assert len(steps) >= 6
+    for chunk in steps:
+        lines = chunk.split("\n")
+        command = " ".join(lines[: next(i for i, line in enumerate(lines) if not line.endswith("\\")) + 1])
+        for name, values in [*lists.items()] * 2:  # twice: a list may splice in another
+            command = command.replace(f'"${{{name}[@]}}"', values)
+        if "python3 -m pip" in command or "pytest" in command:
+            continue
+        help_text = _help(command)
+        for option in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", command)):
+            assert option in help_text, (option, command)
