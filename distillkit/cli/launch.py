@@ -33,7 +33,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import click
 import typer
 
 from distillkit.errors import CollectiveError, DistillkitError, ExitCode, RunFailed
@@ -84,16 +83,21 @@ def threads_per_process(nproc: int) -> int:
     return max(1, cores // nproc)
 
 
-def worker_argv(ctx: click.Context) -> list[str]:
-    """The command line of ``ctx``'s command as the user gave it, without ``--nproc``."""
+def worker_argv(ctx: typer.Context) -> list[str]:
+    """The command line of ``ctx``'s command as the user gave it, without ``--nproc``.
+
+    Parameters and their sources are told apart by name, not by Click's classes: Typer ≥ 0.16
+    carries its own copy of Click, whose classes are not those of a ``click`` package installed
+    beside it (nor need one be installed).
+    """
     argv = [ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         source = ctx.get_parameter_source(param.name or "")
-        if param.name == "nproc" or value is None or source is click.core.ParameterSource.DEFAULT:
+        if param.name == "nproc" or value is None or source is None or source.name == "DEFAULT":
             continue
         values = list(value) if isinstance(value, list | tuple) else [value]
-        if isinstance(param, click.Argument):
+        if param.param_type_name == "argument":
             argv += [str(v) for v in values]
         elif getattr(param, "is_flag", False):
             names = param.opts if value else param.secondary_opts
@@ -104,7 +108,7 @@ def worker_argv(ctx: click.Context) -> list[str]:
     return argv
 
 
-def relaunch(ctx: click.Context, nproc: int, max_restarts: int = 0, log_dir: Path | None = None) -> bool:
+def relaunch(ctx: typer.Context, nproc: int, max_restarts: int = 0, log_dir: Path | None = None) -> bool:
     """Run ``ctx``'s command as a job of ``nproc`` local ranks; False when this process should run it.
 
     False for ``nproc == 1`` and inside a job already (a worker of this very launch, or of
