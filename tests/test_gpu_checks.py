@@ -38,7 +38,7 @@ def test_every_script_and_option_its_steps_name_exists() -> None:
     text = SCRIPT.read_text()
     # Each step's command with the option lists it splices in (defined before the first step).
     lists = dict(re.findall(r"^\s*(\w+)=\((.*?)\)", text, flags=re.M | re.S))
-    steps = text.split("\nstep ")[1:] + text.split("step baseline")[1:]
+    steps = re.split(r"^\s*step ", text, flags=re.M)[1:]  # each call of step(), indented or not
     assert len(steps) >= 6
     for chunk in steps:
         lines = chunk.split("\n")

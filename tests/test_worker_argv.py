@@ -15,7 +15,7 @@ from distillkit.cli.launch import worker_argv
 def parsed(argv: list[str]) -> typer.Context:
     """The context of ``distillkit ARGV``'s subcommand, as Typer builds it before calling the command."""
     group = typer.main.get_command(app)
-    root = group.make_context("distillkit", list(argv), resilient_parsing=False)
+    root = group.make_context("distillkit", list(argv))
     name, command, rest = group.resolve_command(root, list(argv))
     return command.make_context(name, rest, parent=root)
 
