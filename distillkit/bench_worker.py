@@ -141,6 +141,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     data.release_images()  # as `distillkit distill` does once the start set is drawn
     result = measure_distiller(distiller, spec["warmup"], spec["window"])
     result["threads"] = torch.get_num_threads()
+    if distiller.graph_fit is not None:  # K chosen from distill.graph_memory_mb
+        result["graph_steps"] = distiller.graph_fit.graph_steps
+        result["step_graph_mb"] = distiller.graph_fit.step_bytes / 2**20
     return result
 
 

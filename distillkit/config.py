@@ -153,6 +153,11 @@ class DistillConfig:
     #: Constant mode: keep the graph of the last this many inner steps instead of recomputing them
     #: (memory grows with this, not with syn_steps; each kept step saves one recomputation).
     graph_steps: int = 0
+    #: Constant mode: keep the graphs of as many of the last inner steps as fit in this many MiB,
+    #: counted from the tensors one unrolled step saves (measured once, before the first
+    #: iteration); replaces ``graph_steps``. The process needs more: one step's working memory
+    #: and the allocator's slack (0: off).
+    graph_memory_mb: float = 0.0
     #: Write RUN_DIR/checkpoints/ every this many iterations (0: only on SIGINT/SIGTERM).
     checkpoint_every: int = 25
     #: Save the synthetic set to RUN_DIR/snapshots/iter-NNNNNN.safetensors every this many

@@ -35,7 +35,7 @@ from distillkit.engine.rankstate import (
     with_ranks,
 )
 from distillkit.engine.student import FlatStudent
-from distillkit.errors import ConfigError, Interrupted, StoreError
+from distillkit.errors import ConfigError, Interrupted, StoreError, failed_allocations
 from distillkit.experts.pipeline import load_expert_slices
 from distillkit.experts.store import TrajectoryStore
 from distillkit.observers import Observers, distill_values, observing
@@ -138,6 +138,12 @@ def rank_seed(scope: RunScope, rank: int, resumed_at: int | None = None) -> int:
     return scope.seed_for("distill-rank", rank, "resumed", resumed_at)
 
 
+#: What to change when the unrolled steps do not fit (resuming cannot change these settings).
+UNROLL_MEMORY_HINT = (
+    "start it again keeping less: --memory constant (memory flat in distill.syn_steps), a smaller "
+    "distill.graph_steps or distill.graph_memory_mb, or a smaller distill.batch_syn; "
+    "`distillkit bench` measures a setting's peak memory before a run"
+)
 STOPPING_NOTICE = "Stopping: the state is saved after this iteration (press Ctrl-C again to stop at once)."
 
 
@@ -231,7 +237,7 @@ def distill(
     ``out_dir``, closed on return; rank 0's only).
     """
     reporter = reporter or Reporter()
-    world = job.scope.world
+    world, device = job.scope.world, job.scope.device
     writes = out_dir if world.is_main else None
     lines: list[dict[str, Any]] = []
     if resume and out_dir is None:
@@ -252,6 +258,8 @@ def distill(
         reporter.note(f"resuming {out_dir} at iteration {distiller.iteration}{moved}")
     else:
         distiller, source = build_distiller(job, out_dir)
+    if distiller.graph_fit is not None:
+        reporter.note(distiller.graph_fit.describe(job.cfg.syn_steps))
     if release_data:
         job.data.release_images()
     history = [IterationResult(**{k: v for k, v in line.items() if k != "seconds"}) for line in lines]
@@ -302,8 +310,12 @@ def distill(
             with stop_requests(enabled=out_dir is not None, notice=world.size == 1) as stop:
                 while distiller.iteration < job.cfg.iterations:
                     tick = time.perf_counter()
+                    failing = (
+                        f"distillation ran out of {device.type} memory in iteration {distiller.iteration + 1}"
+                    )
                     try:
-                        result = distiller.step()
+                        with failed_allocations(failing, UNROLL_MEMORY_HINT):
+                            result = distiller.step()
                     except DivergenceError:
                         if writes is not None:
                             save_distilled_set(writes, distiller, source)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 
 
@@ -65,6 +67,40 @@ class PluginRuntimeError(PluginError):
 
 class RunFailed(DistillkitError):
     """A run could not finish (for example the matching loss kept diverging)."""
+
+
+class OutOfMemory(RunFailed):
+    """The device ran out of memory; the hint names the settings that need less."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's (``torch.OutOfMemoryError``) or the CPU allocator's (a RuntimeError)."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def memory_cause(exc: BaseException) -> str:
+    """The allocator's own words, short: what it tried to allocate (and, on CUDA, what was free)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.split("err == 0. ", 1)[-1]  # the CPU allocator's "[enforce fail at ...]" prefix
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+@contextmanager
+def failed_allocations(message: str, hint: str) -> Iterator[None]:
+    """Re-raise a failed allocation in the block as :class:`OutOfMemory`: "message (the allocator's words)".
+
+    The original's traceback is dropped first: its frames hold what the failed work allocated
+    (a distillation step's graph), which is then freed at once, not when the error is handled.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        if not out_of_memory(exc):
+            raise
+        exc.with_traceback(None)
+        raise OutOfMemory(f"{message} ({memory_cause(exc)})", hint=hint) from None
 
 
 class CollectiveError(RunFailed):

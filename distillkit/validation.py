@@ -67,6 +67,7 @@ def validate(config: RunConfig) -> None:
         "distill.img_momentum": config.distill.img_momentum,
         "distill.student_momentum": config.distill.student_momentum,
         "distill.skip_loss_above": config.distill.skip_loss_above,
+        "distill.graph_memory_mb": config.distill.graph_memory_mb,
         "experts.momentum": config.experts.momentum,
         "experts.weight_decay": config.experts.weight_decay,
         "evaluate.momentum": config.evaluate.momentum,
@@ -100,6 +101,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"distill.backoff must be in (0, 1), got {config.distill.backoff}")
     if not 0 < config.experts.lr_decay_factor <= 1:
         raise ConfigError(f"experts.lr_decay_factor must be in (0, 1], got {config.experts.lr_decay_factor}")
+    if config.distill.graph_memory_mb and config.distill.memory != "constant":
+        raise ConfigError(
+            "distill.graph_memory_mb sizes the graphs constant memory keeps; "
+            f"distill.memory is {config.distill.memory!r}, which keeps every step's graph",
+            hint="add --memory constant (or drop distill.graph_memory_mb)",
+        )
     _check_snapshots(config)
     needed = last_needed_epoch(config.distill)
     if needed > config.experts.epochs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 
 import pytest
@@ -11,8 +12,11 @@ from conftest import DEVICES
 from distillkit.config import DistillConfig, RunConfig
 from distillkit.context import RunContext
 from distillkit.data.augment import DSA
+from distillkit.engine.backprop import UnrollSetup
+from distillkit.engine.graphbudget import step_graph_bytes
 from distillkit.engine.loop import Distiller
 from distillkit.engine.student import FlatStudent
+from distillkit.engine.unroll import BatchSampler, unroll
 from distillkit.host import PluginHost
 from distillkit.models import build_model
 from distillkit.models.flat import flatten_params
@@ -25,6 +29,7 @@ def _distiller(
     batch_syn: int = 0,
     device: str = "cpu",
     graph_steps: int = 0,
+    graph_memory_mb: float = 0.0,
 ) -> Distiller:
     torch.manual_seed(0)
     model = build_model("convnet-w32-d2", 1, 3, (8, 8)).to(device)
@@ -42,6 +47,7 @@ def _distiller(
         batch_syn=batch_syn,
         memory=memory,
         graph_steps=graph_steps,
+        graph_memory_mb=graph_memory_mb,
     )
     host = PluginHost()
     host.select(plugins, {"itm": {"beta": "equal"}})
@@ -100,6 +106,106 @@ def test_graph_steps_keep_the_graph_of_the_last_steps_only():
     constant = _distiller("constant", ["itm"], 0.9, graph_steps=2)
     params = constant.backprop.forward(constant.experts[0][0], 1.0)
     assert [p.grad_fn is None for p in params] == [True] * 5 + [False] * 2
+
+
+def _kept(distiller: Distiller) -> list[bool]:
+    params = distiller.backprop.forward(distiller.experts[0][0], 1.0)
+    return [p.grad_fn is not None for p in params[1:]]
+
+
+def test_graph_memory_keeps_as_many_step_graphs_as_fit():
+    step = _distiller("constant", [], 0.9, graph_memory_mb=1e6).graph_fit.step_bytes / 2**20
+    assert step > 0
+    for budget, kept in [(0.4 * step, 0), (2.5 * step, 2), (6 * step, 6), (1e6, 6)]:
+        distiller = _distiller("constant", [], 0.9, graph_memory_mb=budget)
+        assert distiller.graph_fit.graph_steps == kept
+        assert _kept(distiller) == [False] * (6 - kept) + [True] * kept
+        assert "of 6 inner steps" in distiller.graph_fit.describe(6)
+
+
+def test_a_graph_memory_budget_runs_exactly_as_the_k_it_chose():
+    step = _distiller("constant", ["itm"], 0.9, graph_memory_mb=1e6).graph_fit.step_bytes / 2**20
+    budgeted = _distiller("constant", ["itm"], 0.9, graph_memory_mb=3.5 * step)
+    direct = _distiller("constant", ["itm"], 0.9, graph_steps=3)
+    assert budgeted.graph_fit.graph_steps == 3
+    for _ in range(2):
+        assert budgeted.step().loss == direct.step().loss
+    assert torch.equal(budgeted.images, direct.images)
+    assert torch.equal(budgeted.run.generator.get_state(), direct.run.generator.get_state())
+
+
+def _probe_setup(
+    generator: torch.Generator, batch: int = 20, device: str = "cpu"
+) -> tuple[UnrollSetup, torch.Tensor]:
+    """One FashionMNIST-sized ConvNetW32 student on ``batch`` random images, DSA from ``generator``."""
+    torch.manual_seed(0)
+    model = build_model("convnet-w32", 1, 10, (28, 28)).to(device)
+    images = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    dsa = DSA()
+    setup = UnrollSetup(
+        student=FlatStudent(model),
+        images=images.to(device).requires_grad_(True),
+        labels=torch.arange(batch, device=device) % 10,
+        alpha=torch.tensor(0.01, device=device, requires_grad=True),
+        steps=20,
+        sampler=BatchSampler(batch, 0, generator),
+        augment=lambda x: dsa(x, generator),
+        generator=generator,
+        momentum=0.0,
+    )
+    return setup, flatten_params(model)
+
+
+def test_the_step_count_ignores_the_run_stream_and_leaves_it_untouched():
+    generator = torch.Generator().manual_seed(0)
+    setup, theta = _probe_setup(generator)
+    counts = []
+    for seed in (0, 1, 2):
+        generator.manual_seed(seed)
+        before = generator.get_state()
+        counts.append(step_graph_bytes(setup, theta))
+        assert torch.equal(generator.get_state(), before)
+    assert len(set(counts)) == 1  # a resumed run, whose stream is elsewhere, finds the same K
+    doubled, _ = _probe_setup(torch.Generator().manual_seed(0), batch=40)
+    assert step_graph_bytes(doubled, theta) == pytest.approx(2 * counts[0], rel=0.02)  # activations
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2``: ten size_t counters, in this order."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()  # noqa: SIM905
+    ]
+
+
+def _bytes_in_use(device: str) -> int:
+    """Bytes the device's allocator has handed out and not taken back."""
+    if device == "cuda":
+        return torch.cuda.memory_allocated()
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd  # heap blocks and mmap'd blocks
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_step_count_is_what_kept_step_graphs_allocate(device):
+    """Measured by the allocator itself (glibc's malloc, CUDA's caching allocator): K kept steps
+    hold K × the counted bytes."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    setup, theta = _probe_setup(generator, device=device)
+    counted = step_graph_bytes(setup, theta)
+    before = _bytes_in_use(device)
+    start = theta.clone().requires_grad_(True)
+    params = unroll(
+        setup.student, start, setup.images, setup.labels, setup.alpha, 3, setup.sampler, setup.augment
+    )
+    held = _bytes_in_use(device) - before
+    assert held == pytest.approx(3 * counted, rel=0.05)
+    del params
 
 
 def test_channels_last_student_matches_the_default_layout():

@@ -11,6 +11,7 @@ import ast
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from distillkit.artifacts import SYNTHETIC_JSON, SYNTHETIC_TENSORS, save_synthet
 from distillkit.cli import app
 from distillkit.config import to_dict
 from distillkit.data import datasets
-from distillkit.errors import DataError, RunFailed
+from distillkit.errors import DataError, RunFailed, memory_cause, out_of_memory
 from distillkit.experts.store import MANIFEST, expert_filename
 from distillkit.resolve import resolve_config
 
@@ -177,6 +178,11 @@ def test_discard_removes_only_an_empty_run_dir_this_process_created(tmp_path):
         (["--set", "distill.lr_img=nan"], "distill.lr_img must be a finite number"),
         (["--set", "distill.lr_img=-1"], "distill.lr_img must be >= 0"),
         (["--set", "distill.ipc=two"], "distill.ipc expects an integer"),
+        (
+            ["--memory", "constant", "--set", "distill.graph_memory_mb=-1"],
+            "distill.graph_memory_mb must be >= 0",
+        ),
+        (["--set", "distill.graph_memory_mb=512"], "distill.memory is 'standard', which keeps every step"),
         (["--set", "distil.ipc=2"], "unknown config key 'distil.ipc'"),
         (["--set", "data.augment=crop_blur"], "Unknown augmentation op 'blur'"),
         (["--dataset", "mnist", *TINY], "mnist IDX files"),
@@ -357,6 +363,36 @@ def test_a_long_error_stays_one_line_in_a_real_process(store_copy, tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and len(lines[0]) > 80, proc.stderr
     assert lines[0].startswith("Error: ") and str(path) in lines[0] and lines[1].startswith("Hint: ")
+
+
+def test_a_failed_allocation_is_told_apart_and_described_in_the_allocators_words():
+    with pytest.raises(RuntimeError) as failed:
+        torch.empty(10**13)  # 40 TB: the CPU allocator refuses at once
+    assert out_of_memory(failed.value)
+    assert memory_cause(failed.value).startswith("DefaultCPUAllocator: can't allocate memory")
+    assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not out_of_memory(ValueError("can't allocate memory"))
+
+
+def test_running_out_of_memory_is_one_line_naming_the_settings_that_need_less(store, tmp_path):
+    """A real failed allocation: the process may hold 1.5 GB of data; this unroll needs ≈ 4.5 GB."""
+    limit = 1_500_000_000
+    keyed = TINY[: TINY.index("distill.syn_steps=5") - 1]  # the store's settings, not TINY's N
+    command = [sys.executable, "-m", "distillkit", "distill", "--experts", str(store), *keyed]
+    command += ["--set", "distill.syn_steps=60", "--ipc", "120", "--out", str(tmp_path / "run"), "--quiet"]
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (limit, limit)),
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith("Error: distillation ran out of cpu memory in iteration 1 ("), proc.stderr
+    assert "can't allocate memory" in lines[0] and "--memory constant" in lines[1]
+    assert (tmp_path / "run" / "config.json").exists()  # what the run wrote is kept
 
 
 # -- no pickles ---------------------------------------------------------------------------------

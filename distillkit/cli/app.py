@@ -8,18 +8,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from distillkit.errors import DistillkitError, ExitCode, os_error_exit_code
+from distillkit.errors import DistillkitError, ExitCode, memory_cause, os_error_exit_code, out_of_memory
 from distillkit.hostmemory import keep_freed_memory
 from distillkit.processexit import skip_native_destructors
-
-if TYPE_CHECKING:
-    pass
-
 
 app = typer.Typer(
     name="distillkit",
@@ -53,6 +49,12 @@ def _root(
 
 
 err = Console(stderr=True)
+#: Out of memory outside the distillation loop (which names its own settings): expert training,
+#: evaluation, initialisation.
+MEMORY_HINT = (
+    "lower the batch that failed (experts.batch_size, evaluate.batch_size, experts.pack_size; "
+    "for distillation --memory constant); files written before are kept"
+)
 
 
 @contextmanager
@@ -75,6 +77,8 @@ def cli_errors(debug: bool) -> Iterator[None]:
         message, hint, code = describe_os_error(exc)
         _fail(exc, message, hint, code, debug)
     except Exception as exc:
+        if out_of_memory(exc):
+            _fail(exc, f"out of memory: {memory_cause(exc)}", MEMORY_HINT, ExitCode.RUN_FAILED, debug)
         message = f"internal error: {type(exc).__name__}: {exc}"
         _fail(exc, message, "rerun with --debug for the traceback and report it", ExitCode.RUN_FAILED, debug)
 

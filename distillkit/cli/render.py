@@ -145,8 +145,11 @@ def print_bench(result: dict[str, Any]) -> None:
     distill = cfg["distill"]
     swept = {key for row in result["distillation"] for key in row["overrides"]}
     memory = "" if "distill.memory" in swept else f"memory {distill['memory']} · "
-    if memory and distill["memory"] == "constant" and "distill.graph_steps" not in swept:
-        memory = f"memory constant (graph_steps {distill['graph_steps']}) · "
+    dials = {"distill.graph_steps", "distill.graph_memory_mb"}
+    if memory and distill["memory"] == "constant" and not swept & dials:
+        budget = distill.get("graph_memory_mb")
+        kept = f"graph_memory_mb {budget:g}" if budget else f"graph_steps {distill['graph_steps']}"
+        memory = f"memory constant ({kept}) · "
     table = Table(
         title=f"distillation · {cfg['data']['dataset']} · ipc {distill['ipc']} · N {distill['syn_steps']} · "
         f"{memory}plugins: {','.join(cfg['plugins']) or 'none'}",
@@ -163,8 +166,9 @@ def print_bench(result: dict[str, Any]) -> None:
             table.add_column(column, justify="right")
     for row in result["distillation"]:
         window, setup = row["distill_peak_rss_mb"], row["setup_rss_mb"]
+        kept = row.get("graph_steps")  # chosen from distill.graph_memory_mb
         cells = [
-            row["label"],
+            row["label"] if kept is None else f"{row['label']} (K {kept})",
             f"{row['s_per_iter']:.3f}",
             f"{row['peak_rss_mb']:.0f}",
             "-" if window is None else f"{window:.0f}",

@@ -10,6 +10,7 @@ unroll N student steps on the synthetic set, match θ̂_N to θ*_{t+M} (plus hoo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from distillkit.context import (
     SoftLabels,
 )
 from distillkit.engine.backprop import BACKPROP, UnrollSetup
+from distillkit.engine.graphbudget import GraphFit, fit_graph_steps
 from distillkit.engine.guard import Diverged, DivergenceGuard
 from distillkit.engine.optim import MomentumSGD
 from distillkit.engine.records import (
@@ -99,20 +101,24 @@ class Distiller:
             MomentumSGD(self.soft_labels, lr=soft.lr, momentum=soft.momentum) if learn_labels else None
         )
         self.sampler = BatchSampler(len(self.images), config.batch_syn, run.generator)
-        self.backprop = BACKPROP[config.memory](
-            UnrollSetup(
-                student=student,
-                images=self.images,
-                labels=self.labels if self.soft_labels is None else self.soft_labels,
-                alpha=self.alpha,
-                steps=config.syn_steps,
-                sampler=self.sampler,
-                augment=lambda x: augment(x, run.generator),
-                generator=run.generator,
-                momentum=config.student_momentum,
-                graph_steps=config.graph_steps,
-            )
+        setup = UnrollSetup(
+            student=student,
+            images=self.images,
+            labels=self.labels if self.soft_labels is None else self.soft_labels,
+            alpha=self.alpha,
+            steps=config.syn_steps,
+            sampler=self.sampler,
+            augment=lambda x: augment(x, run.generator),
+            generator=run.generator,
+            momentum=config.student_momentum,
+            graph_steps=config.graph_steps,
         )
+        # K chosen from distill.graph_memory_mb (None: graph_steps as configured).
+        self.graph_fit: GraphFit | None = None
+        if config.graph_memory_mb > 0:
+            self.graph_fit = fit_graph_steps(setup, self.experts[0][0], config.graph_memory_mb)
+            setup = replace(setup, graph_steps=self.graph_fit.graph_steps)
+        self.backprop = BACKPROP[config.memory](setup)
         self.guard = DivergenceGuard(config.max_loss_ratio, config.max_abs_pixel)
         self.iteration = 0
         self.failures = 0
