@@ -23,6 +23,7 @@ from torch import nn
 from distillkit.config import EvaluateConfig
 from distillkit.data.pixels import Images
 from distillkit.ensemble import Member, NotPackable, PackedNetworks, pack, packed_accuracy, train_packed
+from distillkit.errors import failed_allocations
 from distillkit.experts.train import accuracy
 from distillkit.labels import label_loss
 from distillkit.packed_sgd import PackedSGD
@@ -104,6 +105,11 @@ class EvalSet:
 
 #: Images of the first set that :func:`distillkit.ensemble.pack` checks the packing on.
 CHECK_IMAGES = 8
+#: What to change when a network's training does not fit.
+EVAL_MEMORY_HINT = (
+    "lower evaluate.batch_size; files written before are kept (a distilled set included: "
+    "`distillkit evaluate RUN_DIR` evaluates it again)"
+)
 
 
 def packs_on(cfg: EvaluateConfig, device: torch.device) -> bool:
@@ -191,8 +197,10 @@ def evaluate_networks(
             item = sets[network[0]]
             seed = item.seed + network[1]
             model = make_model(model_name, seed).to(device)
-            train_on_set(model, item.images, item.labels, item.lr, cfg, augment, _generator(device, seed))
-            acc = accuracy(model, test_x, test_y)
+            failing = f"evaluating {model_name} ran out of {device.type} memory"
+            with failed_allocations(failing, EVAL_MEMORY_HINT):
+                train_on_set(model, item.images, item.labels, item.lr, cfg, augment, _generator(device, seed))
+                acc = accuracy(model, test_x, test_y)
         accs.append(acc)
         on_run(acc)
     return accs

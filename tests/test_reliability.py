@@ -374,25 +374,51 @@ def test_a_failed_allocation_is_told_apart_and_described_in_the_allocators_words
     assert not out_of_memory(ValueError("can't allocate memory"))
 
 
-def test_running_out_of_memory_is_one_line_naming_the_settings_that_need_less(store, tmp_path):
-    """A real failed allocation: the process may hold 1.5 GB of data; this unroll needs ≈ 4.5 GB."""
-    limit = 1_500_000_000
-    keyed = TINY[: TINY.index("distill.syn_steps=5") - 1]  # the store's settings, not TINY's N
-    command = [sys.executable, "-m", "distillkit", "distill", "--experts", str(store), *keyed]
-    command += ["--set", "distill.syn_steps=60", "--ipc", "120", "--out", str(tmp_path / "run"), "--quiet"]
-    proc = subprocess.run(
-        command,
+#: The data segment (RLIMIT_DATA) a process below may hold: enough to start, too little for the job.
+MEMORY_LIMIT = 1_500_000_000
+#: The store's settings (TINY's first keys), without TINY's N and budget.
+KEYED = TINY[: TINY.index("distill.syn_steps=5") - 1]
+
+
+def _limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m distillkit ARGS`` with its data segment capped at :data:`MEMORY_LIMIT`."""
+    return subprocess.run(
+        [sys.executable, "-m", "distillkit", *args, "--quiet"],
         capture_output=True,
         text=True,
+        cwd=cwd,
         env={**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"},
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (limit, limit)),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT)),
     )
+
+
+@pytest.mark.parametrize(
+    ("stage", "line", "hint"),
+    [
+        ("distill", "distillation ran out of cpu memory in iteration 1 (", "--memory constant"),
+        ("experts", "training expert 0 ran out of cpu memory (", "lower experts.batch_size"),
+        ("evaluate", "evaluating convnet-w2048 ran out of cpu memory (", "lower evaluate.batch_size"),
+    ],
+)
+def test_running_out_of_memory_is_one_line_naming_the_settings_that_need_less(
+    stage, line, hint, store, run_dir, tmp_path
+):
+    """Real failed allocations: an unroll of ≈ 4.5 GB (60 steps at ipc 120), 2 048-channel networks."""
+    long = ["--set", "distill.syn_steps=60", "--ipc", "120", "--out", tmp_path / "long"]
+    wide = ["--model", "convnet-w2048", "--set", "experts.batch_size=2000", "--out", tmp_path / "wide"]
+    args = {
+        "distill": ["distill", "--experts", store, *KEYED, *long],
+        "experts": ["experts", *KEYED, *wide],
+        "evaluate": ["evaluate", run_dir, "--eval-models", "convnet-w2048", "--runs", "1", "--epochs", "2"],
+    }[stage]
+    before = snapshot(run_dir)[SYNTHETIC_TENSORS]
+    proc = _limited([str(arg) for arg in args], tmp_path)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 2, proc.stderr
-    assert lines[0].startswith("Error: distillation ran out of cpu memory in iteration 1 ("), proc.stderr
-    assert "can't allocate memory" in lines[0] and "--memory constant" in lines[1]
-    assert (tmp_path / "run" / "config.json").exists()  # what the run wrote is kept
+    assert lines[0].startswith(f"Error: {line}") and "can't allocate memory" in lines[0], proc.stderr
+    assert lines[1].startswith("Hint: ") and hint in lines[1], proc.stderr
+    assert snapshot(run_dir)[SYNTHETIC_TENSORS] == before  # the set being evaluated is untouched
 
 
 # -- no pickles ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch import nn
 from distillkit.config import ExpertsConfig, to_dict
 from distillkit.distributed import World
 from distillkit.ensemble import NotPackable
-from distillkit.errors import StoreError
+from distillkit.errors import StoreError, failed_allocations
 from distillkit.experts import sidecars
 from distillkit.experts.packed import Member, packing_refusal, packs_experts, train_packed_experts
 from distillkit.experts.partial import PartialCheckpoint
@@ -32,6 +32,12 @@ from distillkit.models.flat import param_layout
 from distillkit.observers import Observers, observing
 from distillkit.rundir import exclusive
 from distillkit.runtime import PreparedData, Reporter, RunScope, model_factory
+
+#: What to change when one expert's training does not fit (its finished epochs are kept).
+EXPERT_MEMORY_HINT = (
+    "lower experts.batch_size; finished experts and the last complete epoch are kept, "
+    "and the same command continues from them"
+)
 
 
 def expert_key(cfg: ExpertsConfig, last_needed: int, scope: RunScope, data: PreparedData) -> dict[str, Any]:
@@ -219,19 +225,21 @@ class _Trainer:
         resume = checkpoint.resume(self.reporter.note)
         if resume is not None:
             self.reporter.advance(resume.epoch)
-        result = train_expert(
-            self.scope.context("expert", index),
-            self.scope.host.hook,
-            self._fresh_model(index),
-            self.data.train,
-            self.data.test,
-            self.cfg,
-            self.scope.augment,
-            on_epoch=self._on_epoch(index),
-            keep=self.store.key.get("stored_epochs"),
-            resume=resume,
-            on_checkpoint=checkpoint.save,
-        )
+        failing = f"training expert {index} ran out of {self.scope.device.type} memory"
+        with failed_allocations(failing, EXPERT_MEMORY_HINT):
+            result = train_expert(
+                self.scope.context("expert", index),
+                self.scope.host.hook,
+                self._fresh_model(index),
+                self.data.train,
+                self.data.test,
+                self.cfg,
+                self.scope.augment,
+                on_epoch=self._on_epoch(index),
+                keep=self.store.key.get("stored_epochs"),
+                resume=resume,
+                on_checkpoint=checkpoint.save,
+            )
         self._keep(index, result, {})
         checkpoint.discard()
 
