@@ -38,3 +38,30 @@ def test_no_module_is_longer_than_400_lines_without_saying_why():
         if text.count("\n") > 400 and "Longer than 400 lines because" not in text:
             long.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
     assert long == []
+
+
+def _anchors(page: Path) -> set[str]:
+    """The fragment each heading of ``page`` gets on GitHub (lower case, punctuation dropped)."""
+    anchors, fenced = set(), False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and re.match(r"#{1,6} ", line):
+            title = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower())
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
+def test_every_link_between_the_docs_lands_on_a_file_and_heading_that_exist():
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")]
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", link):
+                continue  # a web address
+            path, _, fragment = link.partition("#")
+            target = (page.parent / path) if path else page
+            if not target.exists() or (
+                fragment and target.suffix == ".md" and fragment not in _anchors(target)
+            ):
+                broken.append(f"{page.relative_to(ROOT)}: {link}")
+    assert broken == []
