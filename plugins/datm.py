@@ -70,6 +70,17 @@ def window(iteration: int, cfg: DATMWindow.Config) -> tuple[int, int]:
     return lo, min(top, cur + (top - cur) * iteration // end)
 
 
+def _shortfall_line(shortfalls: dict[str, int], ipc: int, classes: int) -> str:
+    """One warning for every class the expert gets fewer than ipc real images right (a weak or early
+    expert would otherwise print a line per class: 200 on Tiny ImageNet)."""
+    first, *others = shortfalls
+    where = f"class {first!r}" + (f" and {len(others)} other classes" if others else "")
+    return (
+        f"datm: the expert classifies fewer than ipc={ipc} real images correctly in {len(shortfalls)} "
+        f"of {classes} classes ({where}); other real images fill the {sum(shortfalls.values())} places left"
+    )
+
+
 def correct_first(
     model: nn.Module, images: torch.Tensor, order: torch.Tensor, target: int, count: int, device: torch.device
 ) -> tuple[torch.Tensor, int]:
@@ -202,7 +213,7 @@ class DATMWindow:
         model = ctx.make_model()
         ctx.load_flat(model, ctx.expert_params(cfg.label_epoch))
         model.to(run.device).eval()
-        chosen = []
+        chosen, shortfalls = [], {}
         for c in range(ctx.num_classes):
             pool = (ctx.train_labels == c).nonzero().flatten()
             if len(pool) < ctx.ipc:
@@ -211,12 +222,10 @@ class DATMWindow:
             order = pool[torch.randperm(len(pool), generator=g, device=g.device).cpu()]
             picks, short = correct_first(model, ctx.train_images, order, c, ctx.ipc, run.device)
             if short:
-                warnings.warn(
-                    f"datm: the expert classifies only {ctx.ipc - short} real images of class "
-                    f"{ctx.class_names[c]!r} correctly; {short} other real images fill up its ipc={ctx.ipc}",
-                    stacklevel=2,
-                )
+                shortfalls[ctx.class_names[c]] = short
             chosen.append(picks)
+        if shortfalls:
+            warnings.warn(_shortfall_line(shortfalls, ctx.ipc, ctx.num_classes), stacklevel=2)
         images = ctx.train_images[torch.cat(chosen)]  # index tensor: a fresh copy, not a view
         labels = torch.arange(ctx.num_classes).repeat_interleave(ctx.ipc)
         return SyntheticInit(images=images, labels=labels, source="datm-correct")

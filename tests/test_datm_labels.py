@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import EntryPoint
 from typing import Any
 
@@ -148,7 +149,8 @@ def test_the_initial_images_are_the_first_correct_ones_in_the_run_generators_ord
 
 
 def test_a_class_with_too_few_correct_images_is_filled_with_other_real_ones():
-    with pytest.warns(UserWarning, match=r"only 1 real images of class 'two' correctly; 1 other"):
+    fewer = r"fewer than ipc=2 real images correctly in 1 of 3 classes \(class 'two'\); .* the 1 places left"
+    with pytest.warns(UserWarning, match=fewer):
         init = _plugin().init_synthetic(run=tiny_run()[0], ctx=_init_context(2, []))
     two = _picked(init)[4:]
     assert two[0] == 10 and two[1] in {8, 9, 11}
@@ -173,11 +175,14 @@ def test_init_real_defers_to_the_core_and_datm_excludes_kmeans_init():
         PluginHost(eps=eps).select(["datm", "kmeans-init"])
 
 
-@pytest.mark.filterwarnings("ignore:datm. the expert classifies only")  # the kit's expert is untrained
 def test_the_kit_checks_every_datm_hook():
-    done = check_hooks(_plugin())
+    with pytest.warns(UserWarning, match="datm: the expert classifies fewer than ipc") as warned:
+        done = check_hooks(_plugin())  # the kit's expert is untrained: classes fall short
     assert set(done) == {"sample_segment", "init_synthetic", "init_labels"}
     assert isinstance(done["init_labels"], SoftLabels) and done["init_synthetic"].source == "datm-correct"
+    shortfalls = [w for w in warned if "datm:" in str(w.message)]
+    assert len(shortfalls) == 1  # one line for all the classes, not one per class
+    assert re.search(r"in \d+ of \d+ classes \(class '.+'", str(shortfalls[0].message))
 
 
 @pytest.mark.parametrize(
