@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -372,6 +373,25 @@ def test_a_failed_allocation_is_told_apart_and_described_in_the_allocators_words
     assert memory_cause(failed.value).startswith("DefaultCPUAllocator: can't allocate memory")
     assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not out_of_memory(ValueError("can't allocate memory"))
+
+
+def test_a_warning_is_one_line_without_python_source_lines(store, tmp_path):
+    shown = warnings.showwarning
+    args = [
+        "distill",
+        "--experts",
+        store,
+        *TINY,
+        "--plugins",
+        "kmeans-init",
+        "--set",
+        "kmeans-init.clusters=3",
+    ]
+    result = invoke(*args, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "Warning: kmeans-init: clusters=3 with ipc=1 would select" in result.output
+    assert "UserWarning" not in result.output and ".py:" not in result.output
+    assert warnings.showwarning is shown  # the command put Python's own display back
 
 
 #: The data segment (RLIMIT_DATA) a process below may hold: enough to start, too little for the job.

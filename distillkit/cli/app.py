@@ -58,6 +58,28 @@ MEMORY_HINT = (
 
 
 @contextmanager
+def warning_lines(enabled: bool) -> Iterator[None]:
+    """Show each Python warning as one ``Warning:`` line on stderr, as errors are shown.
+
+    Python's own format names the file and line that called ``warnings.warn`` (for a plugin's
+    warning, the hook caller inside distillkit) and repeats that source line; ``--debug`` keeps it.
+    """
+    import warnings
+
+    def one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        kind = "" if category is UserWarning else f"{category.__name__}: "
+        err.print(f"Warning: {kind}{message}", markup=False, highlight=False, soft_wrap=True)
+
+    shown = warnings.showwarning
+    if enabled:
+        warnings.showwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+@contextmanager
 def cli_errors(debug: bool) -> Iterator[None]:
     """Map errors to one stderr line (+ hint) and the documented exit codes.
 
@@ -66,7 +88,8 @@ def cli_errors(debug: bool) -> Iterator[None]:
     """
     debug = debug or os.environ.get("DISTILLKIT_DEBUG") == "1"
     try:
-        yield
+        with warning_lines(enabled=not debug):
+            yield
     except DistillkitError as exc:
         _fail(exc, str(exc), exc.hint, exc.exit_code, debug)
     except KeyboardInterrupt as exc:
