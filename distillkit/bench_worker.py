@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from distillkit.engine.graphbudget import step_graph_bytes
 from distillkit.engine.loop import Distiller
 from distillkit.errors import DistillkitError
 
@@ -141,9 +142,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     data.release_images()  # as `distillkit distill` does once the start set is drawn
     result = measure_distiller(distiller, spec["warmup"], spec["window"])
     result["threads"] = torch.get_num_threads()
-    if distiller.graph_fit is not None:  # K chosen from distill.graph_memory_mb
+    # What one kept step graph holds (standard mode keeps N of them), and K where a budget chose it.
+    result["step_graph_mb"] = step_graph_bytes(distiller.setup, distiller.experts[0][0]) / 2**20
+    if distiller.graph_fit is not None:
         result["graph_steps"] = distiller.graph_fit.graph_steps
-        result["step_graph_mb"] = distiller.graph_fit.step_bytes / 2**20
     return result
 
 

@@ -63,6 +63,7 @@ def test_bench_writes_json_with_every_figure(store, tmp_path):
     assert len(row["iteration_seconds"]) == 1 and len(row["load_average"]) == 2
     assert row["s_per_iter"] > 0 and row["peak_rss_mb"] > 0 and row["flops_per_iter"] > 0
     assert row["distill_peak_rss_mb"] >= row["setup_rss_mb"] > 0
+    assert row["step_graph_mb"] > 0 and "graph_steps" not in row  # K is reported only where a budget chose it
     assert row["peak_rss_mb"] >= max(row["distill_peak_rss_mb"], row["setup_peak_rss_mb"])
     assert row["peak_rss_mb"] < BALLAST_MB, "the parent's memory leaked into the child's peak"
     assert row["gflops_per_s"] > 0 and row["fraction_of_matmul_peak"] > 0

@@ -154,9 +154,9 @@ def print_bench(result: dict[str, Any]) -> None:
         title=f"distillation · {cfg['data']['dataset']} · ipc {distill['ipc']} · N {distill['syn_steps']} · "
         f"{memory}plugins: {','.join(cfg['plugins']) or 'none'}",
         caption="memory in MiB: whole-process peak RSS, peak RSS during the iterations, "
-        "and that minus the RSS before them",
+        "that minus the RSS before them, and what one kept step graph holds (standard: N of them)",
     )
-    columns = ["setting", "s/it", "peak RSS", "distill RSS", "Δ setup"]
+    columns = ["setting", "s/it", "peak RSS", "distill RSS", "Δ setup", "graph/step"]
     columns += ["CUDA peak"] if cuda else []
     columns += ["GFLOP/it", "GFLOP/s", "% matmul"]
     for column in columns:
@@ -173,6 +173,7 @@ def print_bench(result: dict[str, Any]) -> None:
             f"{row['peak_rss_mb']:.0f}",
             "-" if window is None else f"{window:.0f}",
             "-" if window is None or setup is None else f"{window - setup:.0f}",
+            f"{row['step_graph_mb']:.1f}",
         ]
         cells += [f"{row['peak_cuda_mb']:.0f}"] if cuda else []
         cells += [

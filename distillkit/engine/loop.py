@@ -118,6 +118,7 @@ class Distiller:
         if config.graph_memory_mb > 0:
             self.graph_fit = fit_graph_steps(setup, self.experts[0][0], config.graph_memory_mb)
             setup = replace(setup, graph_steps=self.graph_fit.graph_steps)
+        self.setup = setup
         self.backprop = BACKPROP[config.memory](setup)
         self.guard = DivergenceGuard(config.max_loss_ratio, config.max_abs_pixel)
         self.iteration = 0
