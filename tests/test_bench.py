@@ -72,7 +72,19 @@ def test_bench_writes_json_with_every_figure(store, tmp_path):
     assert figures["storage"]["bytes_per_expert"] == (store.root / "expert_000.safetensors").stat().st_size
     assert figures["config"]["distill"]["syn_steps"] == 3
     assert figures["environment"]["torch"] == torch.__version__
-    assert "s/it" in result.output and "MTT format" in result.output
+    assert "s/it" in result.output and "MTT format" in result.output and "graph/step" in result.output
+
+
+def test_a_setting_whose_k_a_budget_chose_shows_it(store, tmp_path):
+    sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
+    args = ["bench", "--preset", "digits", *sets, "--experts", str(store.root), "--memory", "constant"]
+    args += ["--set", "distill.graph_memory_mb=1e6", "--skip-experts-throughput", "--warmup", "0"]
+    path = tmp_path / "bench.json"
+    result = runner.invoke(app, [*args, "--window", "1", "--json-out", str(path)], env=ENV)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(path.read_text())["distillation"]
+    assert row["graph_steps"] == SMALL["distill.syn_steps"]  # a budget far above N graphs keeps all N
+    assert "memory constant (graph_memory_mb 1e+06)" in result.output and "(K 3)" in result.output
 
 
 def test_json_prints_the_figures_instead_of_the_table(tmp_path, monkeypatch):
