@@ -30,7 +30,7 @@ from distillkit.context import (
     SoftLabels,
     SyntheticInit,
 )
-from distillkit.errors import PluginRuntimeError
+from distillkit.errors import PluginRuntimeError, out_of_memory
 
 Answers = list[tuple[str, Any]]
 
@@ -40,7 +40,8 @@ def call_each(hook: Any, name: str, **kwargs: Any) -> Answers:
 
     ``None`` answers are dropped and a ``firstresult`` hook stops at the first
     answer, as in pluggy. Anything a plugin raises (``SystemExit`` too) becomes a
-    :class:`PluginRuntimeError` naming it; only Ctrl-C passes through.
+    :class:`PluginRuntimeError` naming it; only Ctrl-C and a failed allocation pass through
+    (running out of memory is the stage's settings, not the plugin's fault: the stage names them).
     """
     caller = getattr(hook, name)
     first_only = bool(caller.spec and caller.spec.opts.get("firstresult"))
@@ -51,6 +52,8 @@ def call_each(hook: Any, name: str, **kwargs: Any) -> Answers:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit from a plugin must not end the run silently
+            if out_of_memory(exc):
+                raise
             raise PluginRuntimeError(
                 f"plugin '{impl.plugin_name}' failed in {name}: {type(exc).__name__}: {exc}"
             ) from exc

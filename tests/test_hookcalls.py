@@ -13,7 +13,7 @@ import distillkit
 from distillkit import api
 from distillkit.config import RunConfig
 from distillkit.context import InitContext, InnerLossContext, LossScale, LossTerm, PerturbContext, RunContext
-from distillkit.errors import ExitCode, PluginRuntimeError
+from distillkit.errors import ExitCode, PluginRuntimeError, out_of_memory
 from distillkit.hookcalls import (
     call_each,
     combine_deltas,
@@ -143,6 +143,19 @@ def test_a_plugin_that_raises_or_exits_is_a_plugin_error():
     ) as info:
         call_each(host.hook, "inner_loss_weight", run=RUN, ctx=InnerLossContext(0, 0, 5, 2, 20))
     assert info.value.exit_code == ExitCode.PLUGIN_ERROR
+
+
+def test_running_out_of_memory_in_a_plugin_passes_through_for_the_stage_to_name():
+    class Allocates(Returns):
+        @hookimpl
+        def inner_loss_weight(self, run, ctx):
+            return float(torch.empty(10**13).sum())  # 40 TB: the CPU allocator refuses
+
+    host = PluginHost(eps=[])
+    host.select([], extra=[Allocates(1.0)])
+    with pytest.raises(RuntimeError) as info:
+        call_each(host.hook, "inner_loss_weight", run=RUN, ctx=InnerLossContext(0, 0, 5, 2, 20))
+    assert out_of_memory(info.value) and not isinstance(info.value, PluginRuntimeError)
 
 
 class OneDelta:
