@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillkit.config import EvaluateConfig
+from distillkit.errors import out_of_memory
 from distillkit.experts.train import TEST_BATCH
 from distillkit.labels import is_soft, label_loss
 from distillkit.models.instancenorm import InstanceNorm
@@ -265,6 +266,8 @@ def _check(packed: PackedNetworks, models: Sequence[nn.Module], sample: Tensor) 
         names, params = zip(*packed.stacked().items(), strict=True)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     except (RuntimeError, ValueError, IndexError) as error:  # e.g. a reshape by a fixed channel count
+        if out_of_memory(error):
+            raise  # the model packs; the device is full: the caller falls back on that ground
         raise NotPackable(f"its forward fails on packed inputs ({error})") from None
     for k, model in enumerate(models):
         model.eval()

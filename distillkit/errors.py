@@ -73,9 +73,15 @@ class OutOfMemory(RunFailed):
     """The device ran out of memory; the hint names the settings that need less."""
 
 
+#: What a failed allocation is raised as (CUDA's ``torch.OutOfMemoryError`` is a RuntimeError);
+#: catch these, then ask :func:`out_of_memory`.
+ALLOCATION_ERRORS = (RuntimeError, MemoryError)
+
+
 def out_of_memory(exc: BaseException) -> bool:
-    """A failed allocation: CUDA's (``torch.OutOfMemoryError``) or the CPU allocator's (a RuntimeError)."""
-    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+    """A failed allocation: CUDA's (``torch.OutOfMemoryError``), the CPU allocator's (a RuntimeError)
+    or Python's own (``MemoryError``)."""
+    if isinstance(exc, MemoryError) or any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
@@ -96,7 +102,7 @@ def failed_allocations(message: str, hint: str) -> Iterator[None]:
     """
     try:
         yield
-    except RuntimeError as exc:
+    except ALLOCATION_ERRORS as exc:
         if not out_of_memory(exc):
             raise
         exc.with_traceback(None)

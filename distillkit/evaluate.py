@@ -23,7 +23,7 @@ from torch import nn
 from distillkit.config import EvaluateConfig
 from distillkit.data.pixels import Images
 from distillkit.ensemble import Member, NotPackable, PackedNetworks, pack, packed_accuracy, train_packed
-from distillkit.errors import failed_allocations
+from distillkit.errors import ALLOCATION_ERRORS, failed_allocations, out_of_memory
 from distillkit.experts.train import accuracy
 from distillkit.labels import label_loss
 from distillkit.packed_sgd import PackedSGD
@@ -232,6 +232,10 @@ def _packed_runs(
             packed[key] = pack(models, sets[members[0][0]].images[:CHECK_IMAGES].detach())
         except NotPackable:
             return None
+        except ALLOCATION_ERRORS as exc:  # the packing check itself ran out of memory: one at a time
+            if not out_of_memory(exc):
+                raise
+            return None
     done: dict[tuple[int, int], float | None] = {}
 
     def accuracy_of(network: tuple[int, int]) -> float | None:
@@ -244,7 +248,9 @@ def _packed_runs(
             try:
                 trained = train_packed(packed.pop(key), members, cfg, augment)
                 accs: list[float | None] = list(packed_accuracy(trained, *test))
-            except torch.OutOfMemoryError:
+            except ALLOCATION_ERRORS as exc:
+                if not out_of_memory(exc):
+                    raise
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 accs = [None] * len(members)

@@ -371,6 +371,7 @@ def test_a_failed_allocation_is_told_apart_and_described_in_the_allocators_words
         torch.empty(10**13)  # 40 TB: the CPU allocator refuses at once
     assert out_of_memory(failed.value)
     assert memory_cause(failed.value).startswith("DefaultCPUAllocator: can't allocate memory")
+    assert out_of_memory(MemoryError()) and memory_cause(MemoryError()) == "MemoryError"  # Python's own
     assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not out_of_memory(ValueError("can't allocate memory"))
 

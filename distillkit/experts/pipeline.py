@@ -21,7 +21,7 @@ from torch import nn
 from distillkit.config import ExpertsConfig, to_dict
 from distillkit.distributed import World
 from distillkit.ensemble import NotPackable
-from distillkit.errors import StoreError, failed_allocations
+from distillkit.errors import ALLOCATION_ERRORS, StoreError, failed_allocations, out_of_memory
 from distillkit.experts import sidecars
 from distillkit.experts.packed import Member, packing_refusal, packs_experts, train_packed_experts
 from distillkit.experts.partial import PartialCheckpoint
@@ -263,7 +263,9 @@ class _Trainer:
                     f"experts train one at a time: {self.scope.model} cannot be packed ({reason})"
                 )
                 break
-            except torch.OutOfMemoryError:
+            except ALLOCATION_ERRORS as exc:
+                if not out_of_memory(exc):
+                    raise
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 self.reporter.note(
