@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from conftest import TINY
 from typer.testing import CliRunner
 
 from distillkit import rundir
 from distillkit.artifacts import SYNTHETIC_JSON, SYNTHETIC_TENSORS, save_synthetic
 from distillkit.cli import app
+from distillkit.cli.app import cli_errors
 from distillkit.config import to_dict
 from distillkit.data import datasets
 from distillkit.errors import DataError, RunFailed, memory_cause, out_of_memory
@@ -393,6 +395,22 @@ def test_a_warning_is_one_line_without_python_source_lines(store, tmp_path):
     assert "Warning: kmeans-init: clusters=3 with ipc=1 would select" in result.output
     assert "UserWarning" not in result.output and ".py:" not in result.output
     assert warnings.showwarning is shown  # the command put Python's own display back
+
+
+def test_what_compiled_extensions_raise_outside_exception_is_one_line_too(capsys):
+    """pyo3's PanicException (safetensors, when an allocation fails while saving) is a BaseException."""
+
+    class Panic(BaseException):
+        pass
+
+    with pytest.raises(typer.Exit) as exited, cli_errors(debug=False):
+        raise Panic("PyObject pointer is null")
+    assert exited.value.exit_code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["Error: internal error: Panic: PyObject pointer is null", lines[1]]
+    assert lines[1].startswith("Hint: rerun with --debug")
+    with pytest.raises(SystemExit), cli_errors(debug=False):
+        raise SystemExit(4)  # an exit is not an error
 
 
 #: The data segment (RLIMIT_DATA) a process below may hold: enough to start, too little for the job.

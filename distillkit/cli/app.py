@@ -99,7 +99,9 @@ def cli_errors(debug: bool) -> Iterator[None]:
     except OSError as exc:  # the environment: a full disk, a read-only or missing location, a long name
         message, hint, code = describe_os_error(exc)
         _fail(exc, message, hint, code, debug)
-    except Exception as exc:
+    except BaseException as exc:  # also what compiled extensions raise outside Exception (a Rust panic)
+        if isinstance(exc, (SystemExit, GeneratorExit)):
+            raise
         if out_of_memory(exc):
             _fail(exc, f"out of memory: {memory_cause(exc)}", MEMORY_HINT, ExitCode.RUN_FAILED, debug)
         message = f"internal error: {type(exc).__name__}: {exc}"
