@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from distillkit.bench import matmul_peak_gflops
 from distillkit.hostmemory import keep_freed_memory
 from distillkit.models import build_model
 
@@ -105,12 +106,11 @@ def main() -> None:
     keep_freed_memory()
     # torch.backends.mkldnn.flags warns about Intel GPUs' TF32 whenever it is entered.
     warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul = median_ms(lambda: a @ b, args.repeats)
+    matmul = matmul_peak_gflops(torch.device("cpu"), n=2048, repeats=args.repeats)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"fp32 matmul {2 * 2048**3 / matmul / 1e6:.0f} GFLOP/s"
+        f"fp32 matmul {matmul['gflops']:.0f} GFLOP/s"
     )
     convolutions(args.repeats)
     training_step(args.repeats)
