@@ -63,6 +63,7 @@ EPOCH_IMAGES = 60_000
 REFERENCE_COMMIT = "50dccea"
 REFERENCE_REPO = "GeorgeCazenavette/mtt-distillation"
 DOC = 'docs/performance.md, "Same-run comparison with the reference"'
+CONV_PROFILE = Path(__file__).resolve().parent / "conv_profile.py"
 FMNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -414,6 +415,29 @@ class Plan:
     expert_epochs: int
     modes: list[tuple[str, list[str]]]
     env: dict[str, str]
+    profile_dir: Path | None = None  # --profile-convolutions: each job's conv_profile.py JSON goes here
+
+    def command(self, name: str, cmd: list[str]) -> list[str]:
+        """``cmd`` as it runs: under ``conv_profile.py`` when profiling (``python ARGS`` stays ``python``)."""
+        if self.profile_dir is None:
+            return cmd
+        return [cmd[0], str(CONV_PROFILE), "--out", str(self.profile_json(name)), "--", *cmd[1:]]
+
+    def profile_json(self, name: str) -> Path:
+        assert self.profile_dir is not None
+        return self.profile_dir / f"{name}.json"
+
+    def convolutions(self, name: str, units: int) -> dict[str, Any] | None:
+        """Per unit of work (an epoch, an iteration): seconds in convolutions and in all operators."""
+        if self.profile_dir is None:
+            return None
+        profile = json.loads(self.profile_json(name).read_text())
+        return {
+            "conv_s": profile["conv_s"] / units,
+            "operator_s": profile["self_s"] / units,
+            "units": units,
+            "profile": str(self.profile_json(name)),
+        }
 
     @property
     def max_start_epoch(self) -> int:
@@ -464,7 +488,8 @@ def reference_expert(plan: Plan, ref_data: Path) -> tuple[Path, dict[str, Any]]:
         f"--buffer_path={buffers}",
         f"--data_path={ref_data}",
     ]
-    job = run_job("reference-expert", cmd, plan.out / "reference-cwd", plan.env, plan.logs)
+    name = "reference-expert"
+    job = run_job(name, plan.command(name, cmd), plan.out / "reference-cwd", plan.env, plan.logs)
     begin = stamps(job, r"^DC augmentation parameters")
     epochs = stamps(job, r"^Itr: 0\tEpoch: ")
     buffer = buffers / "FashionMNIST" / "ConvNetW32" / "replay_buffer_0.pt"
@@ -485,6 +510,7 @@ def reference_expert(plan: Plan, ref_data: Path) -> tuple[Path, dict[str, Any]]:
         "measured": "(last 'Epoch' line - 'DC augmentation parameters' line) / epochs: "
         "training with the test pass after each epoch; dataset building excluded",
         "buffer": str(buffer),
+        "convolutions": plan.convolutions(name, plan.expert_epochs),
     }
     return buffer, figures
 
@@ -511,11 +537,14 @@ def distillkit_expert(plan: Plan) -> dict[str, Any]:
         *plan.expert_options(),
         "--set",
         "experts.count=1",
+        "--set",
+        "experts.eval_every=1",  # a test pass after every epoch, as buffer.py makes
         "--out",
         str(store),
         "--quiet",
     )
-    job = run_job("distillkit-expert", cmd, plan.out, plan.env, plan.logs)
+    name = "distillkit-expert"
+    job = run_job(name, plan.command(name, cmd), plan.out, plan.env, plan.logs)
     entries = json.loads((store / "manifest.json").read_text())["experts"]
     seconds = entries[0].get("seconds") if entries else None
     if seconds is None:
@@ -529,6 +558,7 @@ def distillkit_expert(plan: Plan) -> dict[str, Any]:
         "measured": "manifest 'seconds' of the expert / epochs: training with the test pass after "
         "each epoch (experts.eval_every = 1) and the per-epoch partial checkpoints; "
         "data loading excluded",
+        "convolutions": plan.convolutions(name, plan.expert_epochs),
     }
 
 
@@ -551,9 +581,8 @@ def reference_distill(plan: Plan, ipc: int, buffers: Path, ref_data: Path) -> di
         f"--buffer_path={buffers}",
         f"--data_path={ref_data}",
     ]
-    job = run_job(
-        f"reference-distill-ipc{ipc}", cmd, plan.out / f"reference-cwd-ipc{ipc}", plan.env, plan.logs
-    )
+    name = f"reference-distill-ipc{ipc}"
+    job = run_job(name, plan.command(name, cmd), plan.out / f"reference-cwd-ipc{ipc}", plan.env, plan.logs)
     # With one buffer file of one expert, distill.py prints "loading file" once before the loop and
     # once in every iteration (0..Iteration) when it wraps round the buffer and reloads the file.
     loads = stamps(job, r"^loading file ")
@@ -572,6 +601,7 @@ def reference_distill(plan: Plan, ipc: int, buffers: Path, ref_data: Path) -> di
         "load_average": job.load,
         "measured": "median of the gaps between per-iteration 'loading file' lines after the first "
         f"{plan.warmup}",
+        "convolutions": plan.convolutions(name, plan.iterations + 1),
     }
 
 
@@ -597,7 +627,8 @@ def distillkit_distill(plan: Plan, ipc: int, store: Path, label: str, sets: list
         "--overwrite",
         "--quiet",
     )
-    job = run_job(f"distillkit-distill-ipc{ipc}-{slug}", cmd, plan.out, plan.env, plan.logs)
+    name = f"distillkit-distill-ipc{ipc}-{slug}"
+    job = run_job(name, plan.command(name, cmd), plan.out, plan.env, plan.logs)
     seconds = iteration_seconds(run_dir, plan.iterations)
     return {
         "mode": label,
@@ -609,6 +640,7 @@ def distillkit_distill(plan: Plan, ipc: int, store: Path, label: str, sets: list
         "load_average": job.load,
         "run_dir": str(run_dir),
         "measured": f"median of metrics.jsonl 'seconds' (Distiller.step()) after the first {plan.warmup}",
+        "convolutions": plan.convolutions(name, plan.iterations),
     }
 
 
@@ -690,6 +722,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _less(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def _r(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -740,6 +776,8 @@ def print_report(result: dict[str, Any]) -> None:
             *pad,
         )
     console.print(table)
+    if result.get("profiled"):
+        console.print(convolution_table(result))
     env = result["environment"]
     mm = result["matmul_peak"]
     console.print(
@@ -769,6 +807,48 @@ def print_report(result: dict[str, Any]) -> None:
             f"preset fmnist-cpu {diff['key']} = {diff['preset']!r}, reference: {diff['reference']!r} "
             f"({diff['reference_source']})"
         )
+
+
+def convolution_table(result: dict[str, Any]) -> Any:
+    """Per stage: seconds in convolutions, the rest of its time, and the bound the convolutions set.
+
+    The bound is distillkit's convolution seconds ÷ the reference's whole time for the same work:
+    the ratio distillkit would reach if everything but its convolutions took no time at all. The
+    times ran under ``conv_profile.py``, whose per-call cost inflates many-small-operator work (ipc 1)
+    more than the convolutions; an unprofiled run's times give the exact bound.
+    """
+    from rich.table import Table
+
+    modes = [label for label, _sets in result["modes"]]
+    title = "Where the time goes (conv_profile.py; the times above ran under it, which slows small operators)"
+    table = Table(title=title)
+    table.add_column("per unit of work")
+    table.add_column("reference MTT", justify="right")
+    for label in modes:
+        table.add_column(f"distillkit {label}", justify="right")
+
+    def add(stage: str, ref: dict[str, Any], unit_s: str, ours: list[dict[str, Any]]) -> None:
+        pad = [""] * (len(modes) - len(ours))
+        everyone = [ref, *ours]
+        table.add_row(f"{stage}: convolutions", *(_s(c["convolutions"]["conv_s"]) for c in everyone), *pad)
+        table.add_row(
+            f"{stage}: the rest (its time - convolutions)",
+            *(_s(_less(c[unit_s], c["convolutions"]["conv_s"])) for c in everyone),
+            *pad,
+        )
+        table.add_row(
+            f"{stage}: bound (convolutions / reference's time)",
+            "",
+            *(_r(_ratio(c["convolutions"]["conv_s"], ref[unit_s])) for c in ours),
+            *pad,
+        )
+
+    for row in result["distill"]:
+        ref = row["reference"]
+        add(f"ipc {row['ipc']} iteration", ref, "s_per_iter", row["distillkit"])
+    if result["experts"]:
+        add("expert epoch", result["experts"]["reference"], "s_per_epoch", [result["experts"]["distillkit"]])
+    return table
 
 
 def environment(plan: Plan) -> dict[str, Any]:
@@ -832,6 +912,7 @@ def run(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         and plan.iterations == 25
         and plan.warmup == 5
         and not args.reuse_experts
+        and plan.profile_dir is None
     )
     return {
         "format": JSON_FORMAT,
@@ -847,6 +928,7 @@ def run(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
             "data": str(plan.data),
         },
         "modes": plan.modes,
+        "profiled": plan.profile_dir is not None,
         "environment": env_info,
         "matmul_peak": {"before": matmul_before, "after": matmul_after},
         "load_average": {"before": load_before, "after": load_average()},
@@ -901,6 +983,11 @@ def main(argv: list[str] | None = None) -> int:
         help="heap: every job under GLIBC_TUNABLES equal to distillkit's own malloc settings",
     )
     parser.add_argument(
+        "--profile-convolutions",
+        action="store_true",
+        help="run every timed job under conv_profile.py and print its convolution seconds (a trial)",
+    )
+    parser.add_argument(
         "--reuse-experts",
         action="store_true",
         help="trials: reuse OUT's reference expert, train and time no expert",
@@ -939,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
             expert_epochs=args.expert_epochs,
             modes=parse_modes(args.distillkit_modes),
             env=env,
+            profile_dir=out / "profiles" if args.profile_convolutions else None,
         )
         result = run(plan, args)
     except SetupError as exc:
