@@ -31,6 +31,10 @@ settings distillkit applies to itself (``distillkit.hostmemory``): the reference
 allocator, which tells how much of a ratio is distillkit's arithmetic and how much its allocator.
 The default, ``system``, runs the reference as its users do.
 
+``--profile-convolutions`` (a trial, not the protocol) runs every timed job under ``conv_profile.py``
+and adds, per stage, each code's seconds in convolutions and the bound they set on distillkit: its
+convolution seconds ÷ the reference's time, the ratio it would reach if nothing else took time.
+
 Then a table with the ratios (distillkit / reference), the fp32 matmul rate measured the way
 ``distillkit bench`` measures it, the load average, torch version and threads; the same as JSON.
 Exit codes: 0 done, 1 a job failed (its log is named), 2 a set-up problem (one line).
