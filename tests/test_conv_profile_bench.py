@@ -28,6 +28,17 @@ sys.exit(int(sys.argv[1]))
 """
 
 
+@pytest.fixture(scope="module")
+def bench():
+    """reference_bench.py, imported as the script imports itself (its folder on sys.path)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import reference_bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return reference_bench
+
+
 def profile(tmp_path: Path, *target: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path / "profile.json"
     done = subprocess.run(
@@ -76,12 +87,7 @@ def test_without_a_program_it_says_how_to_call_it(tmp_path):
     assert done.returncode == 2 and b"usage: conv_profile.py" in done.stderr
 
 
-def test_reference_bench_wraps_its_jobs_only_when_profiling(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import reference_bench as bench
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def test_reference_bench_wraps_its_jobs_only_when_profiling(bench, tmp_path):
     fields = dict(reference=tmp_path, ref_python="py", data=tmp_path, out=tmp_path, ipcs=[1], iterations=2)
     fields |= dict(warmup=0, expert_epochs=2, modes=[("default", [])], env={})
     cmd = ["py", "-u", "distill.py", "--ipc=1"]
@@ -98,3 +104,28 @@ def test_reference_bench_wraps_its_jobs_only_when_profiling(tmp_path):
         "units": 2,
         "profile": "",
     }
+
+
+def test_the_bound_is_distillkits_convolutions_over_the_references_time(bench):
+    from rich.console import Console
+
+    ref = {"s_per_iter": 4.0, "convolutions": {"conv_s": 1.9}}
+    default = {"s_per_iter": 3.0, "convolutions": {"conv_s": 2.4}}
+    standard = {"s_per_iter": 2.5, "convolutions": {"conv_s": 2.0}}
+    expert_ref = {"s_per_epoch": 50.0, "convolutions": {"conv_s": 26.0}}
+    expert_ours = {"s_per_epoch": 40.0, "convolutions": {"conv_s": 22.5}}
+    result = {
+        "modes": [["default", []], ["standard", ["distill.memory=standard"]]],
+        "distill": [{"ipc": 10, "reference": ref, "distillkit": [default, standard]}],
+        "experts": {"reference": expert_ref, "distillkit": expert_ours},
+    }
+    console = Console(record=True, width=250)
+    console.print(bench.convolution_table(result))
+    cells = {}
+    for line in console.export_text().splitlines():
+        if "│" in line:
+            name, *values = (cell.strip() for cell in line.split("│")[1:-1])
+            cells[name] = values
+    assert cells["ipc 10 iteration: bound (convolutions / reference's time)"] == ["", "0.60x", "0.50x"]
+    assert cells["ipc 10 iteration: the rest (its time - convolutions)"] == ["2.100 s", "0.600 s", "0.500 s"]
+    assert cells["expert epoch: bound (convolutions / reference's time)"] == ["", "0.45x", ""]
