@@ -83,8 +83,9 @@ def test_a_module_runs_as_with_python_dash_m(tmp_path):
 
 def test_without_a_program_it_says_how_to_call_it(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "o.json")]
-    done = subprocess.run(cmd, capture_output=True)
-    assert done.returncode == 2 and b"usage: conv_profile.py" in done.stderr
+    for target in ([], ["--"], ["--", "-u"], ["--", "-m"]):
+        done = subprocess.run(cmd + target, capture_output=True)
+        assert done.returncode == 2 and b"usage: conv_profile.py" in done.stderr, target
 
 
 def test_reference_bench_wraps_its_jobs_only_when_profiling(bench, tmp_path):

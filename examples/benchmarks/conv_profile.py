@@ -71,11 +71,7 @@ def summarise(times: OperatorTimes) -> dict[str, Any]:
 
 
 def run_target(target: list[str]) -> int:
-    """Run ``[-u] SCRIPT args`` or ``[-u] -m MODULE args`` here; its exit status."""
-    if target and target[0] == "-u":  # unbuffered: the caller sets PYTHONUNBUFFERED for that
-        target = target[1:]
-    if not target or (target[0] == "-m" and len(target) < 2):
-        raise SystemExit("conv_profile: nothing to run (give SCRIPT or -m MODULE after --)")
+    """Run ``SCRIPT args`` or ``-m MODULE args`` here; its exit status."""
     module = target[1] if target[0] == "-m" else None
     sys.argv = target[1:] if module else target
     if not module:
@@ -106,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
     args = parser.parse_args(argv[:split])
     target = argv[split + 1 :]
+    if target[:1] == ["-u"]:  # unbuffered: the caller sets PYTHONUNBUFFERED for that
+        target = target[1:]
+    if not target or target == ["-m"]:
+        print(USAGE, file=sys.stderr)
+        return 2
 
     times = OperatorTimes()
     start = time.perf_counter()
