@@ -4,6 +4,7 @@ Usage:
     python examples/benchmarks/compare_trees.py --baseline PATH [--candidate PATH] [--out DIR]
         [--data DIR] [--expert-epochs 2] [--ipc 10,1] [--iterations 15] [--warmup 3]
         [--stages experts,distill,evaluate|run] [--run-ipc 10] [--candidate-first]
+        [--profile-convolutions]
 
 ``--baseline`` and ``--candidate`` (default: this checkout) are distillkit work trees, e.g. a
 ``git worktree add ../previous-main <commit>``. Every job is ``python -m distillkit ...`` in a
@@ -26,8 +27,13 @@ in both orders on a machine whose speed drifts, and read both), on the ``fmnist-
    the rest (data loading, evaluation, report), with both trees' accuracies.
 
 ``--stages`` runs a subset (``distill`` alone reuses OUT's baseline expert). Ratios are candidate ÷
-baseline. Exit codes: 0 done, 1 a job failed (its log is named), 2 a
-set-up problem (one line); after a failure, the stages done so far are in OUT/compare_trees.json.
+baseline. ``--profile-convolutions`` runs the candidate's jobs under ``conv_profile.py`` (the
+baseline's stay unprofiled) and prints, per stage, the candidate's seconds in convolutions and the
+**bound** they set: those seconds ÷ the baseline's time for the same work, the ratio the candidate
+would reach if everything but its convolutions took no time. The candidate's own times then include
+the profiler's per-call cost, so read its ratios from an unprofiled comparison. Exit codes: 0 done,
+1 a job failed (its log is named), 2 a set-up problem (one line); after a failure, the stages done
+so far are in OUT/compare_trees.json.
 """
 
 from __future__ import annotations
@@ -47,14 +53,39 @@ from reference_bench import JobFailed, iteration_seconds, load_average, median_a
 HERE = Path(__file__).resolve().parents[2]
 PRESET = "fmnist-cpu"
 TREES = ("baseline", "candidate")
+CONV_PROFILE = Path(__file__).resolve().parent / "conv_profile.py"
+
+
+def profile_json(args: argparse.Namespace, tree: str, name: str) -> Path | None:
+    """Where a job's ``conv_profile.py`` figures go: the candidate's jobs only, when profiling."""
+    if not args.profile_convolutions or tree != "candidate":
+        return None
+    return args.out / "profiles" / f"{tree}-{name}.json"
+
+
+def distillkit_job(
+    args: argparse.Namespace, tree: str, name: str, cli: list[str], env: dict[str, str]
+) -> Any:
+    """``python -m distillkit CLI`` from TREE, under ``conv_profile.py`` where ``profile_json`` says."""
+    cmd = [sys.executable, "-m", "distillkit", *cli]
+    if (profile := profile_json(args, tree, name)) is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(CONV_PROFILE), "--out", str(profile), "--", *cmd[1:]]
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return run_job(f"{tree}-{name}", cmd, args.out, env, logs)
+
+
+def convolution_seconds(args: argparse.Namespace, tree: str, name: str, units: int) -> dict[str, float]:
+    """The job's seconds in convolutions per unit of work (an epoch, an iteration, a process), if profiled."""
+    if (profile := profile_json(args, tree, name)) is None:
+        return {}
+    return {"conv_s": json.loads(profile.read_text())["conv_s"] / units}
 
 
 def job(args: argparse.Namespace, tree: str, name: str, *cli: str) -> Any:
     env = {**os.environ, "PYTHONPATH": str(getattr(args, tree)), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "distillkit", *cli]
-    logs = args.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    return run_job(f"{tree}-{name}", cmd, args.out, env, logs)
+    return distillkit_job(args, tree, name, list(cli), env)
 
 
 def common(args: argparse.Namespace) -> list[str]:
@@ -82,7 +113,12 @@ def experts(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     ]
     ran = job(args, tree, "experts", "experts", *common(args), *sets, "--out", str(store), "--quiet")
     seconds = json.loads((store / "manifest.json").read_text())["experts"][0]["seconds"]
-    return {"s_per_epoch": seconds / args.expert_epochs, "peak_rss_mb": ran.peak_rss_mb, "load": ran.load}
+    return {
+        "s_per_epoch": seconds / args.expert_epochs,
+        "peak_rss_mb": ran.peak_rss_mb,
+        "load": ran.load,
+        **convolution_seconds(args, tree, "experts", args.expert_epochs),
+    }
 
 
 def distill(args: argparse.Namespace, tree: str, ipc: int) -> dict[str, Any]:
@@ -96,6 +132,7 @@ def distill(args: argparse.Namespace, tree: str, ipc: int) -> dict[str, Any]:
         "s_per_iter": median_after(seconds, args.warmup),
         "peak_rss_mb": ran.peak_rss_mb,
         "load": ran.load,
+        **convolution_seconds(args, tree, f"distill-ipc{ipc}", args.iterations),
     }
 
 
@@ -103,7 +140,13 @@ def evaluate(args: argparse.Namespace, tree: str, run_dir: Path) -> dict[str, An
     ran = job(args, tree, "evaluate", "evaluate", str(run_dir), "--quiet")  # the run's own config
     entries = json.loads((run_dir / "evaluation.json").read_text())
     last = entries[-1] if isinstance(entries, list) else entries
-    return {"wall_s": ran.wall_s, "peak_rss_mb": ran.peak_rss_mb, "load": ran.load, "results": last}
+    return {
+        "wall_s": ran.wall_s,
+        "peak_rss_mb": ran.peak_rss_mb,
+        "load": ran.load,
+        "results": last,
+        **convolution_seconds(args, tree, "evaluate", 1),
+    }
 
 
 def whole_run(args: argparse.Namespace, tree: str) -> dict[str, Any]:
@@ -113,10 +156,7 @@ def whole_run(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(getattr(args, tree)), "PYTHONUNBUFFERED": "1"}
     env["DISTILLKIT_CACHE"] = str(cache)
     cli = ["run", "--preset", PRESET, "--data-path", str(args.data), "--ipc", str(args.run_ipc)]
-    cmd = [sys.executable, "-m", "distillkit", *cli, "--out", str(run_dir), "--overwrite", "--quiet"]
-    logs = args.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    ran = run_job(f"{tree}-run", cmd, args.out, env, logs)
+    ran = distillkit_job(args, tree, "run", [*cli, "--out", str(run_dir), "--overwrite", "--quiet"], env)
     manifests = list(cache.glob("**/manifest.json"))
     experts_s = sum(e["seconds"] for m in manifests for e in json.loads(m.read_text())["experts"])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -130,6 +170,7 @@ def whole_run(args: argparse.Namespace, tree: str) -> dict[str, Any]:
         "peak_rss_mb": ran.peak_rss_mb,
         "load": ran.load,
         "results": entries[-1] if isinstance(entries, list) else entries,
+        **convolution_seconds(args, tree, "run", 1),
     }
 
 
@@ -150,12 +191,30 @@ def report(result: dict[str, Any]) -> None:
             continue
         base, cand = (result["stages"][stage][tree].get(key) for tree in ("baseline", "candidate"))
         print(f"{label:24s} {base:10.3f} {cand:10.3f} {ratio(cand, base):>7s}")
+    for line in convolution_lines(result["stages"]):
+        print(line)
     evaluated = [(f"{s} {t}", d) for s in ("evaluate", "run") for t, d in result["stages"].get(s, {}).items()]
     for tree, done in evaluated:
         for part in ("models", "random_real"):
             for model, res in done["results"].get(part, {}).items():
                 print(f"{tree} {part} {model}: {100 * res['mean']:.2f} ± {100 * res['std']:.2f} %")
     print(f"load average {result['load'][0]} before, {result['load'][1]} after; JSON: {result['json']}")
+
+
+def convolution_lines(stages: dict[str, Any]) -> list[str]:
+    """Per profiled stage: the candidate's convolution seconds and the bound they set on its ratio."""
+    times = {"experts": "s_per_epoch", "evaluate": "wall_s", "run": "wall_s"}
+    lines = []
+    for stage, trees in stages.items():
+        if "conv_s" not in trees["candidate"]:
+            continue
+        key = times.get(stage, "s_per_iter")
+        conv, base = trees["candidate"]["conv_s"], trees["baseline"][key]
+        lines.append(
+            f"{stage}: the candidate's convolutions {conv:.3f} s per unit, the baseline's {key} {base:.3f}: "
+            f"bound {ratio(conv, base)}"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--run-ipc", type=int, default=10, help="ipc of the run stage")
     parser.add_argument("--candidate-first", action="store_true", help="run each pair candidate first")
+    parser.add_argument(
+        "--profile-convolutions",
+        action="store_true",
+        help="run the candidate's jobs under conv_profile.py and print the bound its convolutions set",
+    )
     args = parser.parse_args(argv)
     for name in ("baseline", "candidate", "out", "data"):  # jobs run with OUT as working directory
         setattr(args, name, getattr(args, name).resolve())
