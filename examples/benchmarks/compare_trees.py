@@ -48,12 +48,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_bench import JobFailed, iteration_seconds, load_average, median_after, run_job
+from reference_bench import (
+    JobFailed,
+    iteration_seconds,
+    load_average,
+    median_after,
+    run_job,
+    under_conv_profile,
+)
 
 HERE = Path(__file__).resolve().parents[2]
 PRESET = "fmnist-cpu"
 TREES = ("baseline", "candidate")
-CONV_PROFILE = Path(__file__).resolve().parent / "conv_profile.py"
 
 
 def profile_json(args: argparse.Namespace, tree: str, name: str) -> Path | None:
@@ -63,14 +69,14 @@ def profile_json(args: argparse.Namespace, tree: str, name: str) -> Path | None:
     return args.out / "profiles" / f"{tree}-{name}.json"
 
 
-def distillkit_job(
-    args: argparse.Namespace, tree: str, name: str, cli: list[str], env: dict[str, str]
+def job(
+    args: argparse.Namespace, tree: str, name: str, *cli: str, extra_env: dict[str, str] | None = None
 ) -> Any:
     """``python -m distillkit CLI`` from TREE, under ``conv_profile.py`` where ``profile_json`` says."""
+    env = {**os.environ, "PYTHONPATH": str(getattr(args, tree)), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     cmd = [sys.executable, "-m", "distillkit", *cli]
     if (profile := profile_json(args, tree, name)) is not None:
-        profile.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(CONV_PROFILE), "--out", str(profile), "--", *cmd[1:]]
+        cmd = under_conv_profile(cmd, profile)  # which makes the profile's folder
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return run_job(f"{tree}-{name}", cmd, args.out, env, logs)
@@ -81,11 +87,6 @@ def convolution_seconds(args: argparse.Namespace, tree: str, name: str, units: i
     if (profile := profile_json(args, tree, name)) is None:
         return {}
     return {"conv_s": json.loads(profile.read_text())["conv_s"] / units}
-
-
-def job(args: argparse.Namespace, tree: str, name: str, *cli: str) -> Any:
-    env = {**os.environ, "PYTHONPATH": str(getattr(args, tree)), "PYTHONUNBUFFERED": "1"}
-    return distillkit_job(args, tree, name, list(cli), env)
 
 
 def common(args: argparse.Namespace) -> list[str]:
@@ -153,10 +154,9 @@ def whole_run(args: argparse.Namespace, tree: str) -> dict[str, Any]:
     run_dir, cache = args.out / f"{tree}-run", args.out / f"{tree}-run-cache"
     if cache.exists():  # experts must be trained, not found in a cache from an earlier pass
         shutil.rmtree(cache)
-    env = {**os.environ, "PYTHONPATH": str(getattr(args, tree)), "PYTHONUNBUFFERED": "1"}
-    env["DISTILLKIT_CACHE"] = str(cache)
     cli = ["run", "--preset", PRESET, "--data-path", str(args.data), "--ipc", str(args.run_ipc)]
-    ran = distillkit_job(args, tree, "run", [*cli, "--out", str(run_dir), "--overwrite", "--quiet"], env)
+    cli += ["--out", str(run_dir), "--overwrite", "--quiet"]
+    ran = job(args, tree, "run", *cli, extra_env={"DISTILLKIT_CACHE": str(cache)})
     manifests = list(cache.glob("**/manifest.json"))
     experts_s = sum(e["seconds"] for m in manifests for e in json.loads(m.read_text())["experts"])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -407,6 +407,11 @@ def median_after(values: list[float], warmup: int) -> float | None:
 # -- the jobs -------------------------------------------------------------------------------
 
 
+def under_conv_profile(cmd: list[str], out: Path) -> list[str]:
+    """``python ARGS`` as ``python conv_profile.py --out OUT -- ARGS``: the program, timed per operator."""
+    return [cmd[0], str(CONV_PROFILE), "--out", str(out), "--", *cmd[1:]]
+
+
 @dataclass(frozen=True)
 class Plan:
     reference: Path
@@ -422,10 +427,8 @@ class Plan:
     profile_dir: Path | None = None  # --profile-convolutions: each job's conv_profile.py JSON goes here
 
     def command(self, name: str, cmd: list[str]) -> list[str]:
-        """``cmd`` as it runs: under ``conv_profile.py`` when profiling (``python ARGS`` stays ``python``)."""
-        if self.profile_dir is None:
-            return cmd
-        return [cmd[0], str(CONV_PROFILE), "--out", str(self.profile_json(name)), "--", *cmd[1:]]
+        """``cmd`` as it runs: under ``conv_profile.py`` when profiling."""
+        return cmd if self.profile_dir is None else under_conv_profile(cmd, self.profile_json(name))
 
     def profile_json(self, name: str) -> Path:
         assert self.profile_dir is not None
